@@ -1,0 +1,172 @@
+"""The `switchyard` command: run the API, workers, scheduler, migrations, keys, the fake provider, Flower, dev."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from switchyard.core.config import load_config
+from switchyard.core.errors import ConfigError
+from switchyard.settings import get_settings
+from switchyard.workers.queues import ALL, ML, PROVIDER
+
+
+def _check_config() -> None:
+    """Stop the process with the file, the key and the problem when the config cannot be used."""
+    try:
+        load_config(get_settings().config)
+    except ConfigError as exc:
+        click.echo(f"switchyard: configuration error\n{exc}", err=True)
+        sys.exit(2)
+
+
+@click.group()
+def main() -> None:
+    """Switchyard: orchestration for AI inference."""
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--fake-port", default=8911, show_default=True, type=int)
+def dev(host: str, port: int, fake_port: int) -> None:
+    """Everything on one machine with embedded defaults (SQLite, local broker, a worker, the fake provider)."""
+    from switchyard.dev import run_dev
+
+    run_dev(host=host, port=port, fake_port=fake_port)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--workers", default=1, show_default=True, type=int, help="uvicorn worker processes")
+def api(host: str, port: int, workers: int) -> None:
+    """The HTTP/WebSocket front (uvicorn)."""
+    import uvicorn
+
+    _check_config()
+    uvicorn.run(
+        "switchyard.gateway_api.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="warning",
+        access_log=False,
+    )
+
+
+def _pool_for(queues: list[str]) -> str:
+    # ONNX inference is CPU-bound: processes. Everything else waits on the network: threads.
+    return "prefork" if queues == [ML] else "threads"
+
+
+@main.command()
+@click.option("--queues", default=",".join(ALL), show_default=True, help="comma-separated queue names")
+@click.option(
+    "--concurrency",
+    type=int,
+    default=None,
+    help="pool size (default: 500 threads for provider calls, 16 otherwise, cores for ml)",
+)
+@click.option("--pool", type=click.Choice(["threads", "prefork", "solo"]), default=None)
+@click.option("--beat", is_flag=True, help="also run the periodic duties (sweeper) in this worker")
+@click.option("--loglevel", default="INFO", show_default=True)
+def worker(queues: str, concurrency: int | None, pool: str | None, beat: bool, loglevel: str) -> None:
+    """A Celery worker."""
+    _check_config()
+    names = [q.strip() for q in queues.split(",") if q.strip()]
+    unknown = sorted(set(names) - set(ALL))
+    if unknown:
+        raise click.BadParameter(f"unknown queue(s) {', '.join(unknown)}; known: {', '.join(ALL)}")
+    pool = pool or _pool_for(names)
+    if concurrency is None:
+        concurrency = (os.cpu_count() or 1) if pool == "prefork" else (500 if PROVIDER in names else 16)
+    from switchyard.workers.celery_app import app
+
+    argv = [
+        "worker",
+        "-Q",
+        ",".join(names),
+        "-P",
+        pool,
+        "-c",
+        str(concurrency),
+        "--loglevel",
+        loglevel,
+        "-n",
+        f"switchyard-{'-'.join(names)}-{os.getpid()}@%h",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    if beat:
+        argv.append("--beat")
+    app.worker_main(argv)
+
+
+@main.command()
+@click.option("--loglevel", default="INFO", show_default=True)
+def scheduler(loglevel: str) -> None:
+    """Periodic duties (the sweeper) as a Celery beat process."""
+    _check_config()
+    from switchyard.workers.celery_app import app
+
+    app.start(["beat", "--loglevel", loglevel])
+
+
+@main.command()
+def migrate() -> None:
+    """`alembic upgrade head` on the configured database."""
+    from switchyard.core.migrate import upgrade
+
+    upgrade(get_settings().sqlalchemy_url)
+    click.echo("database is at the latest revision")
+
+
+@main.group()
+def keys() -> None:
+    """API keys."""
+
+
+@keys.command("create")
+@click.option("--tenant", required=True, help="tenant name (created if needed)")
+@click.option("--role", type=click.Choice(["admin", "member", "viewer"]), default="admin", show_default=True)
+def keys_create(tenant: str, role: str) -> None:
+    """Create a key; the key is the last line of output (it is shown only once)."""
+    from switchyard.core.db import Database
+    from switchyard.tenancy.service import create_key
+
+    db = Database(get_settings(), pool_size=1)
+    with db.transaction() as tx:
+        key, plain = create_key(tx.session, tenant, role)  # type: ignore[arg-type]
+        click.echo(f"created {role} key {key.id} for tenant '{tenant}' ({key.tenant_id})")
+    db.dispose()
+    click.echo(plain)
+
+
+@main.command("fake-provider")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8911, show_default=True, type=int)
+@click.option("--latency-ms", default=0, show_default=True, type=int)
+@click.option("--fail-rate", default=0.0, show_default=True, type=float)
+@click.option("--fail-status", default=500, show_default=True, type=int)
+def fake_provider(host: str, port: int, latency_ms: int, fail_rate: float, fail_status: int) -> None:
+    """The deterministic fake model server (OpenAI and Anthropic APIs)."""
+    from switchyard.fake_provider.app import run
+
+    run(host=host, port=port, latency_ms=latency_ms, fail_rate=fail_rate, fail_status=fail_status)
+
+
+@main.command()
+@click.option("--port", default=5555, show_default=True, type=int)
+def flower(port: int) -> None:
+    """Flower on the same broker."""
+    from switchyard.workers.celery_app import app
+
+    app.start(["flower", f"--port={port}"])
+
+
+if __name__ == "__main__":
+    main()

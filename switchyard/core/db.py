@@ -1,0 +1,84 @@
+"""Engines and transactions. Transactions live at the edges (request dependency, Celery task wrapper):
+services and repositories only flush. Work that must follow the commit — publishing a message that names
+a new row — is registered with `after_commit` and dropped on rollback."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+from switchyard.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+def make_engine(settings: Settings, *, pool_size: int | None = None) -> Engine:
+    """An engine for the configured database; SQLite gets WAL and a busy timeout so processes can share it."""
+    url = settings.sqlalchemy_url
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    return create_engine(
+        url,
+        pool_size=pool_size or settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_pre_ping=True,
+        pool_timeout=30,
+    )
+
+
+@dataclass
+class Tx:
+    """A session plus the callbacks that run once its transaction has committed."""
+
+    session: Session
+    _after_commit: list[Callable[[], None]] = field(default_factory=list)
+
+    def after_commit(self, fn: Callable[[], None]) -> None:
+        """Run `fn` after a successful commit (never on rollback)."""
+        self._after_commit.append(fn)
+
+
+class Database:
+    """Owns the engine and the session factory of one process."""
+
+    def __init__(self, settings: Settings, *, pool_size: int | None = None) -> None:
+        self.engine = make_engine(settings, pool_size=pool_size)
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Tx]:
+        """Commit on success, roll back on error; after-commit work runs outside the transaction."""
+        with self.sessions() as session:
+            tx = Tx(session)
+            try:
+                yield tx
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+        for fn in tx._after_commit:
+            try:
+                fn()
+            except Exception:
+                # The row is committed; the sweeper publishes what could not be published now.
+                log.warning("after_commit_failed", exc_info=True)
+
+    def dispose(self) -> None:
+        self.engine.dispose()

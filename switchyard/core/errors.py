@@ -1,0 +1,83 @@
+"""One error hierarchy. The HTTP edge renders AppError into API.md's error shape; services never raise HTTP."""
+
+from __future__ import annotations
+
+
+class AppError(Exception):
+    """An error a client can meet: a status, a message, and the request field it concerns."""
+
+    status = 400
+    type = "invalid_request_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+        self.headers: dict[str, str] = {}
+
+
+class InvalidRequest(AppError):
+    status = 422
+
+
+class MalformedRequest(AppError):
+    status = 400
+
+
+class Unauthenticated(AppError):
+    status = 401
+    type = "authentication_error"
+
+
+class Forbidden(AppError):
+    status = 403
+    type = "permission_error"
+
+
+class NotFound(AppError):
+    status = 404
+    type = "not_found_error"
+
+
+class Conflict(AppError):
+    status = 409
+    type = "conflict_error"
+
+
+class PayloadTooLarge(AppError):
+    status = 413
+    type = "request_too_large"
+
+
+class ServiceUnavailable(AppError):
+    status = 503
+    type = "service_unavailable"
+
+    def __init__(self, message: str, *, retry_after_s: int = 5) -> None:
+        super().__init__(message)
+        self.headers["Retry-After"] = str(retry_after_s)
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the file, the key and the problem."""
+
+
+class ProviderError(Exception):
+    """A provider call failed. `retryable` decides between retry/failover and failing the task at once."""
+
+    def __init__(
+        self,
+        error_type: str,
+        message: str,
+        *,
+        retryable: bool,
+        status_code: int | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.message = message
+        self.retryable = retryable
+        self.status_code = status_code
+        self.retry_after_s = retry_after_s

@@ -1,0 +1,6 @@
+"""Fake OpenAI/Anthropic model provider for development, tests, load tests and failure drills.
+
+See :mod:`switchyard.fake_provider.app` (``create_app``, ``run``) for the behaviour and the marker syntax.
+The app module is deliberately not imported here, so that
+``python -m switchyard.fake_provider.app`` runs without a runpy warning.
+"""

@@ -1,0 +1,966 @@
+"""Fake model provider: a real HTTP server speaking the OpenAI and Anthropic APIs.
+
+Used for development, tests, load benchmarks and failure drills. Everything it does is
+deterministic: no randomness, no model, no per-request logging.
+
+Endpoints
+---------
+- ``POST /v1/chat/completions`` (OpenAI, ``stream: true`` supported, incl. ``stream_options.include_usage``)
+- ``POST /v1/embeddings`` (OpenAI, ``encoding_format`` ``float`` or ``base64``, ``dimensions``; default 64)
+- ``POST /v1/moderations`` (OpenAI)
+- ``POST /v1/messages`` (Anthropic, ``stream: true`` supported)
+- ``GET /v1/models`` (OpenAI-style model list; counted in stats, never fails)
+- ``GET /healthz`` -> ``{"ok": true}`` (not counted)
+- ``GET /control`` -> current settings; ``POST /control`` with any subset of
+  ``{"latency_ms": int, "fail_rate": float, "fail_status": int}`` changes them at run time
+- ``GET /control/stats`` -> ``{"requests": {path: {status: count}}, "total": n}``
+- ``POST /control/reset`` -> clears stats, the fail-first counters and the fail-rate request counter
+
+Behaviour
+---------
+- Chat reply is ``"echo: " + text`` where *text* is the text of the LAST ``user`` message (string content or
+  the joined ``text`` blocks of a list content). Anthropic's ``system`` is never echoed. Markers stay in the
+  echoed text.
+- Usage: ``ceil(chars / 4)`` tokens; prompt chars = all message text incl. system prompts; reply chars =
+  the reply length (tool-call replies count ``len(name) + 2``).
+- ``max_tokens`` (or OpenAI ``max_completion_tokens``): if the reply has more tokens, it is cut to
+  ``max_tokens * 4`` characters and the finish reason is ``length`` / stop_reason ``max_tokens``.
+- Embeddings: unit vectors (float32) derived from sha256 of each input text.
+- Moderation flags any input containing ``[[flag]]`` (category ``harassment`` scores 0.99).
+
+Markers (searched in the text of ALL messages, incl. system, or in embeddings/moderation ``input``;
+the first occurrence of each kind wins)
+---------------------------------------------------------------------------------------------------
+- ``[[fail:503]]``       answer with that status (any 400-599), always.
+- ``[[fail:503:2]]``     (extension) fail with 503 only the first 2 times a request with this exact text
+                         (all searched text joined) is seen; afterwards answer normally.
+- ``[[sleep:250]]``      wait 250 ms more before answering (added to ``latency_ms``).
+- ``[[retry-after:2]]``  add ``Retry-After: 2`` to the response, whatever its status.
+- ``[[cached:N]]``       (extension) report N cached prompt tokens: OpenAI
+                         ``usage.prompt_tokens_details.cached_tokens = N`` (``prompt_tokens`` stays the full
+                         count); Anthropic ``cache_read_input_tokens = N`` and ``input_tokens`` = full - N.
+- ``[[cache-write:N]]``  (extension) Anthropic ``cache_creation_input_tokens = N`` (also subtracted from
+                         ``input_tokens``, floored at 0); ignored on OpenAI.
+- ``[[break:K]]``        (extension) in a streamed chat, abort the connection abruptly after K content
+                         chunks (no finish chunk, no ``[DONE]`` / no ``message_stop``). Ignored when not
+                         streaming.
+- ``[[tool]]``           (extension) when the request has ``tools``, answer with a call of the first tool
+                         (OpenAI ``tool_calls`` id ``call_1``, finish_reason ``tool_calls``; Anthropic
+                         ``tool_use`` block id ``toolu_1``, stop_reason ``tool_use``), arguments ``{}``.
+- ``[[flag]]``           moderation flags the input.
+
+Global settings (``--latency-ms``, ``--fail-rate``, ``--fail-status`` or ``POST /control``) apply to every
+API request. The fail rate is deterministic: API request number n (1-based, counted over all API requests
+since start or the last reset) fails with ``fail_status`` iff ``floor(n*F) > floor((n-1)*F)``. Marker
+failures take precedence. Latency is applied before answering (before the response headers of a stream),
+also before an injected failure. Malformed requests (bad JSON, missing ``model``/``messages``/``input``)
+get a 400 after the global latency, without injected failures.
+
+Error bodies are OpenAI-shaped (``{"error": {"message", "type", "param", "code"}}``) except on
+``/v1/messages`` where they are Anthropic-shaped (``{"type": "error", "error": {"type", "message"}}``).
+
+Run with ``python -m switchyard.fake_provider.app --port 8911 --latency-ms 0 --fail-rate 0 --fail-status 500``
+(or ``switchyard fake-provider``, which calls :func:`run`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import hashlib
+import logging
+import math
+import re
+import struct
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+__all__ = ["create_app", "run"]
+
+DEFAULT_EMBEDDING_DIMENSIONS = 64
+MAX_EMBEDDING_DIMENSIONS = 8192
+DEFAULT_MODERATION_MODEL = "omni-moderation-latest"
+
+MODERATION_CATEGORIES: tuple[str, ...] = (
+    "harassment",
+    "harassment/threatening",
+    "hate",
+    "hate/threatening",
+    "illicit",
+    "illicit/violent",
+    "self-harm",
+    "self-harm/intent",
+    "self-harm/instructions",
+    "sexual",
+    "sexual/minors",
+    "violence",
+    "violence/graphic",
+)
+_FLAGGED_CATEGORY = "harassment"
+
+_MARKER_RE = re.compile(r"\[\[([a-z-]+)(?::([0-9:]+))?\]\]")
+_WORD_RE = re.compile(r"\S+\s*|\s+")
+
+_JSON = "application/json"
+_SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Helpers
+
+
+class _AbortStream(Exception):
+    """Raised after a partial stream to make the server drop the connection ([[break:K]])."""
+
+
+def _is_abort(exc: BaseException | None) -> bool:
+    seen: set[int] = set()
+    stack: list[BaseException] = [exc] if exc is not None else []
+    while stack:
+        e = stack.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, _AbortStream):
+            return True
+        if isinstance(e, BaseExceptionGroup):
+            stack.extend(e.exceptions)
+        if e.__cause__ is not None:
+            stack.append(e.__cause__)
+        if e.__context__ is not None:
+            stack.append(e.__context__)
+    return False
+
+
+class _AbortLogFilter(logging.Filter):
+    """Hides uvicorn's 'Exception in ASGI application' record for deliberate stream aborts."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and _is_abort(record.exc_info[1]))
+
+
+def _install_log_filter() -> None:
+    logger = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _AbortLogFilter) for f in logger.filters):
+        logger.addFilter(_AbortLogFilter())
+
+
+def _tokens(chars: int) -> int:
+    return (chars + 3) // 4
+
+
+def _content_text(content: Any) -> str:
+    """Text of a message content: a string, or the joined text of a list of content blocks."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts: list[str] = []
+        for block in content:
+            if isinstance(block, str):
+                parts.append(block)
+            elif isinstance(block, dict):
+                btype = block.get("type")
+                if btype == "text" or btype == "input_text":
+                    text = block.get("text")
+                    if isinstance(text, str):
+                        parts.append(text)
+                elif btype == "tool_result":
+                    parts.append(_content_text(block.get("content")))
+        return "".join(parts)
+    return ""
+
+
+def _split_chunks(text: str) -> list[str]:
+    """Split into chunks of ~4 words; at least 2 chunks when the text has 2+ words."""
+    words = _WORD_RE.findall(text)
+    if len(words) <= 1:
+        return [text]
+    size = min(4, max(1, len(words) // 2))
+    return ["".join(words[i : i + size]) for i in range(0, len(words), size)]
+
+
+def _embedding_bytes(text: str, dims: int) -> bytes:
+    """Little-endian float32 unit vector derived from sha256 of the text."""
+    seed = hashlib.sha256(text.encode("utf-8")).digest()
+    need = dims * 4
+    buf = bytearray(seed)
+    counter = 0
+    while len(buf) < need:
+        buf += hashlib.sha256(seed + counter.to_bytes(4, "little")).digest()
+        counter += 1
+    ints = struct.unpack(f"<{dims}I", bytes(buf[:need]))
+    vals = [x / 2147483647.5 - 1.0 for x in ints]
+    norm = math.sqrt(sum(v * v for v in vals)) or 1.0
+    return struct.pack(f"<{dims}f", *(v / norm for v in vals))
+
+
+def _openai_error_type(status: int) -> str:
+    if status == 401:
+        return "authentication_error"
+    if status == 403:
+        return "permission_error"
+    if status == 404:
+        return "not_found_error"
+    if status == 429:
+        return "rate_limit_error"
+    if status >= 500:
+        return "server_error"
+    return "invalid_request_error"
+
+
+def _anthropic_error_type(status: int) -> str:
+    if status == 401:
+        return "authentication_error"
+    if status == 403:
+        return "permission_error"
+    if status == 404:
+        return "not_found_error"
+    if status == 413:
+        return "request_too_large"
+    if status == 429:
+        return "rate_limit_error"
+    if status in (503, 529):
+        return "overloaded_error"
+    if status >= 500:
+        return "api_error"
+    return "invalid_request_error"
+
+
+def _json_response(obj: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(obj), status_code=status, headers=headers, media_type=_JSON)
+
+
+class _BadRequest(Exception):
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+def _positive_int(body: Mapping[str, Any], key: str) -> int | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise _BadRequest(f"'{key}' must be a positive integer", key)
+    return value
+
+
+@dataclass(slots=True)
+class _Markers:
+    fail_status: int | None = None
+    fail_times: int | None = None
+    sleep_ms: int = 0
+    retry_after: str | None = None
+    cached: int = 0
+    cache_write: int = 0
+    break_after: int | None = None
+    tool: bool = False
+    flag: bool = False
+
+
+_NO_MARKERS = _Markers()
+
+
+def _parse_markers(text: str) -> _Markers:
+    if "[[" not in text:
+        return _NO_MARKERS
+    m = _Markers()
+    seen: set[str] = set()
+    for match in _MARKER_RE.finditer(text):
+        name, arg = match.group(1), match.group(2)
+        if name in seen:
+            continue
+        if name == "tool" and arg is None:
+            m.tool = True
+        elif name == "flag" and arg is None:
+            m.flag = True
+        elif arg is None:
+            continue
+        elif name == "fail":
+            parts = arg.split(":")
+            if len(parts) > 2 or not parts[0] or (len(parts) == 2 and not parts[1]):
+                continue
+            status = int(parts[0])
+            if not 400 <= status <= 599:
+                continue
+            m.fail_status = status
+            m.fail_times = int(parts[1]) if len(parts) == 2 else None
+        elif ":" in arg:
+            continue
+        elif name == "sleep":
+            m.sleep_ms = int(arg)
+        elif name == "retry-after":
+            m.retry_after = str(int(arg))
+        elif name == "cached":
+            m.cached = int(arg)
+        elif name == "cache-write":
+            m.cache_write = int(arg)
+        elif name == "break":
+            m.break_after = int(arg)
+        else:
+            continue
+        seen.add(name)
+    return m
+
+
+class _SSEResponse(Response):
+    """Sends pre-built SSE events; optionally drops the connection instead of finishing the body."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, events: list[bytes], headers: Mapping[str, str], abort: bool) -> None:
+        self.events = events
+        self.abort = abort
+        self.status_code = 200
+        self.background = None
+        self.body = b""
+        self.init_headers({**_SSE_HEADERS, **headers})
+        # init_headers adds content-length for an empty body; a stream has none.
+        self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        try:
+            for event in self.events:
+                await send({"type": "http.response.body", "body": event, "more_body": True})
+            if self.abort:
+                raise _AbortStream("deliberate stream abort ([[break:K]])")
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except OSError:  # client went away
+            return
+
+
+def _sse_data(obj: Any) -> bytes:
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+def _sse_event(event: str, obj: Any) -> bytes:
+    return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(obj) + b"\n\n"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The provider
+
+
+class FakeProvider:
+    """State and request handlers of one fake provider instance."""
+
+    def __init__(self, latency_ms: int = 0, fail_rate: float = 0.0, fail_status: int = 500) -> None:
+        self.latency_ms = 0
+        self.fail_rate = 0.0
+        self.fail_status = 500
+        self.configure({"latency_ms": latency_ms, "fail_rate": fail_rate, "fail_status": fail_status})
+        self.api_requests = 0
+        self.stats: dict[str, dict[str, int]] = {}
+        self.fail_seen: dict[str, int] = {}
+        self._ids = 0
+
+    # -- settings / bookkeeping ---------------------------------------------------------------------------
+
+    def configure(self, values: Mapping[str, Any]) -> None:
+        """Validates then applies any subset of latency_ms, fail_rate, fail_status (ValueError if bad)."""
+        latency = values.get("latency_ms", self.latency_ms)
+        rate = values.get("fail_rate", self.fail_rate)
+        status = values.get("fail_status", self.fail_status)
+        if isinstance(latency, bool) or not isinstance(latency, int | float) or latency < 0:
+            raise ValueError("latency_ms must be a non-negative number")
+        if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0.0 <= rate <= 1.0:
+            raise ValueError("fail_rate must be a number between 0 and 1")
+        if isinstance(status, bool) or not isinstance(status, int) or not 400 <= status <= 599:
+            raise ValueError("fail_status must be an integer between 400 and 599")
+        self.latency_ms = int(latency)
+        self.fail_rate = float(rate)
+        self.fail_status = status
+
+    def settings(self) -> dict[str, Any]:
+        return {"latency_ms": self.latency_ms, "fail_rate": self.fail_rate, "fail_status": self.fail_status}
+
+    def reset(self) -> None:
+        self.api_requests = 0
+        self.stats.clear()
+        self.fail_seen.clear()
+
+    def _count(self, path: str, status: int) -> None:
+        by_status = self.stats.get(path)
+        if by_status is None:
+            by_status = self.stats[path] = {}
+        key = str(status)
+        by_status[key] = by_status.get(key, 0) + 1
+
+    def _next_id(self) -> int:
+        self._ids += 1
+        return self._ids
+
+    def _injected_failure(self, n: int, markers: _Markers, key: str) -> int | None:
+        """Status to fail with for API request number n, or None."""
+        if markers.fail_status is not None:
+            if markers.fail_times is None:
+                return markers.fail_status
+            seen = self.fail_seen.get(key, 0) + 1
+            self.fail_seen[key] = seen
+            if seen <= markers.fail_times:
+                return markers.fail_status
+        rate = self.fail_rate
+        if rate > 0.0 and math.floor(n * rate) > math.floor((n - 1) * rate):
+            return self.fail_status
+        return None
+
+    async def _delay(self, markers: _Markers) -> None:
+        ms = self.latency_ms + markers.sleep_ms
+        if ms > 0:
+            await asyncio.sleep(ms / 1000.0)
+
+    @staticmethod
+    async def _read_json(request: Request) -> dict[str, Any]:
+        raw = await request.body()
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise _BadRequest("request body is not valid JSON") from exc
+        if not isinstance(body, dict):
+            raise _BadRequest("request body must be a JSON object")
+        return body
+
+    def _openai_error(
+        self, path: str, status: int, message: str, headers: Mapping[str, str], param: str | None = None
+    ) -> Response:
+        self._count(path, status)
+        err = {"message": message, "type": _openai_error_type(status), "param": param, "code": None}
+        return _json_response({"error": err}, status, headers)
+
+    def _anthropic_error(self, path: str, status: int, message: str, headers: Mapping[str, str]) -> Response:
+        self._count(path, status)
+        body = {"type": "error", "error": {"type": _anthropic_error_type(status), "message": message}}
+        return _json_response(body, status, headers)
+
+    @staticmethod
+    def _headers(markers: _Markers, request_id: str) -> dict[str, str]:
+        headers = {"x-request-id": request_id}
+        if markers.retry_after is not None:
+            headers["retry-after"] = markers.retry_after
+        return headers
+
+    # -- OpenAI chat ----------------------------------------------------------------------------------------
+
+    async def chat_completions(self, request: Request) -> Response:
+        path = "/v1/chat/completions"
+        self.api_requests += 1
+        n = self.api_requests
+        rid = self._next_id()
+        try:
+            body = await self._read_json(request)
+            model = body.get("model")
+            if not isinstance(model, str) or not model:
+                raise _BadRequest("you must provide a model parameter", "model")
+            messages = body.get("messages")
+            if not isinstance(messages, list) or not messages:
+                raise _BadRequest("'messages' must be a non-empty array", "messages")
+            texts: list[str] = []
+            last_user = ""
+            for msg in messages:
+                if not isinstance(msg, dict) or not isinstance(msg.get("role"), str):
+                    raise _BadRequest("each message must be an object with a 'role'", "messages")
+                text = _content_text(msg.get("content"))
+                texts.append(text)
+                if msg["role"] == "user":
+                    last_user = text
+            max_tokens = _positive_int(body, "max_completion_tokens") or _positive_int(body, "max_tokens")
+        except _BadRequest as exc:
+            await self._delay(_NO_MARKERS)
+            return self._openai_error(path, 400, exc.message, {"x-request-id": f"req_{rid:024x}"}, exc.param)
+
+        search = "\n".join(texts)
+        markers = _parse_markers(search)
+        headers = self._headers(markers, f"req_{rid:024x}")
+        failure = self._injected_failure(n, markers, search)
+        await self._delay(markers)
+        if failure is not None:
+            return self._openai_error(path, failure, f"injected failure (HTTP {failure})", headers)
+
+        prompt_tokens = _tokens(sum(len(t) for t in texts))
+        tools = body.get("tools")
+        tool_name: str | None = None
+        if markers.tool and isinstance(tools, list) and tools and isinstance(tools[0], dict):
+            fn = tools[0].get("function")
+            name = fn.get("name") if isinstance(fn, dict) else tools[0].get("name")
+            tool_name = name if isinstance(name, str) else "tool"
+
+        reply = "echo: " + last_user
+        finish = "stop"
+        if tool_name is not None:
+            completion_tokens = _tokens(len(tool_name) + 2)
+            finish = "tool_calls"
+        else:
+            completion_tokens = _tokens(len(reply))
+            if max_tokens is not None and completion_tokens > max_tokens:
+                reply = reply[: max_tokens * 4]
+                completion_tokens = _tokens(len(reply))
+                finish = "length"
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": markers.cached},
+            "completion_tokens_details": {"reasoning_tokens": 0},
+        }
+        cid = f"chatcmpl-{rid:024x}"
+        created = int(time.time())
+        tool_call = (
+            {"id": "call_1", "type": "function", "function": {"name": tool_name, "arguments": "{}"}}
+            if tool_name is not None
+            else None
+        )
+
+        if body.get("stream") is True:
+            self._count(path, 200)
+            stream_options = body.get("stream_options")
+            include_usage = isinstance(stream_options, dict) and stream_options.get("include_usage") is True
+            return self._chat_stream(
+                cid,
+                created,
+                model,
+                reply,
+                tool_call,
+                finish,
+                usage,
+                include_usage,
+                markers.break_after,
+                headers,
+            )
+
+        message: dict[str, Any] = {"role": "assistant", "content": None if tool_call else reply}
+        if tool_call is not None:
+            message["tool_calls"] = [tool_call]
+        message["refusal"] = None
+        result = {
+            "id": cid,
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "system_fingerprint": "fp_fake",
+            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+            "usage": usage,
+        }
+        self._count(path, 200)
+        return _json_response(result, 200, headers)
+
+    @staticmethod
+    def _chat_stream(
+        cid: str,
+        created: int,
+        model: str,
+        reply: str,
+        tool_call: dict[str, Any] | None,
+        finish: str,
+        usage: dict[str, Any],
+        include_usage: bool,
+        break_after: int | None,
+        headers: Mapping[str, str],
+    ) -> Response:
+        def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+            obj: dict[str, Any] = {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "system_fingerprint": "fp_fake",
+                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+            }
+            if include_usage:
+                obj["usage"] = None
+            return _sse_data(obj)
+
+        events = [chunk({"role": "assistant", "content": "", "refusal": None})]
+        content: list[bytes] = []
+        if tool_call is not None:
+            fn = tool_call["function"]
+            first = {
+                "index": 0,
+                "id": tool_call["id"],
+                "type": "function",
+                "function": {"name": fn["name"], "arguments": ""},
+            }
+            content.append(chunk({"tool_calls": [first]}))
+            content.append(chunk({"tool_calls": [{"index": 0, "function": {"arguments": fn["arguments"]}}]}))
+        else:
+            content.extend(chunk({"content": piece}) for piece in _split_chunks(reply))
+        if break_after is not None:
+            events.extend(content[:break_after])
+            return _SSEResponse(events, headers, abort=True)
+        events.extend(content)
+        events.append(chunk({}, finish))
+        if include_usage:
+            events.append(
+                _sse_data(
+                    {
+                        "id": cid,
+                        "object": "chat.completion.chunk",
+                        "created": created,
+                        "model": model,
+                        "system_fingerprint": "fp_fake",
+                        "choices": [],
+                        "usage": usage,
+                    }
+                )
+            )
+        events.append(b"data: [DONE]\n\n")
+        return _SSEResponse(events, headers, abort=False)
+
+    # -- OpenAI embeddings / moderations --------------------------------------------------------------------
+
+    @staticmethod
+    def _input_texts(value: Any, *, allow_parts: bool) -> list[str]:
+        if isinstance(value, str):
+            return [value]
+        if isinstance(value, list) and value:
+            texts: list[str] = []
+            for item in value:
+                if isinstance(item, str):
+                    texts.append(item)
+                elif allow_parts and isinstance(item, dict):
+                    text = item.get("text") if item.get("type") == "text" else ""
+                    texts.append(text if isinstance(text, str) else "")
+                else:
+                    raise _BadRequest("'input' must be a string or an array of strings", "input")
+            return texts
+        raise _BadRequest("'input' must be a string or a non-empty array of strings", "input")
+
+    async def embeddings(self, request: Request) -> Response:
+        path = "/v1/embeddings"
+        self.api_requests += 1
+        n = self.api_requests
+        rid = self._next_id()
+        try:
+            body = await self._read_json(request)
+            model = body.get("model")
+            if not isinstance(model, str) or not model:
+                raise _BadRequest("you must provide a model parameter", "model")
+            texts = self._input_texts(body.get("input"), allow_parts=False)
+            dims = _positive_int(body, "dimensions") or DEFAULT_EMBEDDING_DIMENSIONS
+            if dims > MAX_EMBEDDING_DIMENSIONS:
+                raise _BadRequest(f"'dimensions' must be at most {MAX_EMBEDDING_DIMENSIONS}", "dimensions")
+            fmt = body.get("encoding_format", "float")
+            if fmt not in ("float", "base64"):
+                raise _BadRequest("'encoding_format' must be 'float' or 'base64'", "encoding_format")
+        except _BadRequest as exc:
+            await self._delay(_NO_MARKERS)
+            return self._openai_error(path, 400, exc.message, {"x-request-id": f"req_{rid:024x}"}, exc.param)
+
+        search = "\n".join(texts)
+        markers = _parse_markers(search)
+        headers = self._headers(markers, f"req_{rid:024x}")
+        failure = self._injected_failure(n, markers, search)
+        await self._delay(markers)
+        if failure is not None:
+            return self._openai_error(path, failure, f"injected failure (HTTP {failure})", headers)
+
+        data: list[dict[str, Any]] = []
+        for i, text in enumerate(texts):
+            packed = _embedding_bytes(text, dims)
+            vector: Any = (
+                base64.b64encode(packed).decode("ascii")
+                if fmt == "base64"
+                else list(struct.unpack(f"<{dims}f", packed))
+            )
+            data.append({"object": "embedding", "index": i, "embedding": vector})
+        tokens = _tokens(sum(len(t) for t in texts))
+        result = {
+            "object": "list",
+            "data": data,
+            "model": model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+        self._count(path, 200)
+        return _json_response(result, 200, headers)
+
+    async def moderations(self, request: Request) -> Response:
+        path = "/v1/moderations"
+        self.api_requests += 1
+        n = self.api_requests
+        rid = self._next_id()
+        try:
+            body = await self._read_json(request)
+            texts = self._input_texts(body.get("input"), allow_parts=True)
+            model = body.get("model") or DEFAULT_MODERATION_MODEL
+            if not isinstance(model, str):
+                raise _BadRequest("'model' must be a string", "model")
+        except _BadRequest as exc:
+            await self._delay(_NO_MARKERS)
+            return self._openai_error(path, 400, exc.message, {"x-request-id": f"req_{rid:024x}"}, exc.param)
+
+        search = "\n".join(texts)
+        markers = _parse_markers(search)
+        headers = self._headers(markers, f"req_{rid:024x}")
+        failure = self._injected_failure(n, markers, search)
+        await self._delay(markers)
+        if failure is not None:
+            return self._openai_error(path, failure, f"injected failure (HTTP {failure})", headers)
+
+        results = []
+        for text in texts:
+            flagged = "[[flag]]" in text
+            categories = {c: flagged and c == _FLAGGED_CATEGORY for c in MODERATION_CATEGORIES}
+            scores = {c: 0.99 if categories[c] else 0.001 for c in MODERATION_CATEGORIES}
+            results.append(
+                {
+                    "flagged": flagged,
+                    "categories": categories,
+                    "category_scores": scores,
+                    "category_applied_input_types": {c: ["text"] for c in MODERATION_CATEGORIES},
+                }
+            )
+        result = {"id": f"modr-{rid:024x}", "model": model, "results": results}
+        self._count(path, 200)
+        return _json_response(result, 200, headers)
+
+    async def models(self, request: Request) -> Response:
+        self._count("/v1/models", 200)
+        names = ("fake-chat", "fake-embedding", DEFAULT_MODERATION_MODEL)
+        data = [{"id": m, "object": "model", "created": 0, "owned_by": "switchyard-fake"} for m in names]
+        return _json_response({"object": "list", "data": data})
+
+    # -- Anthropic messages ---------------------------------------------------------------------------------
+
+    async def messages(self, request: Request) -> Response:
+        path = "/v1/messages"
+        self.api_requests += 1
+        n = self.api_requests
+        rid = self._next_id()
+        try:
+            body = await self._read_json(request)
+            model = body.get("model")
+            if not isinstance(model, str) or not model:
+                raise _BadRequest("model: Field required")
+            messages = body.get("messages")
+            if not isinstance(messages, list) or not messages:
+                raise _BadRequest("messages: Field required (non-empty array)")
+            system_text = _content_text(body.get("system"))
+            texts: list[str] = [system_text] if system_text else []
+            last_user = ""
+            for msg in messages:
+                if not isinstance(msg, dict) or not isinstance(msg.get("role"), str):
+                    raise _BadRequest("messages: each message must be an object with a 'role'")
+                text = _content_text(msg.get("content"))
+                texts.append(text)
+                if msg["role"] == "user":
+                    last_user = text
+            max_tokens = _positive_int(body, "max_tokens")
+        except _BadRequest as exc:
+            await self._delay(_NO_MARKERS)
+            return self._anthropic_error(path, 400, exc.message, {"request-id": f"req_{rid:024x}"})
+
+        search = "\n".join(texts)
+        markers = _parse_markers(search)
+        headers = self._headers(markers, f"req_{rid:024x}")
+        headers["request-id"] = headers["x-request-id"]
+        failure = self._injected_failure(n, markers, search)
+        await self._delay(markers)
+        if failure is not None:
+            return self._anthropic_error(path, failure, f"injected failure (HTTP {failure})", headers)
+
+        prompt_tokens = _tokens(sum(len(t) for t in texts))
+        tools = body.get("tools")
+        tool_name: str | None = None
+        if markers.tool and isinstance(tools, list) and tools and isinstance(tools[0], dict):
+            name = tools[0].get("name")
+            tool_name = name if isinstance(name, str) else "tool"
+
+        reply = "echo: " + last_user
+        stop_reason = "end_turn"
+        if tool_name is not None:
+            output_tokens = _tokens(len(tool_name) + 2)
+            stop_reason = "tool_use"
+        else:
+            output_tokens = _tokens(len(reply))
+            if max_tokens is not None and output_tokens > max_tokens:
+                reply = reply[: max_tokens * 4]
+                output_tokens = _tokens(len(reply))
+                stop_reason = "max_tokens"
+        usage = {
+            "input_tokens": max(0, prompt_tokens - markers.cached - markers.cache_write),
+            "output_tokens": output_tokens,
+            "cache_read_input_tokens": markers.cached,
+            "cache_creation_input_tokens": markers.cache_write,
+        }
+        mid = f"msg_{rid:024x}"
+        block: dict[str, Any] = (
+            {"type": "tool_use", "id": "toolu_1", "name": tool_name, "input": {}}
+            if tool_name is not None
+            else {"type": "text", "text": reply}
+        )
+        self._count(path, 200)
+        if body.get("stream") is True:
+            return self._messages_stream(mid, model, reply, block, stop_reason, usage, markers.break_after, headers)
+        result = {
+            "id": mid,
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": [block],
+            "stop_reason": stop_reason,
+            "stop_sequence": None,
+            "usage": usage,
+        }
+        return _json_response(result, 200, headers)
+
+    @staticmethod
+    def _messages_stream(
+        mid: str,
+        model: str,
+        reply: str,
+        block: dict[str, Any],
+        stop_reason: str,
+        usage: dict[str, Any],
+        break_after: int | None,
+        headers: Mapping[str, str],
+    ) -> Response:
+        start_usage = {**usage, "output_tokens": 1}
+        message: dict[str, Any] = {
+            "id": mid,
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": start_usage,
+        }
+        events = [_sse_event("message_start", {"type": "message_start", "message": message})]
+        if block["type"] == "tool_use":
+            start_block: dict[str, Any] = {**block, "input": {}}
+            deltas = [{"type": "input_json_delta", "partial_json": "{}"}]
+        else:
+            start_block = {"type": "text", "text": ""}
+            deltas = [{"type": "text_delta", "text": piece} for piece in _split_chunks(reply)]
+        events.append(
+            _sse_event(
+                "content_block_start",
+                {"type": "content_block_start", "index": 0, "content_block": start_block},
+            )
+        )
+        content = [
+            _sse_event("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": d}) for d in deltas
+        ]
+        if break_after is not None:
+            events.extend(content[:break_after])
+            return _SSEResponse(events, headers, abort=True)
+        events.extend(content)
+        events.append(_sse_event("content_block_stop", {"type": "content_block_stop", "index": 0}))
+        events.append(
+            _sse_event(
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+                    "usage": {"output_tokens": usage["output_tokens"]},
+                },
+            )
+        )
+        events.append(_sse_event("message_stop", {"type": "message_stop"}))
+        return _SSEResponse(events, headers, abort=False)
+
+    # -- control --------------------------------------------------------------------------------------------
+
+    async def healthz(self, request: Request) -> Response:
+        return _json_response({"ok": True})
+
+    async def get_control(self, request: Request) -> Response:
+        return _json_response(self.settings())
+
+    async def post_control(self, request: Request) -> Response:
+        try:
+            body = await self._read_json(request)
+            unknown = set(body) - {"latency_ms", "fail_rate", "fail_status"}
+            if unknown:
+                raise _BadRequest(f"unknown fields: {sorted(unknown)}")
+            self.configure(body)
+        except _BadRequest as exc:
+            return _json_response({"error": exc.message}, 400)
+        except ValueError as exc:
+            return _json_response({"error": str(exc)}, 400)
+        return _json_response(self.settings())
+
+    async def get_stats(self, request: Request) -> Response:
+        total = sum(sum(by_status.values()) for by_status in self.stats.values())
+        return _json_response({"requests": self.stats, "total": total})
+
+    async def post_reset(self, request: Request) -> Response:
+        self.reset()
+        return _json_response({"ok": True})
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Public API
+
+
+def create_app(latency_ms: int = 0, fail_rate: float = 0.0, fail_status: int = 500) -> Starlette:
+    """Builds the fake provider ASGI app. Its state is reachable as ``app.state.fake`` (a FakeProvider)."""
+    fake = FakeProvider(latency_ms=latency_ms, fail_rate=fail_rate, fail_status=fail_status)
+    _install_log_filter()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        _install_log_filter()  # again, after the server configured logging
+        yield
+
+    routes = [
+        Route("/v1/chat/completions", fake.chat_completions, methods=["POST"]),
+        Route("/v1/embeddings", fake.embeddings, methods=["POST"]),
+        Route("/v1/moderations", fake.moderations, methods=["POST"]),
+        Route("/v1/messages", fake.messages, methods=["POST"]),
+        Route("/v1/models", fake.models, methods=["GET"]),
+        Route("/healthz", fake.healthz, methods=["GET"]),
+        Route("/control", fake.get_control, methods=["GET"]),
+        Route("/control", fake.post_control, methods=["POST"]),
+        Route("/control/stats", fake.get_stats, methods=["GET"]),
+        Route("/control/reset", fake.post_reset, methods=["POST"]),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.fake = fake
+    return app
+
+
+def run(
+    host: str = "127.0.0.1",
+    port: int = 8911,
+    latency_ms: int = 0,
+    fail_rate: float = 0.0,
+    fail_status: int = 500,
+) -> None:
+    """Serves the fake provider with uvicorn until interrupted."""
+    app = create_app(latency_ms=latency_ms, fail_rate=fail_rate, fail_status=fail_status)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Switchyard fake OpenAI/Anthropic model provider")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8911)
+    parser.add_argument("--latency-ms", type=int, default=0)
+    parser.add_argument("--fail-rate", type=float, default=0.0)
+    parser.add_argument("--fail-status", type=int, default=500)
+    args = parser.parse_args(argv)
+    run(
+        host=args.host,
+        port=args.port,
+        latency_ms=args.latency_ms,
+        fail_rate=args.fail_rate,
+        fail_status=args.fail_status,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""The FastAPI application: resources made in the lifespan, one error shape, a body-size limit."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio.to_thread
+import redis
+from fastapi import FastAPI
+
+from switchyard.core.config import load_config
+from switchyard.core.db import Database
+from switchyard.gateway_api.errors import install_error_handlers
+from switchyard.gateway_api.middleware import BodySizeLimit
+from switchyard.gateway_api.routes import health, tasks
+from switchyard.gateway_api.state import ApiState, KeyCache
+from switchyard.settings import Settings, get_settings
+from switchyard.workers.celery_app import make_celery
+from switchyard.workers.dispatch import CeleryDispatcher
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    # Refuse a bad config file before serving anything.
+    config = load_config(settings.config)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Endpoints are sync (shared services with the workers); give them room to wait on I/O.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = 100
+        celery = make_celery(settings)
+        state = ApiState(
+            settings=settings,
+            config=config,
+            db=Database(settings),
+            celery=celery,
+            dispatcher=CeleryDispatcher(celery),
+            redis=redis.Redis.from_url(settings.redis_url) if settings.redis_url else None,
+            keys=KeyCache(ttl_s=settings.api_key_cache_s),
+        )
+        app.state.switchyard = state
+        try:
+            yield
+        finally:
+            state.close()
+
+    app = FastAPI(
+        title="Switchyard",
+        version="0.1.0",
+        summary="Orchestration service for AI inference",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(tasks.router)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    return app

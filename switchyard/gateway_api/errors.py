@@ -1,0 +1,89 @@
+"""Every error leaves in one shape. Nothing a client can send produces a 500; a dependency that is down is a 503."""
+
+from __future__ import annotations
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from kombu.exceptions import OperationalError as BrokerError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from sqlalchemy.exc import DBAPIError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from switchyard.core.errors import AppError, InvalidRequest, MalformedRequest, ServiceUnavailable
+from switchyard.core.validation import loc_to_param
+from switchyard.gateway_api.responses import FastJSONResponse, error_body, error_response
+
+log = structlog.get_logger(__name__)
+
+_HTTP_TYPES = {
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "request_too_large",
+}
+
+
+def _validation_error(exc: RequestValidationError) -> AppError:
+    errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return MalformedRequest("request body is not valid JSON", param="body")
+    problems = []
+    params = []
+    for err in errors:
+        loc = list(err.get("loc", ()))
+        where = loc[0] if loc else "body"
+        param = loc_to_param(loc[1:]) or str(where)
+        if err.get("type") == "missing":
+            msg = "field required"
+        elif err.get("type") == "extra_forbidden":
+            msg = "unknown field"
+        elif err.get("type") in ("model_attributes_type", "dict_type") and not loc[1:]:
+            msg = "request body must be a JSON object"
+        else:
+            msg = str(err.get("msg"))
+        params.append(param)
+        problems.append(f"{param}: {msg}")
+    return InvalidRequest("; ".join(dict.fromkeys(problems)), param=params[0] if params else None)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(AppError)
+    async def _app_error(_: Request, exc: AppError) -> Response:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> Response:
+        return error_response(_validation_error(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> Response:
+        type_ = _HTTP_TYPES.get(exc.status_code, "invalid_request_error")
+        return FastJSONResponse(
+            error_body(type_, str(exc.detail)), status_code=exc.status_code, headers=getattr(exc, "headers", None)
+        )
+
+    @app.exception_handler(DBAPIError)
+    async def _database(_: Request, exc: DBAPIError) -> Response:
+        if exc.connection_invalidated or "connect" in str(exc.orig).lower():
+            log.warning("database_unavailable", error=str(exc.orig))
+            return error_response(ServiceUnavailable("database unavailable"))
+        log.exception("database_error")
+        return FastJSONResponse(error_body("api_error", "internal error"), status_code=500)
+
+    @app.exception_handler(BrokerError)
+    async def _broker(_: Request, exc: BrokerError) -> Response:
+        log.warning("broker_unavailable", error=str(exc))
+        return error_response(ServiceUnavailable("broker unavailable"))
+
+    @app.exception_handler(RedisConnectionError)
+    async def _redis(_: Request, exc: RedisConnectionError) -> Response:
+        log.warning("redis_unavailable", error=str(exc))
+        return error_response(ServiceUnavailable("redis unavailable"))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> Response:
+        log.exception("unhandled_error")
+        return FastJSONResponse(error_body("api_error", "internal error"), status_code=500)

@@ -1,0 +1,1 @@
+"""Route modules: thin edges over the services."""

@@ -1,0 +1,66 @@
+"""`/v1/tasks`: submit, read, list, cancel."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Header, Query
+
+from switchyard.gateway_api.deps import Member, StateDep, TxDep, Viewer
+from switchyard.gateway_api.responses import FastJSONResponse
+from switchyard.tasks import service
+from switchyard.tasks.schemas import TaskCreate
+from switchyard.tasks.views import task_created_view
+
+router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
+
+TaskStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
+TaskType = Literal["chat", "embed", "moderate", "predict"]
+
+
+@router.post("", status_code=202)
+def create_task(
+    body: TaskCreate,
+    principal: Member,
+    tx: TxDep,
+    state: StateDep,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    x_provider: Annotated[str | None, Header(max_length=100)] = None,
+) -> FastJSONResponse:
+    created = service.create_task(
+        tx,
+        state.config,
+        state.dispatcher,
+        tenant_id=principal.tenant_id,
+        body=body,
+        pinned_provider=x_provider,
+        idempotency_key=idempotency_key,
+        idempotency_ttl_s=state.settings.idempotency_ttl_s,
+    )
+    headers = {"Idempotent-Replayed": "true"} if created.replayed else None
+    return FastJSONResponse(task_created_view(created.task), status_code=202, headers=headers)
+
+
+@router.get("")
+def list_tasks(
+    principal: Viewer,
+    tx: TxDep,
+    status: TaskStatus | None = None,
+    type: TaskType | None = None,
+    model: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    after: Annotated[str | None, Query(max_length=40)] = None,
+) -> FastJSONResponse:
+    return FastJSONResponse(
+        service.list_tasks(tx, principal.tenant_id, status=status, type=type, model=model, after=after, limit=limit)
+    )
+
+
+@router.get("/{task_id}")
+def get_task(task_id: str, principal: Viewer, tx: TxDep) -> FastJSONResponse:
+    return FastJSONResponse(service.get_task(tx, principal.tenant_id, task_id))
+
+
+@router.post("/{task_id}/cancel")
+def cancel_task(task_id: str, principal: Member, tx: TxDep) -> FastJSONResponse:
+    return FastJSONResponse(service.cancel_task(tx, principal.tenant_id, task_id))

@@ -1,0 +1,54 @@
+"""What the API process holds: made in the lifespan, closed at shutdown."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import redis
+from celery import Celery
+
+from switchyard.core.config import AppConfig
+from switchyard.core.db import Database
+from switchyard.settings import Settings
+from switchyard.tenancy.service import Principal
+from switchyard.workers.dispatch import CeleryDispatcher
+
+
+@dataclass
+class KeyCache:
+    """Recently verified keys, so a request does not pay a database read to authenticate.
+    A revoked key keeps working for at most `ttl_s`."""
+
+    ttl_s: float
+    _entries: dict[str, tuple[Principal, float]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def get(self, key_hash: str) -> Principal | None:
+        entry = self._entries.get(key_hash)
+        if entry is None or entry[1] < time.monotonic():
+            return None
+        return entry[0]
+
+    def put(self, key_hash: str, principal: Principal) -> None:
+        with self._lock:
+            if len(self._entries) > 10_000:
+                self._entries.clear()
+            self._entries[key_hash] = (principal, time.monotonic() + self.ttl_s)
+
+
+@dataclass
+class ApiState:
+    settings: Settings
+    config: AppConfig
+    db: Database
+    celery: Celery
+    dispatcher: CeleryDispatcher
+    redis: redis.Redis | None
+    keys: KeyCache
+
+    def close(self) -> None:
+        self.db.dispose()
+        if self.redis is not None:
+            self.redis.close()

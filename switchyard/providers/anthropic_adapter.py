@@ -1,0 +1,193 @@
+"""`anthropic` kind: Anthropic's Messages API through the official SDK, mapped to and from OpenAI's shapes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import anthropic
+import httpx2
+
+from switchyard.core.config import ProviderConfig
+from switchyard.core.errors import ProviderError
+from switchyard.providers.base import CallResult, Usage
+from switchyard.providers.errors import connection_error, status_error, timeout_error
+
+DEFAULT_MAX_TOKENS = 1024
+
+STOP_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+
+
+@contextmanager
+def _translated_errors() -> Iterator[None]:
+    try:
+        yield
+    except anthropic.APITimeoutError as exc:
+        raise timeout_error(str(exc)) from exc
+    except anthropic.APIConnectionError as exc:
+        raise connection_error(str(exc)) from exc
+    except anthropic.APIStatusError as exc:
+        raise status_error(exc.status_code, exc.message, exc.response.headers) from exc
+    except anthropic.AnthropicError as exc:
+        raise ProviderError("provider_error", str(exc), retryable=False) from exc
+
+
+def _text_of(content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+
+
+def _content_blocks(content: Any) -> str | list[dict[str, Any]]:
+    """OpenAI content (a string or parts) as Anthropic content (a string or text/image blocks)."""
+    if content is None or isinstance(content, str):
+        return content or ""
+    blocks: list[dict[str, Any]] = []
+    for part in content:
+        if part.get("type") == "text":
+            blocks.append({"type": "text", "text": part.get("text", "")})
+        elif part.get("type") == "image_url":
+            url = part.get("image_url", {}).get("url", "")
+            if url.startswith("data:") and ";base64," in url:
+                media_type, data = url[5:].split(";base64,", 1)
+                blocks.append({"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}})
+            else:
+                blocks.append({"type": "image", "source": {"type": "url", "url": url}})
+    return blocks
+
+
+def to_anthropic(request: dict[str, Any]) -> dict[str, Any]:
+    """Map an OpenAI-style chat request to Messages API parameters."""
+    system_parts: list[str] = []
+    messages: list[dict[str, Any]] = []
+    for message in request["messages"]:
+        role = message["role"]
+        if role in ("system", "developer"):
+            system_parts.append(_text_of(message.get("content")))
+        elif role == "tool":
+            block = {
+                "type": "tool_result",
+                "tool_use_id": message.get("tool_call_id", ""),
+                "content": _text_of(message.get("content")),
+            }
+            messages.append({"role": "user", "content": [block]})
+        elif role == "assistant" and message.get("tool_calls"):
+            blocks: list[dict[str, Any]] = []
+            text = _text_of(message.get("content"))
+            if text:
+                blocks.append({"type": "text", "text": text})
+            for call in message["tool_calls"]:
+                function = call.get("function", {})
+                blocks.append(
+                    {
+                        "type": "tool_use",
+                        "id": call.get("id", ""),
+                        "name": function.get("name", ""),
+                        "input": json.loads(function.get("arguments") or "{}"),
+                    }
+                )
+            messages.append({"role": "assistant", "content": blocks})
+        else:
+            messages.append({"role": role, "content": _content_blocks(message.get("content"))})
+    params: dict[str, Any] = {
+        "messages": messages,
+        "max_tokens": request.get("max_tokens") or request.get("max_completion_tokens") or DEFAULT_MAX_TOKENS,
+    }
+    if system_parts:
+        params["system"] = "\n\n".join(system_parts)
+    if request.get("temperature") is not None:
+        # Anthropic's range is [0, 1] where OpenAI's is [0, 2].
+        params["temperature"] = min(float(request["temperature"]), 1.0)
+    if request.get("top_p") is not None:
+        params["top_p"] = request["top_p"]
+    stop = request.get("stop")
+    if stop:
+        params["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+    if request.get("tools"):
+        params["tools"] = [
+            {
+                "name": t["function"]["name"],
+                "description": t["function"].get("description", ""),
+                "input_schema": t["function"].get("parameters") or {"type": "object", "properties": {}},
+            }
+            for t in request["tools"]
+            if t.get("type") == "function"
+        ]
+    choice = request.get("tool_choice")
+    if choice == "auto":
+        params["tool_choice"] = {"type": "auto"}
+    elif choice == "required":
+        params["tool_choice"] = {"type": "any"}
+    elif choice == "none":
+        params["tool_choice"] = {"type": "none"}
+    elif isinstance(choice, dict) and choice.get("function"):
+        params["tool_choice"] = {"type": "tool", "name": choice["function"]["name"]}
+    if request.get("user"):
+        params["metadata"] = {"user_id": str(request["user"])}
+    return params
+
+
+class AnthropicAdapter:
+    """Calls through the official SDK with its own retries off: the gateway owns retries."""
+
+    def __init__(self, config: ProviderConfig) -> None:
+        self._client = anthropic.Anthropic(
+            api_key=config.api_key or "none",
+            base_url=config.base_url,
+            max_retries=0,
+            timeout=config.timeout_s or 60.0,
+            http_client=anthropic.DefaultHttpxClient(
+                limits=httpx2.Limits(
+                    max_connections=config.max_connections,
+                    max_keepalive_connections=config.max_connections,
+                )
+            ),
+        )
+
+    def chat(self, model: str, request: dict[str, Any], timeout_s: float) -> CallResult:
+        with _translated_errors():
+            message = self._client.messages.create(model=model, timeout=timeout_s, **to_anthropic(request))
+        text = "".join(block.text for block in message.content if block.type == "text")
+        output: dict[str, Any] = {
+            "content": text,
+            "finish_reason": STOP_REASONS.get(message.stop_reason or "end_turn", "stop"),
+        }
+        tool_calls = [
+            {"id": block.id, "type": "function", "function": {"name": block.name, "arguments": json.dumps(block.input)}}
+            for block in message.content
+            if block.type == "tool_use"
+        ]
+        if tool_calls:
+            output["tool_calls"] = tool_calls
+        u = message.usage
+        cache_read = u.cache_read_input_tokens or 0
+        cache_write = u.cache_creation_input_tokens or 0
+        # Anthropic's input_tokens excludes cache reads and writes; ours counts the whole prompt.
+        usage = Usage(
+            input_tokens=u.input_tokens + cache_read + cache_write,
+            output_tokens=u.output_tokens,
+            cached_input_tokens=cache_read,
+            cache_write_tokens=cache_write,
+        )
+        return CallResult(output=output, usage=usage, provider_model=message.model or model)
+
+    def embed(self, model: str, request: dict[str, Any], timeout_s: float) -> CallResult:
+        raise ProviderError("invalid_request", "anthropic providers do not serve embeddings", retryable=False)
+
+    def moderate(self, model: str, request: dict[str, Any], timeout_s: float) -> CallResult:
+        raise ProviderError("invalid_request", "anthropic providers do not serve moderation", retryable=False)
+
+    def close(self) -> None:
+        self._client.close()

@@ -1,0 +1,57 @@
+"""Mapping of HTTP failures to our error types; shared by every SDK-based adapter."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from switchyard.core.errors import ProviderError
+
+# Retry only what another try can fix: timeouts, conflicts, rate limits and server errors.
+RETRYABLE_STATUS = frozenset({408, 409, 429})
+
+
+def parse_retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds from a `Retry-After` (or `retry-after-ms`) header, when present and numeric."""
+    millis = headers.get("retry-after-ms")
+    if millis:
+        try:
+            return max(0.0, float(millis) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value:
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            return None
+    return None
+
+
+def status_error(status: int, message: str, headers: Mapping[str, str]) -> ProviderError:
+    """A ProviderError for an HTTP status answered by a provider."""
+    retryable = status in RETRYABLE_STATUS or status >= 500
+    if status == 429:
+        error_type = "rate_limited"
+    elif status == 408:
+        error_type = "timeout"
+    elif status in (400, 404, 413, 422):
+        error_type = (
+            "content_blocked" if "content" in message.lower() and "policy" in message.lower() else ("invalid_request")
+        )
+    else:
+        error_type = "provider_error"
+    return ProviderError(
+        error_type,
+        f"provider answered {status}: {message}"[:2000],
+        retryable=retryable,
+        status_code=status,
+        retry_after_s=parse_retry_after(headers),
+    )
+
+
+def timeout_error(message: str) -> ProviderError:
+    return ProviderError("timeout", message or "provider call timed out", retryable=True)
+
+
+def connection_error(message: str) -> ProviderError:
+    return ProviderError("provider_error", f"connection failed: {message}", retryable=True)

@@ -1,0 +1,116 @@
+"""`openai` kind: OpenAI and every OpenAI-compatible server (vLLM, OpenRouter, Azure's v1 endpoint, the fake)."""
+
+from __future__ import annotations
+
+import base64
+import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx2
+import openai
+
+from switchyard.core.config import ProviderConfig
+from switchyard.core.errors import ProviderError
+from switchyard.providers.base import CallResult, Usage
+from switchyard.providers.errors import connection_error, status_error, timeout_error
+
+# Fields of a chat input that we consume ourselves rather than forward.
+_OWN_FIELDS = frozenset({"messages", "stream", "stream_options"})
+
+
+@contextmanager
+def _translated_errors() -> Iterator[None]:
+    """Turn the SDK's exceptions into ProviderError; the router decides what happens next."""
+    try:
+        yield
+    except openai.APITimeoutError as exc:
+        raise timeout_error(str(exc)) from exc
+    except openai.APIConnectionError as exc:
+        raise connection_error(str(exc)) from exc
+    except openai.APIStatusError as exc:
+        raise status_error(exc.status_code, exc.message, exc.response.headers) from exc
+    except openai.OpenAIError as exc:
+        raise ProviderError("provider_error", str(exc), retryable=False) from exc
+
+
+class OpenAIAdapter:
+    """Calls through the official SDK with its own retries off: the gateway owns retries."""
+
+    def __init__(self, config: ProviderConfig) -> None:
+        self._client = openai.OpenAI(
+            api_key=config.api_key or "none",
+            base_url=config.base_url,
+            max_retries=0,
+            timeout=config.timeout_s or 60.0,
+            http_client=openai.DefaultHttpxClient(
+                limits=httpx2.Limits(
+                    max_connections=config.max_connections,
+                    max_keepalive_connections=config.max_connections,
+                )
+            ),
+        )
+
+    def chat(self, model: str, request: dict[str, Any], timeout_s: float) -> CallResult:
+        extra = {k: v for k, v in request.items() if k not in _OWN_FIELDS and v is not None}
+        with _translated_errors():
+            completion = self._client.chat.completions.create(
+                model=model, messages=request["messages"], timeout=timeout_s, **extra
+            )
+        choice = completion.choices[0]
+        output: dict[str, Any] = {
+            "content": choice.message.content,
+            "finish_reason": choice.finish_reason,
+        }
+        if choice.message.tool_calls:
+            output["tool_calls"] = [call.model_dump(mode="json") for call in choice.message.tool_calls]
+        usage = Usage()
+        if completion.usage is not None:
+            details = completion.usage.prompt_tokens_details
+            usage = Usage(
+                input_tokens=completion.usage.prompt_tokens,
+                output_tokens=completion.usage.completion_tokens,
+                cached_input_tokens=(details.cached_tokens or 0) if details else 0,
+            )
+        return CallResult(output=output, usage=usage, provider_model=completion.model or model)
+
+    def embed(self, model: str, request: dict[str, Any], timeout_s: float) -> CallResult:
+        texts = request["input"]
+        extra: dict[str, Any] = {}
+        if request.get("dimensions"):
+            extra["dimensions"] = request["dimensions"]
+        with _translated_errors():
+            # base64 on the wire is a quarter of the size of JSON floats; we decode it here.
+            response = self._client.embeddings.create(
+                model=model, input=texts, encoding_format="base64", timeout=timeout_s, **extra
+            )
+        vectors = [_decode_embedding(item.embedding) for item in sorted(response.data, key=lambda d: d.index)]
+        tokens = response.usage.prompt_tokens if response.usage else 0
+        return CallResult(
+            output={"embeddings": vectors},
+            usage=Usage(input_tokens=tokens),
+            provider_model=response.model or model,
+        )
+
+    def moderate(self, model: str, request: dict[str, Any], timeout_s: float) -> CallResult:
+        with _translated_errors():
+            response = self._client.moderations.create(model=model, input=request["input"], timeout=timeout_s)
+        results = [r.model_dump(mode="json", by_alias=True) for r in response.results]
+        output = {
+            "flagged": any(r.flagged for r in response.results),
+            "categories": results[0]["categories"] if results else {},
+            "category_scores": results[0]["category_scores"] if results else {},
+            "results": results,
+        }
+        return CallResult(output=output, provider_model=response.model or model)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _decode_embedding(value: list[float] | str) -> list[float]:
+    if isinstance(value, str):
+        raw = base64.b64decode(value)
+        return list(struct.unpack(f"<{len(raw) // 4}f", raw))
+    return list(value)

@@ -1,0 +1,80 @@
+"""Process settings: every knob is a `SWITCHYARD_*` environment variable, validated at start-up."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """One place for configuration; nonsense is refused when the process starts."""
+
+    model_config = SettingsConfigDict(env_prefix="SWITCHYARD_", extra="ignore")
+
+    # Storage and transport. No Redis URL means embedded mode: SQLite, a local Celery transport.
+    database_url: str = "sqlite:///./switchyard.db"
+    redis_url: str | None = None
+    broker_url: str | None = None
+    config: Path = Path("config/switchyard.yaml")
+    data_dir: Path = Path(".switchyard")
+
+    # HTTP edge.
+    max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
+    api_key_cache_s: float = Field(default=30.0, ge=0)
+    db_pool_size: int = Field(default=10, ge=1)
+    db_max_overflow: int = Field(default=20, ge=0)
+
+    # Execution. A lease is the time a claim stays valid past the provider timeout before the sweeper
+    # may hand the task to another worker; messages left unconsumed are re-published after requeue_after_s.
+    default_timeout_s: float = Field(default=60.0, gt=0)
+    default_max_attempts: int = Field(default=3, ge=1, le=20)
+    lease_grace_s: float = Field(default=30.0, gt=0)
+    requeue_after_s: float = Field(default=60.0, gt=0)
+    sweep_interval_s: float = Field(default=5.0, gt=0)
+    # Backoff waits up to this long are slept in the worker; longer ones become a due time in the database.
+    inline_retry_max_s: float = Field(default=5.0, ge=0)
+    retry_base_s: float = Field(default=0.5, gt=0)
+    retry_max_s: float = Field(default=30.0, gt=0)
+    idempotency_ttl_s: float = Field(default=24 * 3600, gt=0)
+
+    webhook_allow_private: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.retry_base_s > self.retry_max_s:
+            raise ValueError("SWITCHYARD_RETRY_BASE_S must not exceed SWITCHYARD_RETRY_MAX_S")
+        if not self.database_url.startswith(("postgresql", "sqlite")):
+            raise ValueError("SWITCHYARD_DATABASE_URL must be a postgresql:// or sqlite:// URL")
+        return self
+
+    @property
+    def embedded(self) -> bool:
+        """True when no Redis is configured: the broker is a local transport and nothing is shared."""
+        return self.redis_url is None
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The database URL with the psycopg 3 driver spelled out for Postgres."""
+        url = self.database_url
+        for prefix in ("postgresql://", "postgres://"):
+            if url.startswith(prefix):
+                return "postgresql+psycopg://" + url[len(prefix) :]
+        return url
+
+    @property
+    def celery_broker_url(self) -> str:
+        """Redis when configured, else a filesystem transport that separate processes share."""
+        if self.broker_url:
+            return self.broker_url
+        if self.redis_url:
+            return self.redis_url
+        return "filesystem://"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The settings of this process, read once."""
+    return Settings()

@@ -1,0 +1,1 @@
+"""Inference tasks: creation, queries, execution by the workers, and the sweeper."""

@@ -1,0 +1,366 @@
+"""Running a task on a worker: claim it, call providers attempt by attempt, record every attempt, finish once.
+
+Each step is its own short transaction, so a killed worker leaves at most a lease that the sweeper reclaims.
+Every write after the claim is conditional on still holding it (`claim_id`): a worker whose lease was
+taken over cannot overwrite the result of the one that took it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+from sqlalchemy import insert, select, update
+from sqlalchemy.orm import Session
+
+from switchyard.core.config import AppConfig, Deployment
+from switchyard.core.db import Database
+from switchyard.core.errors import ProviderError
+from switchyard.core.events import append_event
+from switchyard.core.ids import new_id
+from switchyard.core.models import Attempt, Task, utcnow
+from switchyard.providers.base import CallResult, Usage
+from switchyard.providers.pricing import cost_usd
+from switchyard.providers.registry import ProviderSet
+from switchyard.providers.router import backoff_s, deployment_for_attempt
+from switchyard.settings import Settings
+from switchyard.tasks.views import task_view
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class Claim:
+    """What the worker holding a task needs to run it."""
+
+    task_id: str
+    claim_id: str
+    tenant_id: str
+    type: str
+    model: str
+    input: dict[str, Any]
+    options: dict[str, Any]
+    attempt_count: int
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One finished provider call, successful or not."""
+
+    deployment: Deployment
+    n: int
+    started_at: datetime
+    latency_ms: int
+    result: CallResult | None = None
+    error: ProviderError | None = None
+
+    @property
+    def cost(self) -> float:
+        return cost_usd(self.result.usage, self.deployment.price) if self.result else 0.0
+
+
+class Executor:
+    """Executes tasks with the resources of one worker process."""
+
+    def __init__(self, settings: Settings, config: AppConfig, db: Database, providers: ProviderSet) -> None:
+        self.settings = settings
+        self.config = config
+        self.db = db
+        self.providers = providers
+
+    # --- the whole run ----------------------------------------------------------------------------------------
+
+    def run(self, task_id: str) -> None:
+        claim = self.claim(task_id)
+        if claim is None:
+            return  # a duplicate delivery, a canceled task, or not yet due: someone else owns it or nobody should
+        model = self.config.models.get(claim.model)
+        if model is None:
+            self.finish_failed(
+                claim, None, {"type": "invalid_request", "message": f"model '{claim.model}' is no longer configured"}
+            )
+            return
+        max_attempts = int(claim.options.get("max_attempts") or self.settings.default_max_attempts)
+        timeout_s = float(claim.options.get("timeout_s") or self.settings.default_timeout_s)
+        pinned = claim.options.get("provider")
+        while True:
+            n = claim.attempt_count + 1
+            deployment = deployment_for_attempt(model, pinned, n)
+            outcome = self.call(claim, deployment, n, timeout_s)
+            if outcome.error is None:
+                self.finish_succeeded(claim, outcome)
+                return
+            error = outcome.error
+            if not error.retryable or n >= max_attempts:
+                self.finish_failed(claim, outcome, {"type": error.error_type, "message": error.message})
+                return
+            wait = backoff_s(
+                n, base_s=self.settings.retry_base_s, max_s=self.settings.retry_max_s, retry_after_s=error.retry_after_s
+            )
+            keep_going = self.record_retry(claim, outcome, wait, timeout_s)
+            if not keep_going:
+                return
+            time.sleep(wait)
+
+    def call(self, claim: Claim, deployment: Deployment, n: int, timeout_s: float) -> Outcome:
+        adapter = self.providers.get(deployment.provider)
+        method = {"chat": adapter.chat, "embed": adapter.embed, "moderate": adapter.moderate}.get(claim.type)
+        started_at = utcnow()
+        t0 = time.perf_counter()
+        try:
+            if method is None:
+                raise ProviderError("invalid_request", f"{claim.type} tasks are not served yet", retryable=False)
+            result = method(deployment.model, claim.input, timeout_s)
+        except ProviderError as exc:
+            return Outcome(deployment, n, started_at, _ms_since(t0), error=exc)
+        except Exception as exc:  # an adapter bug must fail the attempt, not kill the worker thread
+            log.exception("adapter_crashed", task_id=claim.task_id, provider=deployment.provider)
+            err = ProviderError("provider_error", f"{type(exc).__name__}: {exc}", retryable=False)
+            return Outcome(deployment, n, started_at, _ms_since(t0), error=err)
+        return Outcome(deployment, n, started_at, _ms_since(t0), result=result)
+
+    # --- transactions -----------------------------------------------------------------------------------------
+
+    def claim(self, task_id: str) -> Claim | None:
+        """queued -> running, if it still is queued and due; the lease covers one provider call."""
+        now = utcnow()
+        claim_id = new_id("clm")
+        with self.db.transaction() as tx:
+            row = tx.session.execute(
+                update(Task)
+                .where(
+                    Task.id == task_id,
+                    Task.status == "queued",
+                    Task.cancel_requested.is_(False),
+                    (Task.due_at.is_(None)) | (Task.due_at <= now),
+                )
+                .values(
+                    status="running",
+                    claim_id=claim_id,
+                    lease_expires_at=now + timedelta(seconds=self._lease_s(None)),
+                    started_at=now,
+                    due_at=None,
+                )
+                .returning(Task.tenant_id, Task.type, Task.model, Task.input, Task.options, Task.attempt_count)
+            ).first()
+            if row is None:
+                return None
+            claim = Claim(
+                task_id, claim_id, row.tenant_id, row.type, row.model, row.input, row.options, row.attempt_count
+            )
+            # A per-task timeout longer than the default needs a longer lease.
+            if claim.options.get("timeout_s", self.settings.default_timeout_s) != self.settings.default_timeout_s:
+                tx.session.execute(
+                    update(Task)
+                    .where(Task.id == task_id)
+                    .values(lease_expires_at=now + timedelta(seconds=self._lease_s(claim.options["timeout_s"])))
+                )
+            append_event(
+                tx.session,
+                tenant_id=claim.tenant_id,
+                type="task.started",
+                task_id=task_id,
+                data={"id": task_id, "status": "running", "attempt": claim.attempt_count + 1},
+            )
+        return claim
+
+    def record_retry(self, claim: Claim, outcome: Outcome, wait_s: float, timeout_s: float) -> bool:
+        """Record a failed attempt that will be retried. A short wait keeps the claim (the caller sleeps);
+        a long one releases the task with a due time in the database. False: stop here."""
+        assert outcome.error is not None
+        now = utcnow()
+        durable = wait_s > self.settings.inline_retry_max_s
+        with self.db.transaction() as tx:
+            values: dict[str, Any] = {"attempt_count": outcome.n}
+            if durable:
+                values.update(
+                    status="queued",
+                    claim_id=None,
+                    lease_expires_at=None,
+                    due_at=now + timedelta(seconds=wait_s),
+                    published_at=None,
+                )
+            else:
+                values["lease_expires_at"] = now + timedelta(seconds=wait_s + self._lease_s(timeout_s))
+            row = tx.session.execute(
+                update(Task)
+                .where(Task.id == claim.task_id, Task.claim_id == claim.claim_id, Task.status == "running")
+                .values(**values)
+                .returning(Task.cancel_requested)
+            ).first()
+            if row is None:
+                log.warning("lease_lost", task_id=claim.task_id)
+                tx.session.rollback()
+                return False
+            self._insert_attempt(tx.session, claim, outcome)
+            append_event(
+                tx.session,
+                tenant_id=claim.tenant_id,
+                type="task.retrying",
+                task_id=claim.task_id,
+                data={
+                    "id": claim.task_id,
+                    "attempt": outcome.n,
+                    "wait_s": round(wait_s, 3),
+                    "error": {"type": outcome.error.error_type, "message": outcome.error.message},
+                },
+            )
+        claim.attempt_count = outcome.n
+        if row.cancel_requested:
+            if durable:
+                # Released already; cancel it the way the API cancels a queued task.
+                self._cancel_released(claim)
+            else:
+                self.finish_canceled(claim)
+            return False
+        return not durable
+
+    def finish_succeeded(self, claim: Claim, outcome: Outcome) -> None:
+        assert outcome.result is not None
+        usage = outcome.result.usage.as_dict()
+        result = dict(outcome.result.output)
+        result["provider"] = outcome.deployment.provider
+        result["provider_model"] = outcome.result.provider_model or outcome.deployment.model
+        self._finish(claim, outcome, status="succeeded", result=result, error=None, usage=usage)
+
+    def finish_failed(self, claim: Claim, outcome: Outcome | None, error: dict[str, Any]) -> None:
+        self._finish(claim, outcome, status="failed", result=None, error=error, usage=None)
+
+    def finish_canceled(self, claim: Claim) -> None:
+        self._finish(
+            claim,
+            None,
+            status="canceled",
+            result=None,
+            error={"type": "canceled", "message": "canceled by request"},
+            usage=None,
+        )
+
+    def _finish(
+        self,
+        claim: Claim,
+        outcome: Outcome | None,
+        *,
+        status: str,
+        result: dict[str, Any] | None,
+        error: dict[str, Any] | None,
+        usage: dict[str, int] | None,
+    ) -> None:
+        """Write the final state once, with the last attempt, the totals and the terminal event."""
+        with self.db.transaction() as tx:
+            session = tx.session
+            if outcome is not None:
+                self._insert_attempt(session, claim, outcome)
+            attempts = list(session.scalars(select(Attempt).where(Attempt.task_id == claim.task_id)))
+            totals = _totals(attempts)
+            now = utcnow()
+            held = (Task.id == claim.task_id) & (Task.claim_id == claim.claim_id) & (Task.status == "running")
+            values = {
+                "result": result,
+                "error": error,
+                "usage": usage or totals["usage"],
+                "cost_usd": totals["cost"],
+                "finished_at": now,
+                "lease_expires_at": None,
+                "attempt_count": outcome.n if outcome else claim.attempt_count,
+            }
+            # A cancel that arrived while the last call was in flight wins over its result.
+            task = session.scalar(
+                update(Task)
+                .where(held, Task.cancel_requested.is_(False))
+                .values(status=status, **values)
+                .returning(Task)
+            )
+            if task is None:
+                task = session.scalar(
+                    update(Task)
+                    .where(held)
+                    .values(
+                        status="canceled",
+                        **{**values, "result": None, "error": {"type": "canceled", "message": "canceled by request"}},
+                    )
+                    .returning(Task)
+                )
+            if task is None:
+                log.warning("lease_lost", task_id=claim.task_id)
+                session.rollback()
+                return
+            append_event(
+                session,
+                tenant_id=claim.tenant_id,
+                type=f"task.{task.status}",
+                task_id=claim.task_id,
+                data=task_view(task, attempts),
+            )
+
+    def _cancel_released(self, claim: Claim) -> None:
+        with self.db.transaction() as tx:
+            task = tx.session.scalar(
+                update(Task)
+                .where(Task.id == claim.task_id, Task.status == "queued")
+                .values(
+                    status="canceled",
+                    finished_at=utcnow(),
+                    due_at=None,
+                    error={"type": "canceled", "message": "canceled by request"},
+                )
+                .returning(Task)
+            )
+            if task is not None:
+                attempts = list(tx.session.scalars(select(Attempt).where(Attempt.task_id == claim.task_id)))
+                append_event(
+                    tx.session,
+                    tenant_id=claim.tenant_id,
+                    type="task.canceled",
+                    task_id=claim.task_id,
+                    data=task_view(task, attempts),
+                )
+
+    # --- helpers ----------------------------------------------------------------------------------------------
+
+    def _lease_s(self, timeout_s: float | None) -> float:
+        return float(timeout_s or self.settings.default_timeout_s) + self.settings.lease_grace_s
+
+    @staticmethod
+    def _insert_attempt(session: Session, claim: Claim, outcome: Outcome) -> None:
+        usage = outcome.result.usage if outcome.result else Usage()
+        error = outcome.error
+        session.execute(
+            insert(Attempt).values(
+                task_id=claim.task_id,
+                n=outcome.n,
+                provider=outcome.deployment.provider,
+                deployment=outcome.deployment.name,
+                provider_model=(outcome.result.provider_model if outcome.result else "") or outcome.deployment.model,
+                status="succeeded" if error is None else "failed",
+                error_type=error.error_type if error else None,
+                error_message=error.message if error else None,
+                status_code=error.status_code if error else None,
+                latency_ms=outcome.latency_ms,
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                cached_input_tokens=usage.cached_input_tokens,
+                cache_write_tokens=usage.cache_write_tokens,
+                cost_usd=outcome.cost,
+                started_at=outcome.started_at,
+                finished_at=utcnow(),
+            )
+        )
+
+
+def _totals(attempts: list[Attempt]) -> dict[str, Any]:
+    """Usage and cost summed over every attempt (failed attempts can still cost money)."""
+    usage = {"input_tokens": 0, "output_tokens": 0, "cached_input_tokens": 0, "cache_write_tokens": 0}
+    for a in attempts:
+        usage["input_tokens"] += a.input_tokens
+        usage["output_tokens"] += a.output_tokens
+        usage["cached_input_tokens"] += a.cached_input_tokens
+        usage["cache_write_tokens"] += a.cache_write_tokens
+    return {"usage": usage, "cost": sum(a.cost_usd for a in attempts)}
+
+
+def _ms_since(t0: float) -> int:
+    return int((time.perf_counter() - t0) * 1000)

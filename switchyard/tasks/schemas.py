@@ -1,0 +1,91 @@
+"""Pydantic models at the boundary: what a client may send for a task, by type."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
+
+JsonScalar = str | int | float | bool | None
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TaskOptions(_Strict):
+    provider: Annotated[str, Field(min_length=1, max_length=100)] | None = None
+    max_attempts: Annotated[int, Field(ge=1, le=20)] | None = None
+    timeout_s: Annotated[float, Field(gt=0, le=3600)] | None = None
+
+
+class WebhookTarget(_Strict):
+    url: AnyHttpUrl
+    events: list[Annotated[str, Field(min_length=1, max_length=60)]] = Field(default_factory=list, max_length=50)
+
+
+class TaskCreate(_Strict):
+    type: Literal["chat", "embed", "moderate", "predict"]
+    model: Annotated[str, Field(min_length=1, max_length=200)]
+    input: dict[str, Any]
+    options: TaskOptions = TaskOptions()
+    webhook: WebhookTarget | None = None
+    metadata: dict[Annotated[str, Field(max_length=64)], JsonScalar] = Field(default_factory=dict, max_length=50)
+
+
+# --- inputs by type -------------------------------------------------------------------------------------------
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+
+
+class ChatInput(_Strict):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    n: Annotated[int, Field(ge=1, le=1)] | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    logit_bias: dict[str, float] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: dict[str, Any] | None = None
+    user: str | None = None
+
+
+class EmbedInput(_Strict):
+    input: str | Annotated[list[str], Field(min_length=1, max_length=2048)]
+    dimensions: Annotated[int, Field(ge=1, le=8192)] | None = None
+
+
+class ModerateInput(_Strict):
+    input: str | Annotated[list[str], Field(min_length=1, max_length=256)]
+
+
+class PredictInput(_Strict):
+    inputs: dict[str, Any] = Field(min_length=1)
+
+
+INPUT_MODELS: dict[str, type[BaseModel]] = {
+    "chat": ChatInput,
+    "embed": EmbedInput,
+    "moderate": ModerateInput,
+    "predict": PredictInput,
+}

@@ -1,0 +1,200 @@
+"""Task use cases of the HTTP edge: create (idempotently), read, list, cancel. No HTTP here, no commit."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Protocol
+
+import orjson
+from pydantic import ValidationError
+from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
+
+from switchyard.core.config import AppConfig
+from switchyard.core.db import Tx
+from switchyard.core.errors import Conflict, InvalidRequest, NotFound
+from switchyard.core.events import append_event
+from switchyard.core.ids import new_id
+from switchyard.core.models import Task, utcnow
+from switchyard.core.validation import invalid_request
+from switchyard.providers.router import candidates
+from switchyard.tasks import repository
+from switchyard.tasks.schemas import INPUT_MODELS, TaskCreate
+from switchyard.tasks.views import task_view
+
+TERMINAL = frozenset({"succeeded", "failed", "canceled"})
+
+
+class Dispatcher(Protocol):
+    """Hands a task id to the broker (after commit)."""
+
+    def publish_task(self, task_id: str, task_type: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class Created:
+    task: Task
+    replayed: bool
+
+
+def _request_hash(body: TaskCreate, pinned: str | None) -> str:
+    canonical = orjson.dumps({"body": body.model_dump(mode="json"), "pinned": pinned}, option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(canonical).hexdigest()
+
+
+def validate_input(config: AppConfig, body: TaskCreate, pinned: str | None) -> dict[str, Any]:
+    """Check the model, the type, the pinned provider and the input; return the normalised input."""
+    model = config.models.get(body.model)
+    if model is None:
+        raise InvalidRequest(f"unknown model '{body.model}'", param="model")
+    if model.type != body.type:
+        raise InvalidRequest(f"model '{body.model}' serves {model.type} tasks, not {body.type}", param="type")
+    if pinned is not None and not candidates(model, pinned):
+        providers = sorted({d.provider for d in model.deployments})
+        raise InvalidRequest(
+            f"model '{body.model}' has no deployment on provider '{pinned}' (it has: {', '.join(providers)})",
+            param="options.provider",
+        )
+    try:
+        parsed = INPUT_MODELS[body.type].model_validate(body.input)
+    except ValidationError as exc:
+        raise invalid_request(exc, prefix="input") from None
+    return parsed.model_dump(mode="json", exclude_none=True)
+
+
+def create_task(
+    tx: Tx,
+    config: AppConfig,
+    dispatcher: Dispatcher,
+    *,
+    tenant_id: str,
+    body: TaskCreate,
+    pinned_provider: str | None,
+    idempotency_key: str | None,
+    idempotency_ttl_s: float,
+) -> Created:
+    """Insert the task and its `task.queued` event; publish its id once the transaction commits."""
+    pinned = body.options.provider or pinned_provider
+    normalised_input = validate_input(config, body, pinned)
+    session = tx.session
+    request_hash = None
+    if idempotency_key is not None:
+        request_hash = _request_hash(body, pinned)
+        existing = repository.get_by_idempotency_key(session, tenant_id, idempotency_key)
+        if existing is not None:
+            if existing.created_at > utcnow() - timedelta(seconds=idempotency_ttl_s):
+                return _replay(existing, request_hash)
+            existing.idempotency_key = None  # expired: the key may be used again
+            session.flush()
+
+    now = utcnow()
+    options = body.options.model_dump(exclude_none=True)
+    if pinned is not None:
+        options["provider"] = pinned
+    task = Task(
+        id=new_id("task"),
+        tenant_id=tenant_id,
+        type=body.type,
+        model=body.model,
+        status="queued",
+        input=normalised_input,
+        options=options,
+        metadata_=body.metadata,
+        webhook=body.webhook.model_dump(mode="json") if body.webhook else None,
+        cost_usd=0.0,
+        attempt_count=0,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+        cancel_requested=False,
+        created_at=now,
+        published_at=now,
+    )
+    if idempotency_key is not None:
+        # Two requests with one key can race; the unique constraint picks the winner, the loser replays it.
+        try:
+            with session.begin_nested():
+                session.add(task)
+        except IntegrityError:
+            existing = repository.get_by_idempotency_key(session, tenant_id, idempotency_key)
+            if existing is None:
+                raise
+            return _replay(existing, request_hash or "")
+    else:
+        session.add(task)
+    append_event(
+        session,
+        tenant_id=tenant_id,
+        type="task.queued",
+        task_id=task.id,
+        data={"id": task.id, "status": "queued", "type": task.type, "model": task.model},
+    )
+    tx.after_commit(lambda: dispatcher.publish_task(task.id, task.type))
+    return Created(task=task, replayed=False)
+
+
+def _replay(existing: Task, request_hash: str) -> Created:
+    if existing.request_hash != request_hash:
+        raise Conflict("Idempotency-Key was already used with a different request body", param="Idempotency-Key")
+    return Created(task=existing, replayed=True)
+
+
+def get_task(tx: Tx, tenant_id: str, task_id: str) -> dict[str, Any]:
+    task = repository.get_for_tenant(tx.session, tenant_id, task_id)
+    if task is None:
+        raise NotFound(f"no task '{task_id}'", param="id")
+    return task_view(task, repository.attempts_of(tx.session, [task.id])[task.id])
+
+
+def list_tasks(
+    tx: Tx,
+    tenant_id: str,
+    *,
+    status: str | None,
+    type: str | None,
+    model: str | None,
+    after: str | None,
+    limit: int,
+) -> dict[str, Any]:
+    rows = repository.page(tx.session, tenant_id, status=status, type=type, model=model, after=after, limit=limit)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    attempts = repository.attempts_of(tx.session, [t.id for t in rows])
+    return {
+        "data": [task_view(t, attempts.get(t.id, [])) for t in rows],
+        "next": rows[-1].id if more and rows else None,
+    }
+
+
+def cancel_task(tx: Tx, tenant_id: str, task_id: str) -> dict[str, Any]:
+    """A queued task is canceled at once and never runs; a running one stops at its next safe point."""
+    session = tx.session
+    now = utcnow()
+    canceled = session.execute(
+        update(Task)
+        .where(Task.id == task_id, Task.tenant_id == tenant_id, Task.status == "queued")
+        .values(
+            status="canceled",
+            finished_at=now,
+            error={"type": "canceled", "message": "canceled by request"},
+            cancel_requested=True,
+        )
+        .returning(Task.id)
+    ).first()
+    if canceled is None:
+        session.execute(
+            update(Task)
+            .where(Task.id == task_id, Task.tenant_id == tenant_id, Task.status == "running")
+            .values(cancel_requested=True)
+        )
+    session.expire_all()
+    task = repository.get_for_tenant(session, tenant_id, task_id)
+    if task is None:
+        raise NotFound(f"no task '{task_id}'", param="id")
+    view = task_view(task, repository.attempts_of(session, [task.id])[task.id])
+    if canceled is not None:
+        append_event(session, tenant_id=tenant_id, type="task.canceled", task_id=task.id, data=view)
+    elif task.status in TERMINAL:
+        raise Conflict(f"task '{task_id}' already {task.status}", param="id")
+    return view

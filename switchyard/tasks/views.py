@@ -1,0 +1,69 @@
+"""Tasks and attempts as the API shows them (also the `data` of terminal events)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from switchyard.core.models import Attempt, Task
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def attempt_view(attempt: Attempt) -> dict[str, Any]:
+    error = None
+    if attempt.error_type is not None:
+        error = {"type": attempt.error_type, "message": attempt.error_message, "status_code": attempt.status_code}
+    return {
+        "n": attempt.n,
+        "provider": attempt.provider,
+        "deployment": attempt.deployment,
+        "provider_model": attempt.provider_model,
+        "status": attempt.status,
+        "error": error,
+        "latency_ms": attempt.latency_ms,
+        "usage": {
+            "input_tokens": attempt.input_tokens,
+            "output_tokens": attempt.output_tokens,
+            "cached_input_tokens": attempt.cached_input_tokens,
+            "cache_write_tokens": attempt.cache_write_tokens,
+        },
+        "cost_usd": attempt.cost_usd,
+        "started_at": _iso(attempt.started_at),
+        "finished_at": _iso(attempt.finished_at),
+    }
+
+
+def task_view(task: Task, attempts: Sequence[Attempt]) -> dict[str, Any]:
+    return {
+        "id": task.id,
+        "type": task.type,
+        "model": task.model,
+        "status": task.status,
+        "input": task.input,
+        "options": task.options,
+        "result": task.result,
+        "error": task.error,
+        "usage": task.usage,
+        "cost_usd": task.cost_usd,
+        "attempts": [attempt_view(a) for a in sorted(attempts, key=lambda a: a.n)],
+        "created_at": _iso(task.created_at),
+        "started_at": _iso(task.started_at),
+        "finished_at": _iso(task.finished_at),
+        "metadata": task.metadata_,
+        "webhook": task.webhook,
+    }
+
+
+def task_created_view(task: Task) -> dict[str, Any]:
+    """The body of a 202."""
+    return {
+        "id": task.id,
+        "status": task.status,
+        "type": task.type,
+        "model": task.model,
+        "created_at": _iso(task.created_at),
+    }

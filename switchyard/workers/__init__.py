@@ -1,0 +1,1 @@
+"""The Celery app, its queues, and the task entry points."""

@@ -1,0 +1,63 @@
+"""The Celery app. Late acks plus reject-on-worker-lost keep a message until its task has finished; the
+claim on the row makes a redelivered message harmless. Results live in the database, not in Celery."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+from kombu import Exchange, Queue
+
+from switchyard.settings import Settings, get_settings
+from switchyard.workers.queues import ALL, CONTROL, SWEEP
+
+
+def broker_options(settings: Settings) -> dict[str, Any]:
+    """The filesystem transport of embedded mode needs its folders; Redis needs a visibility timeout longer
+    than any task, after which an unacknowledged message is delivered again."""
+    url = settings.celery_broker_url
+    if url.startswith("filesystem://"):
+        folder = (settings.data_dir / "broker").resolve()
+        for sub in ("queue", "processed"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        return {
+            "data_folder_in": str(folder / "queue"),
+            "data_folder_out": str(folder / "queue"),
+            "processed_folder": str(folder / "processed"),
+            "store_processed": False,
+        }
+    return {"visibility_timeout": 3600}
+
+
+def make_celery(settings: Settings) -> Celery:
+    app = Celery("switchyard", broker=settings.celery_broker_url, include=["switchyard.workers.tasks"])
+    app.conf.update(
+        broker_transport_options=broker_options(settings),
+        broker_connection_retry_on_startup=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_ignore_result=True,
+        # A broker that is down must not hold a request for long: the row is committed already and the
+        # sweeper publishes it once the broker is back.
+        task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5},
+        task_serializer="json",
+        accept_content=["json"],
+        task_default_queue=CONTROL,
+        task_queues=[Queue(name, Exchange(name, type="direct"), routing_key=name) for name in ALL],
+        worker_prefetch_multiplier=1,
+        worker_hijack_root_logger=False,
+        beat_schedule={
+            "sweep": {
+                "task": SWEEP,
+                "schedule": settings.sweep_interval_s,
+                "options": {"queue": CONTROL, "expires": max(1.0, settings.sweep_interval_s)},
+            }
+        },
+        beat_schedule_filename=str(Path(settings.data_dir) / "celerybeat-schedule"),
+    )
+    return app
+
+
+# The `celery -A switchyard.workers.celery_app` entry point (Flower). Making the app opens no connection.
+app = make_celery(get_settings())

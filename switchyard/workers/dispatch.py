@@ -1,0 +1,17 @@
+"""Publishing task ids to the broker. Messages carry ids only; the row is the truth."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from switchyard.workers.queues import EXECUTE_TASK, queue_for
+
+
+class CeleryDispatcher:
+    """Sends `execute_task(id)` to the queue of the task's resource."""
+
+    def __init__(self, app: Celery) -> None:
+        self._app = app
+
+    def publish_task(self, task_id: str, task_type: str) -> None:
+        self._app.send_task(EXECUTE_TASK, args=[task_id], queue=queue_for(task_type))

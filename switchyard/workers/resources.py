@@ -1,0 +1,84 @@
+"""Per-process resources of a worker, made in Celery's process hooks (never at import, never before a fork)."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import structlog
+from celery import signals
+
+from switchyard.core.config import load_config
+from switchyard.core.db import Database
+from switchyard.providers.registry import ProviderSet
+from switchyard.settings import Settings, get_settings
+from switchyard.tasks.execution import Executor
+from switchyard.workers.dispatch import CeleryDispatcher
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class WorkerResources:
+    settings: Settings
+    db: Database
+    providers: ProviderSet
+    executor: Executor
+    dispatcher: CeleryDispatcher
+
+    def close(self) -> None:
+        self.providers.close()
+        self.db.dispose()
+
+
+_resources: WorkerResources | None = None
+_lock = threading.Lock()
+
+
+def init_resources() -> WorkerResources:
+    """Make this process's engine, SDK clients and executor (idempotent)."""
+    global _resources
+    with _lock:
+        if _resources is None:
+            from switchyard.workers.celery_app import app
+
+            settings = get_settings()
+            config = load_config(settings.config)
+            db = Database(settings)
+            providers = ProviderSet(config)
+            _resources = WorkerResources(
+                settings=settings,
+                db=db,
+                providers=providers,
+                executor=Executor(settings, config, db, providers),
+                dispatcher=CeleryDispatcher(app),
+            )
+        return _resources
+
+
+def get_resources() -> WorkerResources:
+    return _resources or init_resources()
+
+
+@signals.worker_process_init.connect
+def _on_child_start(**_: object) -> None:
+    # Prefork children: whatever the parent made before the fork must not be shared.
+    global _resources
+    _resources = None
+    init_resources()
+
+
+@signals.worker_ready.connect
+def _on_worker_ready(sender: object = None, **_: object) -> None:
+    # Thread and solo pools run tasks in this very process: make the resources before the first task.
+    # A prefork parent makes none; its children would inherit open connections.
+    pool = getattr(sender, "pool", None)
+    if pool is not None and type(pool).__module__.endswith("prefork"):
+        return
+    init_resources()
+
+
+@signals.worker_shutdown.connect
+def _on_shutdown(**_: object) -> None:
+    if _resources is not None:
+        _resources.close()
