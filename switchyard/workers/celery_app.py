@@ -31,6 +31,8 @@ def broker_options(settings: Settings) -> dict[str, Any]:
 
 
 def make_celery(settings: Settings) -> Celery:
+    # Beat keeps its schedule state in the data folder.
+    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     app = Celery("switchyard", broker=settings.celery_broker_url, include=["switchyard.workers.tasks"])
     app.conf.update(
         broker_transport_options=broker_options(settings),

@@ -1,0 +1,59 @@
+# syntax=docker/dockerfile:1
+#
+# Switchyard image: one image for every role (api, worker, scheduler, migrate, fake-provider, flower);
+# the role is the command, e.g. `docker run switchyard worker --queues provider`.
+
+# ---- builder: resolve dependencies and install the package into a virtualenv ----------------------------
+FROM python:3.11-slim AS builder
+
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+RUN python -m venv /opt/venv
+ENV PATH="/opt/venv/bin:$PATH"
+
+WORKDIR /src
+
+# Dependencies first, from pyproject.toml alone, so that editing the source does not reinstall them.
+COPY pyproject.toml ./
+RUN --mount=type=cache,target=/root/.cache/pip \
+    python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt
+
+# Then the package itself (including switchyard/migrations and its versions/*.py, env.py, script.py.mako).
+COPY . .
+RUN --mount=type=cache,target=/root/.cache/pip \
+    pip install --no-deps . \
+    && python -c "import switchyard.cli, switchyard.migrations, pathlib, sys; \
+v = pathlib.Path(switchyard.migrations.__file__).parent / 'versions'; \
+sys.exit(0 if any(v.glob('0*.py')) else 'migrations/versions missing from the installed package')"
+
+# ---- runtime ---------------------------------------------------------------------------------------------
+FROM python:3.11-slim
+
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PATH="/opt/venv/bin:$PATH"
+
+RUN groupadd --system --gid 10001 switchyard \
+    && useradd --system --uid 10001 --gid switchyard --home-dir /app --no-create-home \
+        --shell /usr/sbin/nologin switchyard
+
+COPY --from=builder /opt/venv /opt/venv
+
+WORKDIR /app
+COPY config/ /app/config/
+# SWITCHYARD_DATA_DIR defaults to ./.switchyard (the beat schedule lives there): writable by the app user.
+RUN mkdir -p /app/.switchyard && chown switchyard:switchyard /app/.switchyard
+
+USER switchyard
+
+EXPOSE 8000
+
+# The API's liveness endpoint; slim has no curl, so Python's urllib. Other roles override this in compose.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=3)"]
+
+ENTRYPOINT ["switchyard"]
+CMD ["api", "--host", "0.0.0.0", "--port", "8000"]

@@ -1,0 +1,345 @@
+"""What the benchmarks need to run real processes: fresh databases, Redis DBs, process groups, load generators.
+
+Everything here talks to 127.0.0.1 only, every wait is bounded, and every process is started in its own
+process group so that it (and whatever it forked) can be stopped even when a benchmark fails half-way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import redis
+
+ROOT = Path(__file__).resolve().parents[1]
+PG_ADMIN_URL = os.environ.get("SWITCHYARD_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_BASE = os.environ.get("SWITCHYARD_BENCH_REDIS", "redis://127.0.0.1:6379")
+
+CHAT_BODY = b'{"type":"chat","model":"chat-default","input":{"messages":[{"role":"user","content":"hello bench"}]}}'
+
+FAKE_CONFIG = """
+providers:
+  fake: {{kind: openai, base_url: "{fake}/v1", api_key: fake}}
+models:
+  chat-default:
+    type: chat
+    deployments:
+      - {{provider: fake, model: gpt-4o-mini, price: {{input: 0.15, output: 0.60, cached_input: 0.075}}}}
+"""
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_until(predicate: Callable[[], Any], *, timeout: float, interval: float = 0.05, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise BenchError(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+# --- Postgres and Redis ----------------------------------------------------------------------------------------
+
+
+def create_database(prefix: str) -> tuple[str, str]:
+    name = f"bench_{prefix}_{secrets.token_hex(4)}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return name, f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
+
+
+def drop_database(name: str) -> None:
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def sql_one(url: str, query: str, *params: Any) -> Any:
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(query, params).fetchone()
+        return row[0] if row else None
+
+
+# --- processes -------------------------------------------------------------------------------------------------
+
+
+class Process:
+    """A child in its own process group, output in a log file."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        self._log = self.log_path.open("wb")
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(
+            argv, env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 20) -> None:
+        if self.alive():
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+            except ProcessLookupError:
+                pass
+        # Children of a stopped leader may linger in the group; make sure none does.
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self._log.close()
+
+
+def rss_mb(pid: int) -> float:
+    """Resident set size of one process, from /proc."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "switchyard.cli", *args]
+
+
+@dataclass
+class Env:
+    """One benchmark's world: a fresh database, a Redis DB, a temp dir, the processes it started."""
+
+    name: str
+    redis_db: int
+    tmp: Path
+    db_name: str = ""
+    database_url: str = ""
+    redis_url: str = ""
+    processes: list[Process] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.db_name, self.database_url = create_database(self.name)
+        self.redis_url = f"{REDIS_BASE}/{self.redis_db}"
+        self.redis = redis.Redis.from_url(self.redis_url)
+        self.redis.flushdb()
+        self.env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "SWITCHYARD_DATABASE_URL": self.database_url,
+            "SWITCHYARD_REDIS_URL": self.redis_url,
+            "SWITCHYARD_DATA_DIR": str(self.tmp / "data"),
+            # No sweeper runs here, and none may republish what the benchmark is timing.
+            "SWITCHYARD_REQUEUE_AFTER_S": "600",
+        }
+
+    def start(self, name: str, argv: list[str], extra_env: dict[str, str] | None = None) -> Process:
+        proc = Process(name, argv, {**self.env, **(extra_env or {})}, self.tmp)
+        self.processes.append(proc)
+        return proc
+
+    def run_cli(self, *args: str) -> str:
+        done = subprocess.run(cli(*args), env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            raise BenchError(f"switchyard {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
+        return done.stdout
+
+    def close(self) -> None:
+        for proc in reversed(self.processes):
+            try:
+                proc.stop()
+            except Exception as exc:  # keep stopping the others
+                print(f"  warning: stopping {proc.name}: {exc}", file=sys.stderr)
+        try:
+            self.redis.flushdb()
+            self.redis.close()
+        finally:
+            drop_database(self.db_name)
+
+
+def wait_http(url: str, proc: Process, timeout: float = 60) -> None:
+    def up() -> bool:
+        if not proc.alive():
+            raise BenchError(f"{proc.name} exited early:\n{proc.log()[-3000:]}")
+        try:
+            return httpx.get(url, timeout=1).status_code < 500
+        except httpx.HTTPError:
+            return False
+
+    wait_until(up, timeout=timeout, interval=0.1, what=f"{proc.name} at {url}")
+
+
+def wait_log(proc: Process, needle: str, timeout: float = 60, interval: float = 0.01) -> float:
+    """Poll the process log until `needle` shows; returns the monotonic time it was seen."""
+
+    def seen() -> bool:
+        if not proc.alive():
+            raise BenchError(f"{proc.name} exited early:\n{proc.log()[-3000:]}")
+        return needle in proc.log()
+
+    wait_until(seen, timeout=timeout, interval=interval, what=f"'{needle}' from {proc.name}")
+    return time.monotonic()
+
+
+# --- load generation -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadResult:
+    requests: int
+    seconds: float
+    rps: float
+    non_2xx: int
+    errors: int
+    latency_p50_ms: float | None
+    latency_p99_ms: float | None
+    tool: str
+
+
+def _wrk_ms(text: str) -> float:
+    m = re.match(r"([\d.]+)(us|ms|s)", text)
+    if not m:
+        return float("nan")
+    value, unit = float(m.group(1)), m.group(2)
+    return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+
+def run_wrk(url: str, *, auth: str | None, connections: int, seconds: float, threads: int = 1) -> LoadResult:
+    script = Path(__file__).with_name("wrk_post.lua")
+    env = {**os.environ, "BENCH_AUTH": auth or "", "BENCH_BODY": CHAT_BODY.decode()}
+    argv = [
+        "wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
+        "--timeout", "10s", "-s", str(script), url,
+    ]  # fmt: skip
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=seconds + 60)
+    out = done.stdout
+    if done.returncode != 0 or "Requests/sec" not in out:
+        raise BenchError(f"wrk failed:\n{out}\n{done.stderr}")
+    total = re.search(r"(\d+) requests in ([\d.]+)(\w+)", out)
+    assert total is not None
+    secs = float(total.group(2)) * {"s": 1, "ms": 0.001, "m": 60}.get(total.group(3), 1)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errs = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    p50 = re.search(r"\s50%\s+(\S+)", out)
+    p99 = re.search(r"\s99%\s+(\S+)", out)
+    return LoadResult(
+        requests=int(total.group(1)),
+        seconds=secs,
+        rps=float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+        non_2xx=int(non2xx.group(1)) if non2xx else 0,
+        errors=sum(int(x) for x in errs.groups()) if errs else 0,
+        latency_p50_ms=_wrk_ms(p50.group(1)) if p50 else None,
+        latency_p99_ms=_wrk_ms(p99.group(1)) if p99 else None,
+        tool="wrk",
+    )
+
+
+def _request_bytes(host: str, port: int, path: str, auth: str | None, body: bytes) -> bytes:
+    head = [
+        f"POST {path} HTTP/1.1",
+        f"Host: {host}:{port}",
+        "Content-Type: application/json",
+        f"Content-Length: {len(body)}",
+        "Connection: keep-alive",
+    ]
+    if auth:
+        head.append(f"Authorization: Bearer {auth}")
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+async def _raw_load(
+    host: str, port: int, path: str, auth: str | None, *, connections: int, seconds: float | None, total: int | None
+) -> tuple[int, int, int, float, list[float]]:
+    """Keep-alive HTTP/1.1 POSTs on `connections` sockets, for `seconds` or until `total` requests were sent."""
+    request = _request_bytes(host, port, path, auth, CHAT_BODY)
+    counters = {"sent": 0, "ok": 0, "bad": 0, "err": 0}
+    latencies: list[float] = []
+    t0 = time.perf_counter()
+    deadline = t0 + seconds if seconds is not None else None
+
+    def more() -> bool:
+        if total is not None and counters["sent"] >= total:
+            return False
+        return deadline is None or time.perf_counter() < deadline
+
+    async def one_connection() -> None:
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            while more():
+                counters["sent"] += 1
+                start = time.perf_counter()
+                writer.write(request)
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+                status = int(head.split(b" ", 2)[1])
+                m = re.search(rb"(?i)content-length:\s*(\d+)", head)
+                if m:
+                    await reader.readexactly(int(m.group(1)))
+                latencies.append(time.perf_counter() - start)
+                counters["ok" if 200 <= status < 300 else "bad"] += 1
+        except (TimeoutError, OSError, asyncio.IncompleteReadError):
+            counters["err"] += 1
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(one_connection() for _ in range(connections)))
+    return counters["ok"], counters["bad"], counters["err"], time.perf_counter() - t0, latencies
+
+
+def run_raw(
+    url: str, *, auth: str | None, connections: int, seconds: float | None = None, total: int | None = None
+) -> LoadResult:
+    """The asyncio load generator: used to create N tasks, and as the load tool when wrk is missing."""
+    m = re.match(r"http://([^:/]+):(\d+)(/.*)", url)
+    assert m is not None, url
+    ok, bad, err, secs, lat = asyncio.run(
+        _raw_load(m.group(1), int(m.group(2)), m.group(3), auth, connections=connections, seconds=seconds, total=total)
+    )
+    lat.sort()
+
+    def pct(p: float) -> float | None:
+        return lat[min(len(lat) - 1, int(p * len(lat)))] * 1000 if lat else None
+
+    n = ok + bad
+    return LoadResult(n, secs, n / secs if secs else 0.0, bad, err, pct(0.5), pct(0.99), "asyncio")
+
+
+def load(url: str, *, auth: str | None, connections: int, seconds: float) -> LoadResult:
+    if shutil.which("wrk"):
+        return run_wrk(url, auth=auth, connections=connections, seconds=seconds)
+    return run_raw(url, auth=auth, connections=connections, seconds=seconds)

@@ -1,0 +1,243 @@
+"""Running the real thing for tests: processes of the `switchyard` CLI against Postgres, Redis and the fake."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import redis
+
+ROOT = Path(__file__).resolve().parents[1]
+PG_ADMIN_URL = os.environ.get("SWITCHYARD_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_BASE = os.environ.get("SWITCHYARD_TEST_REDIS", "redis://127.0.0.1:6379")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_until(predicate: Callable[[], Any], *, timeout: float = 30, interval: float = 0.1, what: str = "") -> Any:
+    """Poll until `predicate` returns something truthy; fail the test with `what` on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+def create_database() -> tuple[str, str]:
+    """A fresh, empty Postgres database; returns (name, url)."""
+    name = f"switchyard_test_{secrets.token_hex(4)}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN_URL.rsplit("/", 1)[0]
+    return name, f"{base}/{name}"
+
+
+def drop_database(name: str) -> None:
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+class Process:
+    """A child process with its output in a log file, in its own process group."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.log_path = log_dir / f"{name}-{secrets.token_hex(3)}.log"
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            argv, env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash or the OOM killer would."""
+        if self.alive():
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 15) -> None:
+        if self.alive():
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._log.close()
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "switchyard.cli", *args]
+
+
+def wait_http(url: str, proc: Process, timeout: float = 60) -> None:
+    def up() -> bool:
+        if not proc.alive():
+            raise AssertionError(f"{proc.name} exited early:\n{proc.log()[-4000:]}")
+        try:
+            return httpx.get(url, timeout=1).status_code < 500
+        except httpx.HTTPError:
+            return False
+
+    wait_until(up, timeout=timeout, interval=0.1, what=f"{proc.name} at {url}")
+
+
+TEST_CONFIG = """
+providers:
+  fake:           {{kind: openai,    base_url: "{fake}/v1", api_key: fake}}
+  fake-anthropic: {{kind: anthropic, base_url: "{fake}",    api_key: fake}}
+models:
+  chat-default:
+    type: chat
+    deployments:
+      - {{provider: fake, model: gpt-4o-mini, price: {{input: 0.15, output: 0.60, cached_input: 0.075}}}}
+  claude:
+    type: chat
+    deployments:
+      - {{provider: fake-anthropic, model: claude-3-5-haiku-latest,
+          price: {{input: 0.80, output: 4.00, cached_input: 0.08, cache_write: 1.00}}}}
+  chat-failover:
+    type: chat
+    deployments:
+      - {{provider: fake, model: gpt-4o-mini, price: {{input: 0.15, output: 0.60}}}}
+      - {{provider: fake-anthropic, model: claude-3-5-haiku-latest, price: {{input: 0.80, output: 4.00}}}}
+  embed-default:
+    type: embed
+    deployments:
+      - {{provider: fake, model: text-embedding-3-small, price: {{input: 0.02}}}}
+  moderate-default:
+    type: moderate
+    deployments:
+      - {{provider: fake, model: omni-moderation-latest}}
+"""
+
+
+class Stack:
+    """One complete deployment for tests: its own database, Redis DB, fake provider, API and workers."""
+
+    def __init__(self, tmp: Path, redis_db: int, *, provider_worker: bool = True) -> None:
+        self.tmp = tmp
+        self.processes: list[Process] = []
+        self.db_name, self.database_url = create_database()
+        self.redis_url = f"{REDIS_BASE}/{redis_db}"
+        self.redis = redis.Redis.from_url(self.redis_url)
+        self.redis.flushdb()
+        fake_port, api_port = free_port(), free_port()
+        self.fake_url = f"http://127.0.0.1:{fake_port}"
+        self.url = f"http://127.0.0.1:{api_port}"
+        config = tmp / "switchyard.yaml"
+        config.write_text(TEST_CONFIG.format(fake=self.fake_url))
+        self.env = {
+            **os.environ,
+            "SWITCHYARD_DATABASE_URL": self.database_url,
+            "SWITCHYARD_REDIS_URL": self.redis_url,
+            "SWITCHYARD_CONFIG": str(config),
+            "SWITCHYARD_DATA_DIR": str(tmp / "data"),
+            "SWITCHYARD_SWEEP_INTERVAL_S": "1",
+            "SWITCHYARD_REQUEUE_AFTER_S": "3",
+            "SWITCHYARD_LEASE_GRACE_S": "2",
+            "SWITCHYARD_DEFAULT_TIMEOUT_S": "10",
+            "SWITCHYARD_RETRY_BASE_S": "0.05",
+            "SWITCHYARD_RETRY_MAX_S": "0.2",
+            "SWITCHYARD_API_KEY_CACHE_S": "1",
+            "SWITCHYARD_DB_POOL_SIZE": "5",
+            "SWITCHYARD_DB_MAX_OVERFLOW": "5",
+        }
+        try:
+            self.run_cli("migrate")
+            self.fake = self.start("fake", cli("fake-provider", "--port", str(fake_port)))
+            wait_http(f"{self.fake_url}/healthz", self.fake)
+            self.api = self.start("api", cli("api", "--port", str(api_port)))
+            # Control work and the sweeper (beat) in one worker; provider calls in their own.
+            self.control = self.start_worker("control,webhooks", beat=True)
+            self.provider: Process | None = self.start_worker("provider") if provider_worker else None
+            wait_http(f"{self.url}/healthz", self.api)
+        except BaseException:
+            self.close()
+            raise
+
+    def start(self, name: str, argv: list[str]) -> Process:
+        proc = Process(name, argv, self.env, self.tmp)
+        self.processes.append(proc)
+        return proc
+
+    def start_worker(self, queues: str, *, beat: bool = False, concurrency: int = 50) -> Process:
+        argv = cli("worker", "--queues", queues, "--concurrency", str(concurrency), "--loglevel", "INFO")
+        if beat:
+            argv.append("--beat")
+        proc = self.start(f"worker-{queues.replace(',', '-')}", argv)
+        wait_until(lambda: "ready." in proc.log() or not proc.alive(), timeout=60, what=f"worker {queues}")
+        assert proc.alive(), proc.log()[-4000:]
+        return proc
+
+    def run_cli(self, *args: str) -> str:
+        done = subprocess.run(cli(*args), env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    def new_key(self, tenant: str, role: str = "admin") -> str:
+        return self.run_cli("keys", "create", "--tenant", tenant, "--role", role).strip().splitlines()[-1]
+
+    def client(self, key: str) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+
+    def sql(self, query: str, *params: Any) -> list[tuple[Any, ...]]:
+        with psycopg.connect(self.database_url) as conn:
+            return list(conn.execute(query, params).fetchall())
+
+    def fake_stats(self) -> dict[str, Any]:
+        stats: dict[str, Any] = httpx.get(f"{self.fake_url}/control/stats").json()
+        return stats
+
+    def close(self) -> None:
+        for proc in reversed(self.processes):
+            proc.stop()
+        self.redis.flushdb()
+        self.redis.close()
+        drop_database(self.db_name)
+
+
+def wait_task(
+    client: httpx.Client,
+    task_id: str,
+    statuses: tuple[str, ...] = ("succeeded", "failed", "canceled"),
+    timeout: float = 30,
+) -> dict[str, Any]:
+    """Poll GET /v1/tasks/{id} until its status is one of `statuses`."""
+
+    def reached() -> dict[str, Any] | None:
+        body: dict[str, Any] = client.get(f"/v1/tasks/{task_id}").json()
+        return body if body.get("status") in statuses else None
+
+    result: dict[str, Any] = wait_until(reached, timeout=timeout, interval=0.1, what=f"task {task_id} in {statuses}")
+    return result
+
+
+def chat(text: str, **input_fields: Any) -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": text}], **input_fields}

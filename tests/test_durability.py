@@ -1,0 +1,121 @@
+"""Work accepted with a 2xx survives a killed worker, a flushed broker and cancellation races.
+
+These tests own their stack: they start and kill provider workers themselves.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.support import Stack, chat, wait_task, wait_until
+
+
+@pytest.fixture(scope="module")
+def own_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    s = Stack(tmp_path_factory.mktemp("durability"), redis_db=10, provider_worker=False)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def api(own_stack: Stack) -> Iterator[httpx.Client]:
+    with own_stack.client(own_stack.new_key("durable", "admin")) as c:
+        yield c
+
+
+def chat_requests_seen(stack: Stack, text: str) -> int:
+    """How many chat calls the fake served; each test uses unique text, counted via the events it caused."""
+    del text
+    stats = stack.fake_stats()
+    return int(sum(stats["requests"].get("/v1/chat/completions", {}).values()))
+
+
+def test_sigkill_of_worker_mid_task_still_succeeds_exactly_once(own_stack: Stack, api: httpx.Client) -> None:
+    worker = own_stack.start_worker("provider")
+    body = {
+        "type": "chat",
+        "model": "chat-default",
+        "options": {"timeout_s": 5},
+        "input": chat(f"survive {secrets.token_hex(4)} [[sleep:2500]]"),
+    }
+    task_id = api.post("/v1/tasks", json=body).json()["id"]
+    wait_task(api, task_id, ("running",), timeout=20)
+    worker.kill()
+    assert not worker.alive()
+    replacement = own_stack.start_worker("provider")
+    try:
+        task = wait_task(api, task_id, timeout=60)
+    finally:
+        replacement.stop()
+    assert task["status"] == "succeeded", task
+    # The killed worker's call left no attempt; the replacement's call is the one and only result.
+    assert [a["status"] for a in task["attempts"]] == ["succeeded"]
+    events = [r[0] for r in own_stack.sql("SELECT type FROM events WHERE task_id = %s ORDER BY id", task_id)]
+    assert events.count("task.succeeded") == 1
+    assert "task.retrying" in events  # the sweeper's reclaim of the expired lease
+    assert own_stack.sql("SELECT reclaim_count FROM tasks WHERE id = %s", task_id) == [(1,)]
+
+
+def test_redis_flushed_after_202_sweeper_republishes(own_stack: Stack, api: httpx.Client) -> None:
+    body = {"type": "chat", "model": "chat-default", "input": chat(f"lost message {secrets.token_hex(4)}")}
+    response = api.post("/v1/tasks", json=body)
+    assert response.status_code == 202
+    task_id = response.json()["id"]
+    # No provider worker runs: the message sits in Redis until we throw it away.
+    assert own_stack.redis.llen("provider") == 1
+    own_stack.redis.flushdb()
+    assert own_stack.redis.llen("provider") == 0
+    worker = own_stack.start_worker("provider")
+    try:
+        task = wait_task(api, task_id, timeout=60)
+    finally:
+        worker.stop()
+    assert task["status"] == "succeeded", task
+    assert len(task["attempts"]) == 1
+
+
+def test_cancel_of_queued_task_never_runs(own_stack: Stack, api: httpx.Client) -> None:
+    before = chat_requests_seen(own_stack, "")
+    task_id = api.post(
+        "/v1/tasks", json={"type": "chat", "model": "chat-default", "input": chat(f"never {secrets.token_hex(4)}")}
+    ).json()["id"]
+    canceled = api.post(f"/v1/tasks/{task_id}/cancel")
+    assert canceled.status_code == 200
+    assert canceled.json()["status"] == "canceled"
+    # A worker now consumes the message (and the sweeper may re-publish): the claim must refuse it.
+    worker = own_stack.start_worker("provider")
+    try:
+        probe = api.post("/v1/tasks", json={"type": "chat", "model": "chat-default", "input": chat("after")})
+        wait_task(api, probe.json()["id"], timeout=30)
+    finally:
+        worker.stop()
+    task = api.get(f"/v1/tasks/{task_id}").json()
+    assert task["status"] == "canceled" and task["attempts"] == []
+    assert chat_requests_seen(own_stack, "") == before + 1  # only the probe reached the provider
+    events = [r[0] for r in own_stack.sql("SELECT type FROM events WHERE task_id = %s ORDER BY id", task_id)]
+    assert events == ["task.queued", "task.canceled"]
+
+
+def test_long_retry_wait_is_a_durable_due_time(own_stack: Stack, api: httpx.Client) -> None:
+    # Retry-After above the inline limit releases the worker: the task is queued with a due time in Postgres.
+    worker = own_stack.start_worker("provider")
+    try:
+        text = f"later {secrets.token_hex(4)} [[fail:429:1]] [[retry-after:7]]"
+        task_id = api.post("/v1/tasks", json={"type": "chat", "model": "chat-default", "input": chat(text)}).json()[
+            "id"
+        ]
+
+        def waiting() -> bool:
+            rows = own_stack.sql("SELECT status, due_at, claim_id FROM tasks WHERE id = %s", task_id)
+            return bool(rows and rows[0][0] == "queued" and rows[0][1] is not None and rows[0][2] is None)
+
+        wait_until(waiting, timeout=20, what="the task to wait with a due time")
+        task = wait_task(api, task_id, timeout=40)
+    finally:
+        worker.stop()
+    assert task["status"] == "succeeded", task
+    assert [a["status"] for a in task["attempts"]] == ["failed", "succeeded"]
