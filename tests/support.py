@@ -120,13 +120,13 @@ models:
   claude:
     type: chat
     deployments:
-      - {{provider: fake-anthropic, model: claude-3-5-haiku-latest,
+      - {{provider: fake-anthropic, model: claude-haiku-4-5,
           price: {{input: 0.80, output: 4.00, cached_input: 0.08, cache_write: 1.00}}}}
   chat-failover:
     type: chat
     deployments:
       - {{provider: fake, model: gpt-4o-mini, price: {{input: 0.15, output: 0.60}}}}
-      - {{provider: fake-anthropic, model: claude-3-5-haiku-latest, price: {{input: 0.80, output: 4.00}}}}
+      - {{provider: fake-anthropic, model: claude-haiku-4-5, price: {{input: 0.80, output: 4.00}}}}
   embed-default:
     type: embed
     deployments:

@@ -94,7 +94,8 @@ def test_cancel_of_queued_task_never_runs(own_stack: Stack, api: httpx.Client) -
     finally:
         worker.stop()
     task = api.get(f"/v1/tasks/{task_id}").json()
-    assert task["status"] == "canceled" and task["attempts"] == []
+    assert task["status"] == "canceled"
+    assert task["attempts"] == []
     assert chat_requests_seen(own_stack, "") == before + 1  # only the probe reached the provider
     events = [r[0] for r in own_stack.sql("SELECT type FROM events WHERE task_id = %s ORDER BY id", task_id)]
     assert events == ["task.queued", "task.canceled"]

@@ -27,7 +27,8 @@ def test_chat_task_succeeds_with_result_usage_cost_and_attempts(client: httpx.Cl
     )
     assert response.status_code == 202, response.text
     created = response.json()
-    assert created["status"] == "queued" and created["id"].startswith("task_")
+    assert created["status"] == "queued"
+    assert created["id"].startswith("task_")
     task = wait_task(client, created["id"])
     assert task["status"] == "succeeded", task
     assert task["result"]["content"] == "echo: Hello there"
@@ -39,9 +40,11 @@ def test_chat_task_succeeds_with_result_usage_cost_and_attempts(client: httpx.Cl
     assert task["usage"]["output_tokens"] == reply
     assert task["cost_usd"] == pytest.approx((prompt * 0.15 + reply * 0.60) / 1e6)
     assert [a["status"] for a in task["attempts"]] == ["succeeded"]
-    assert task["attempts"][0]["provider"] == "fake" and task["attempts"][0]["latency_ms"] >= 0
+    assert task["attempts"][0]["provider"] == "fake"
+    assert task["attempts"][0]["latency_ms"] >= 0
     assert task["metadata"] == {"customer": "c1"}
-    assert task["started_at"] and task["finished_at"]
+    assert task["started_at"]
+    assert task["finished_at"]
 
 
 def test_embed_task_succeeds(client: httpx.Client) -> None:
@@ -50,7 +53,8 @@ def test_embed_task_succeeds(client: httpx.Client) -> None:
     task = wait_task(client, response.json()["id"])
     assert task["status"] == "succeeded", task
     vectors = task["result"]["embeddings"]
-    assert len(vectors) == 2 and len(vectors[0]) == 64
+    assert len(vectors) == 2
+    assert len(vectors[0]) == 64
     assert sum(v * v for v in vectors[0]) == pytest.approx(1.0, abs=1e-4)
     assert vectors[0] != vectors[1]
     tokens = math.ceil(len("abb") / 4)  # the fake counts the characters of all inputs together
@@ -77,7 +81,8 @@ def test_anthropic_task_maps_system_prompt_and_cache_tokens(client: httpx.Client
     assert task["result"]["content"] == f"echo: {text}"
     usage = task["usage"]
     assert usage["input_tokens"] == math.ceil((len("Be brief.") + len(text)) / 4)
-    assert usage["cached_input_tokens"] == 8 and usage["cache_write_tokens"] == 4
+    assert usage["cached_input_tokens"] == 8
+    assert usage["cache_write_tokens"] == 4
     plain = usage["input_tokens"] - 12
     expected = (plain * 0.80 + 8 * 0.08 + 4 * 1.00 + usage["output_tokens"] * 4.00) / 1e6
     assert task["cost_usd"] == pytest.approx(expected)
@@ -91,7 +96,8 @@ def test_provider_503_then_200_succeeds_on_attempt_2(client: httpx.Client) -> No
     assert task["status"] == "succeeded", task
     attempts = task["attempts"]
     assert [a["status"] for a in attempts] == ["failed", "succeeded"]
-    assert attempts[0]["error"]["status_code"] == 503 and attempts[0]["error"]["type"] == "provider_error"
+    assert attempts[0]["error"]["status_code"] == 503
+    assert attempts[0]["error"]["type"] == "provider_error"
     assert [a["n"] for a in attempts] == [1, 2]
 
 
@@ -151,7 +157,8 @@ def test_pinned_provider_by_header(client: httpx.Client) -> None:
     task = wait_task(client, post_task(client, body, **{"X-Provider": "fake-anthropic"}).json()["id"])
     assert task["result"]["provider"] == "fake-anthropic"
     bad = post_task(client, {**body, "options": {"provider": "nope"}})
-    assert bad.status_code == 422 and bad.json()["error"]["param"] == "options.provider"
+    assert bad.status_code == 422
+    assert bad.json()["error"]["param"] == "options.provider"
 
 
 def test_idempotent_repost_returns_same_task(client: httpx.Client) -> None:
@@ -159,7 +166,8 @@ def test_idempotent_repost_returns_same_task(client: httpx.Client) -> None:
     body = {"type": "chat", "model": "chat-default", "input": chat("once")}
     first = post_task(client, body, **{"Idempotency-Key": key})
     second = post_task(client, body, **{"Idempotency-Key": key})
-    assert first.status_code == 202 and second.status_code == 202
+    assert first.status_code == 202
+    assert second.status_code == 202
     assert first.json()["id"] == second.json()["id"]
     assert second.headers.get("Idempotent-Replayed") == "true"
     conflict = post_task(client, {**body, "input": chat("other")}, **{"Idempotency-Key": key})
@@ -180,7 +188,8 @@ def test_roles(stack: Stack) -> None:
     with stack.client(stack.new_key("acme", "viewer")) as viewer:
         assert viewer.get("/v1/tasks").status_code == 200
         denied = viewer.post("/v1/tasks", json={"type": "chat", "model": "chat-default", "input": chat("x")})
-        assert denied.status_code == 403 and denied.json()["error"]["type"] == "permission_error"
+        assert denied.status_code == 403
+        assert denied.json()["error"]["type"] == "permission_error"
     with stack.client(stack.new_key("acme", "member")) as member:
         assert (
             member.post("/v1/tasks", json={"type": "chat", "model": "chat-default", "input": chat("x")}).status_code
@@ -191,7 +200,8 @@ def test_roles(stack: Stack) -> None:
 def test_authentication_errors(stack: Stack) -> None:
     assert httpx.get(f"{stack.url}/v1/tasks").status_code == 401
     wrong = httpx.get(f"{stack.url}/v1/tasks", headers={"Authorization": "Bearer sy_nope"})
-    assert wrong.status_code == 401 and wrong.json()["error"]["type"] == "authentication_error"
+    assert wrong.status_code == 401
+    assert wrong.json()["error"]["type"] == "authentication_error"
 
 
 def test_list_filters_and_cursor_pagination(stack: Stack) -> None:
@@ -261,7 +271,8 @@ def test_bad_input_is_4xx_naming_the_field(client: httpx.Client, body: str, stat
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert error["param"] == param, error
-    assert error["type"] == "invalid_request_error" and error["message"]
+    assert error["type"] == "invalid_request_error"
+    assert error["message"]
 
 
 def test_oversized_body_is_413(client: httpx.Client) -> None:
@@ -281,7 +292,8 @@ def test_oversized_body_is_413(client: httpx.Client) -> None:
 def test_unknown_task_and_route(client: httpx.Client) -> None:
     assert client.get("/v1/tasks/task_nope").status_code == 404
     missing = client.get("/v1/nothing-here")
-    assert missing.status_code == 404 and "error" in missing.json()
+    assert missing.status_code == 404
+    assert "error" in missing.json()
 
 
 def test_cancel_of_finished_task_is_409(client: httpx.Client) -> None:
@@ -309,7 +321,8 @@ def test_events_are_written_for_every_state_change(stack: Stack, client: httpx.C
     rows = stack.sql("SELECT type, data FROM events WHERE task_id = %s ORDER BY id", task_id)
     types = [r[0] for r in rows]
     assert types == ["task.queued", "task.started", "task.retrying", "task.succeeded"]
-    assert rows[-1][1]["id"] == task_id and rows[-1][1]["status"] == "succeeded"
+    assert rows[-1][1]["id"] == task_id
+    assert rows[-1][1]["status"] == "succeeded"
     assert len(rows[-1][1]["attempts"]) == 2
 
 

@@ -1,0 +1,34 @@
+# The two commands of the Quickstart: `make dev` runs the whole service on embedded defaults,
+# `make test` runs the full suite (lint, types, tests against real Postgres, Redis and processes).
+VENV   ?= .venv
+PYTHON ?= python3
+BIN     = $(VENV)/bin
+
+.PHONY: dev test lint pytest bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+dev: $(BIN)/.installed
+	$(BIN)/switchyard dev
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy switchyard
+
+pytest: $(BIN)/.installed
+	scripts/ensure-services.sh
+	$(BIN)/python -m pytest -q
+
+test: lint pytest
+
+bench: $(BIN)/.installed
+	scripts/ensure-services.sh
+	$(BIN)/python -m bench.run
+
+clean:
+	rm -rf $(VENV) .switchyard .pytest_cache .mypy_cache .ruff_cache

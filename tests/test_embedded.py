@@ -1,0 +1,71 @@
+"""`switchyard dev` on a machine without Postgres or Redis: SQLite, the filesystem broker, real processes."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support import ROOT, Process, chat, cli, free_port, wait_task, wait_until
+
+
+@pytest.fixture(scope="module")
+def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    tmp = tmp_path_factory.mktemp("embedded")
+    # Nothing of the outer test environment: no database URL, no Redis, so the embedded defaults apply.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_")}
+    env["SWITCHYARD_CONFIG"] = str(ROOT / "config" / "switchyard.yaml")
+    env["SWITCHYARD_DATA_DIR"] = str(tmp / ".switchyard")
+    port, fake_port = free_port(), free_port()
+    proc = Process("dev", cli("dev", "--port", str(port), "--fake-port", str(fake_port)), env, tmp)
+    try:
+
+        def printed() -> re.Match[str] | None:
+            assert proc.alive(), proc.log()[-4000:]
+            return re.search(r"URL: (\S+).*?API key: (\S+)", proc.log(), re.S)
+
+        match = wait_until(printed, timeout=90, what="switchyard dev to print its URL and key")
+        yield match.group(1), match.group(2)
+    finally:
+        proc.stop()
+    assert (tmp / ".switchyard" / "switchyard.db").exists()
+
+
+def test_dev_mode_runs_chat_and_embed_tasks(dev: tuple[str, str]) -> None:
+    url, key = dev
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as client:
+        assert client.get("/readyz").json()["checks"] == {"database": "ok", "broker": "ok"}
+        chat_id = client.post(
+            "/v1/tasks", json={"type": "chat", "model": "chat-default", "input": chat("hello embedded")}
+        ).json()["id"]
+        embed_id = client.post(
+            "/v1/tasks", json={"type": "embed", "model": "embed-default", "input": {"input": "vector"}}
+        ).json()["id"]
+        task = wait_task(client, chat_id, timeout=60)
+        assert task["status"] == "succeeded", task
+        assert task["result"]["content"] == "echo: hello embedded"
+        assert task["cost_usd"] > 0
+        assert wait_task(client, embed_id, timeout=60)["status"] == "succeeded"
+
+
+def test_dev_mode_retries_and_cancels(dev: tuple[str, str]) -> None:
+    url, key = dev
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as client:
+        flaky = client.post(
+            "/v1/tasks", json={"type": "chat", "model": "chat-default", "input": chat("embedded [[fail:503:1]]")}
+        ).json()["id"]
+        task = wait_task(client, flaky, timeout=60)
+        assert [a["status"] for a in task["attempts"]] == ["failed", "succeeded"]
+        assert client.get("/v1/tasks", params={"status": "succeeded"}).json()["data"]
+
+
+def test_readme_quickstart_is_two_commands() -> None:
+    readme = (ROOT / "README.md").read_text()
+    quickstart = readme.split("## Quickstart", 1)[1].split("\n## ", 1)[0]
+    commands = re.findall(r"^\s*(make \S+)$", quickstart, re.M)
+    assert commands == ["make dev", "make test"], commands
+    assert Path(ROOT / "Makefile").exists()
