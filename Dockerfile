@@ -21,11 +21,12 @@ RUN --mount=type=cache,target=/root/.cache/pip \
         > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt
 
-# Then the package itself (including switchyard/migrations and its versions/*.py, env.py, script.py.mako).
+# Then the package itself (including switchyard/migrations and its versions/*.py, env.py, script.py.mako);
+# the check runs outside /src so that it imports the installed package, not the source tree.
 COPY . .
 RUN --mount=type=cache,target=/root/.cache/pip \
     pip install --no-deps . \
-    && python -c "import switchyard.cli, switchyard.migrations, pathlib, sys; \
+    && cd / && python -c "import switchyard.cli, switchyard.migrations, pathlib, sys; \
 v = pathlib.Path(switchyard.migrations.__file__).parent / 'versions'; \
 sys.exit(0 if any(v.glob('0*.py')) else 'migrations/versions missing from the installed package')"
 

@@ -19,13 +19,15 @@ def broker_options(settings: Settings) -> dict[str, Any]:
     url = settings.celery_broker_url
     if url.startswith("filesystem://"):
         folder = (settings.data_dir / "broker").resolve()
-        for sub in ("queue", "processed"):
+        for sub in ("queue", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
         return {
             "data_folder_in": str(folder / "queue"),
             "data_folder_out": str(folder / "queue"),
             "processed_folder": str(folder / "processed"),
             "store_processed": False,
+            # Broadcast (pidbox) exchanges; kombu's default is a folder in the working directory.
+            "control_folder": str(folder / "control"),
         }
     return {"visibility_timeout": 3600}
 
