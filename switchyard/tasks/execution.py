@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import insert, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from switchyard.core.config import AppConfig, Deployment
@@ -252,9 +252,14 @@ class Executor:
         """Write the final state once, with the last attempt, the totals and the terminal event."""
         with self.db.transaction() as tx:
             session = tx.session
-            if outcome is not None:
-                self._insert_attempt(session, claim, outcome)
-            attempts = list(session.scalars(select(Attempt).where(Attempt.task_id == claim.task_id)))
+            attempts: list[Attempt]
+            if outcome is not None and claim.attempt_count == 0:
+                # The common case: the first call settled it, so there is nothing to read back.
+                attempts = [self._insert_attempt(session, claim, outcome)]
+            else:
+                if outcome is not None:
+                    self._insert_attempt(session, claim, outcome)
+                attempts = list(session.scalars(select(Attempt).where(Attempt.task_id == claim.task_id)))
             totals = _totals(attempts)
             now = utcnow()
             held = (Task.id == claim.task_id) & (Task.claim_id == claim.claim_id) & (Task.status == "running")
@@ -325,30 +330,30 @@ class Executor:
         return float(timeout_s or self.settings.default_timeout_s) + self.settings.lease_grace_s
 
     @staticmethod
-    def _insert_attempt(session: Session, claim: Claim, outcome: Outcome) -> None:
+    def _insert_attempt(session: Session, claim: Claim, outcome: Outcome) -> Attempt:
         usage = outcome.result.usage if outcome.result else Usage()
         error = outcome.error
-        session.execute(
-            insert(Attempt).values(
-                task_id=claim.task_id,
-                n=outcome.n,
-                provider=outcome.deployment.provider,
-                deployment=outcome.deployment.name,
-                provider_model=(outcome.result.provider_model if outcome.result else "") or outcome.deployment.model,
-                status="succeeded" if error is None else "failed",
-                error_type=error.error_type if error else None,
-                error_message=error.message if error else None,
-                status_code=error.status_code if error else None,
-                latency_ms=outcome.latency_ms,
-                input_tokens=usage.input_tokens,
-                output_tokens=usage.output_tokens,
-                cached_input_tokens=usage.cached_input_tokens,
-                cache_write_tokens=usage.cache_write_tokens,
-                cost_usd=outcome.cost,
-                started_at=outcome.started_at,
-                finished_at=utcnow(),
-            )
+        attempt = Attempt(
+            task_id=claim.task_id,
+            n=outcome.n,
+            provider=outcome.deployment.provider,
+            deployment=outcome.deployment.name,
+            provider_model=(outcome.result.provider_model if outcome.result else "") or outcome.deployment.model,
+            status="succeeded" if error is None else "failed",
+            error_type=error.error_type if error else None,
+            error_message=error.message if error else None,
+            status_code=error.status_code if error else None,
+            latency_ms=outcome.latency_ms,
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cached_input_tokens=usage.cached_input_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
+            cost_usd=outcome.cost,
+            started_at=outcome.started_at,
+            finished_at=utcnow(),
         )
+        session.add(attempt)
+        return attempt
 
 
 def _totals(attempts: list[Attempt]) -> dict[str, Any]:
