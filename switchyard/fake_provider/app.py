@@ -76,7 +76,7 @@ import re
 import struct
 import time
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -206,35 +206,20 @@ def _embedding_bytes(text: str, dims: int) -> bytes:
     return struct.pack(f"<{dims}f", *(v / norm for v in vals))
 
 
-def _openai_error_type(status: int) -> str:
-    if status == 401:
-        return "authentication_error"
-    if status == 403:
-        return "permission_error"
-    if status == 404:
-        return "not_found_error"
-    if status == 429:
-        return "rate_limit_error"
-    if status >= 500:
-        return "server_error"
-    return "invalid_request_error"
+# Error ``type`` names that both APIs use for the same status.
+_ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error", 429: "rate_limit_error"}
+# Statuses only Anthropic names specially; OpenAI reports them by the general rules below.
+_ANTHROPIC_ERROR_TYPES = {413: "request_too_large", 503: "overloaded_error", 529: "overloaded_error"}
 
 
-def _anthropic_error_type(status: int) -> str:
-    if status == 401:
-        return "authentication_error"
-    if status == 403:
-        return "permission_error"
-    if status == 404:
-        return "not_found_error"
-    if status == 413:
-        return "request_too_large"
-    if status == 429:
-        return "rate_limit_error"
-    if status in (503, 529):
-        return "overloaded_error"
+def _error_type(status: int, *, anthropic: bool) -> str:
+    """The error ``type`` a real provider reports for a status, so SDKs map it to the right exception."""
+    if anthropic and status in _ANTHROPIC_ERROR_TYPES:
+        return _ANTHROPIC_ERROR_TYPES[status]
+    if status in _ERROR_TYPES:
+        return _ERROR_TYPES[status]
     if status >= 500:
-        return "api_error"
+        return "api_error" if anthropic else "server_error"
     return "invalid_request_error"
 
 
@@ -351,6 +336,143 @@ def _sse_event(event: str, obj: Any) -> bytes:
     return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(obj) + b"\n\n"
 
 
+def _sse_stream(
+    head: list[bytes], content: list[bytes], tail: list[bytes], break_after: int | None, headers: Mapping[str, str]
+) -> Response:
+    """A streamed chat answer of either API: opening events, content events, closing events.
+
+    ``[[break:K]]`` keeps only the first K content events and then drops the connection, so a client sees a
+    stream that dies mid-answer (no closing events at all).
+    """
+    if break_after is not None:
+        return _SSEResponse([*head, *content[:break_after]], headers, abort=True)
+    return _SSEResponse([*head, *content, *tail], headers, abort=False)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Chat requests and replies, shared by the OpenAI and Anthropic chat endpoints
+
+
+@dataclass(frozen=True, slots=True)
+class _Chat:
+    """The parts of a chat request (either API) that the fake answers from."""
+
+    model: str
+    texts: list[str]  # system prompt (if any), then each message: searched for markers, counted as prompt
+    last_user: str  # text of the last user message: the one echoed
+
+
+def _read_chat(
+    body: Mapping[str, Any], *, system: Any = None, no_model: str, no_messages: str, bad_message: str
+) -> _Chat:
+    """Validates what both chat APIs require (model, messages with roles), in the caller API's words.
+
+    The _BadRequest always names its ``param``; only OpenAI-shaped errors show it.
+    """
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise _BadRequest(no_model, "model")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise _BadRequest(no_messages, "messages")
+    system_text = _content_text(system)
+    texts = [system_text] if system_text else []
+    last_user = ""
+    for msg in messages:
+        if not isinstance(msg, dict) or not isinstance(msg.get("role"), str):
+            raise _BadRequest(bad_message, "messages")
+        text = _content_text(msg.get("content"))
+        texts.append(text)
+        if msg["role"] == "user":
+            last_user = text
+    return _Chat(model=model, texts=texts, last_user=last_user)
+
+
+def _called_tool(body: Mapping[str, Any], markers: _Markers, *, openai_shape: bool) -> str | None:
+    """Name of the tool a ``[[tool]]`` reply calls (the first one offered), or None for a text reply.
+
+    OpenAI tools nest the name in ``function`` (a flat tool with a top-level ``name`` is accepted too);
+    Anthropic tools carry it at the top level only. A tool without a usable name is called ``"tool"``.
+    """
+    tools = body.get("tools")
+    if not (markers.tool and isinstance(tools, list) and tools and isinstance(tools[0], dict)):
+        return None
+    first = tools[0]
+    function = first.get("function") if openai_shape else None
+    name = function.get("name") if isinstance(function, dict) else first.get("name")
+    return name if isinstance(name, str) else "tool"
+
+
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    """What the fake model answers to a chat request, before either API puts it into its wire shape.
+
+    Both chat APIs answer the same way (echo, token counts, truncation at max_tokens), so this is worked
+    out once; each handler only renames the fields and picks its own words for why the reply ended.
+    """
+
+    text: str
+    tool_name: str | None  # set when the reply is a call of this tool instead of text
+    prompt_tokens: int
+    output_tokens: int
+    truncated: bool  # the text was cut to max_tokens
+
+    @classmethod
+    def answer(cls, chat: _Chat, max_tokens: int | None, tool_name: str | None) -> _Reply:
+        prompt_tokens = _tokens(sum(len(t) for t in chat.texts))
+        text = "echo: " + chat.last_user
+        if tool_name is not None:
+            # The call's arguments are always "{}": they count with the name, and max_tokens never cuts them.
+            return cls(text, tool_name, prompt_tokens, _tokens(len(tool_name) + 2), truncated=False)
+        output_tokens = _tokens(len(text))
+        truncated = False
+        if max_tokens is not None and output_tokens > max_tokens:
+            text = text[: max_tokens * 4]
+            output_tokens = _tokens(len(text))
+            truncated = True
+        return cls(text, None, prompt_tokens, output_tokens, truncated)
+
+    def ending(self, *, stop: str, length: str, tool: str) -> str:
+        """The API's word for why the reply ended: naturally, cut at max_tokens, or to call a tool."""
+        if self.tool_name is not None:
+            return tool
+        if self.truncated:
+            return length
+        return stop
+
+
+def _anthropic_message(
+    mid: str, model: str, content: list[dict[str, Any]], stop_reason: str | None, usage: Mapping[str, Any]
+) -> dict[str, Any]:
+    """An Anthropic message object: the whole answer, or the empty one that opens a stream."""
+    return {
+        "id": mid,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": stop_reason,
+        "stop_sequence": None,
+        "usage": usage,
+    }
+
+
+@dataclass(slots=True)
+class _Call:
+    """One API request on its way through the steps that every API endpoint shares.
+
+    Numbered when it arrives (the fail rate counts requests; ids derive from ``rid``). ``markers`` and
+    ``headers`` are filled in by :meth:`FakeProvider._screen` once the request has been parsed.
+    """
+
+    path: str
+    anthropic: bool  # Anthropic-shaped errors and request-id header (/v1/messages), else OpenAI-shaped
+    number: int
+    rid: int
+    markers: _Markers = field(default_factory=_Markers)
+    headers: dict[str, str] = field(default_factory=dict)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The provider
 
@@ -434,114 +556,108 @@ class FakeProvider:
             raise _BadRequest("request body must be a JSON object")
         return body
 
-    def _openai_error(
-        self, path: str, status: int, message: str, headers: Mapping[str, str], param: str | None = None
-    ) -> Response:
-        self._count(path, status)
-        err = {"message": message, "type": _openai_error_type(status), "param": param, "code": None}
-        return _json_response({"error": err}, status, headers)
+    # -- steps shared by every API endpoint -----------------------------------------------------------------
 
-    def _anthropic_error(self, path: str, status: int, message: str, headers: Mapping[str, str]) -> Response:
-        self._count(path, status)
-        body = {"type": "error", "error": {"type": _anthropic_error_type(status), "message": message}}
+    def _start(self, path: str, *, anthropic: bool = False) -> _Call:
+        """Counts an API request and gives it its number and id, before anything can go wrong with it."""
+        self.api_requests += 1
+        return _Call(path=path, anthropic=anthropic, number=self.api_requests, rid=self._next_id())
+
+    def _error(
+        self, call: _Call, status: int, message: str, headers: Mapping[str, str], param: str | None = None
+    ) -> Response:
+        """Error response in the shape of the request's API (``param`` exists only in OpenAI's shape)."""
+        self._count(call.path, status)
+        error_type = _error_type(status, anthropic=call.anthropic)
+        body: dict[str, Any]
+        if call.anthropic:
+            body = {"type": "error", "error": {"type": error_type, "message": message}}
+        else:
+            body = {"error": {"message": message, "type": error_type, "param": param, "code": None}}
         return _json_response(body, status, headers)
 
-    @staticmethod
-    def _headers(markers: _Markers, request_id: str) -> dict[str, str]:
-        headers = {"x-request-id": request_id}
-        if markers.retry_after is not None:
-            headers["retry-after"] = markers.retry_after
-        return headers
+    async def _malformed(self, call: _Call, exc: _BadRequest) -> Response:
+        """400 for a request that could not be parsed: after the global latency, never an injected failure."""
+        await self._delay(_NO_MARKERS)
+        request_id = f"req_{call.rid:024x}"
+        headers = {"request-id": request_id} if call.anthropic else {"x-request-id": request_id}
+        return self._error(call, 400, exc.message, headers, exc.param)
+
+    async def _screen(self, call: _Call, texts: list[str]) -> Response | None:
+        """Applies the markers in a parsed request's text, then any injected failure and the latency.
+
+        Returns the injected failure's error response, or None when the request is to be answered. Either
+        way ``call.markers`` and ``call.headers`` are set afterwards.
+        """
+        search = "\n".join(texts)
+        call.markers = _parse_markers(search)
+        request_id = f"req_{call.rid:024x}"
+        call.headers = {"x-request-id": request_id}
+        if call.markers.retry_after is not None:
+            call.headers["retry-after"] = call.markers.retry_after
+        if call.anthropic:
+            call.headers["request-id"] = request_id
+        failure = self._injected_failure(call.number, call.markers, search)
+        await self._delay(call.markers)
+        if failure is None:
+            return None
+        return self._error(call, failure, f"injected failure (HTTP {failure})", call.headers)
+
+    def _ok(self, call: _Call, result: Any) -> Response:
+        """A JSON answer, counted in the stats like every error is."""
+        self._count(call.path, 200)
+        return _json_response(result, 200, call.headers)
 
     # -- OpenAI chat ----------------------------------------------------------------------------------------
 
     async def chat_completions(self, request: Request) -> Response:
-        path = "/v1/chat/completions"
-        self.api_requests += 1
-        n = self.api_requests
-        rid = self._next_id()
+        call = self._start("/v1/chat/completions")
         try:
             body = await self._read_json(request)
-            model = body.get("model")
-            if not isinstance(model, str) or not model:
-                raise _BadRequest("you must provide a model parameter", "model")
-            messages = body.get("messages")
-            if not isinstance(messages, list) or not messages:
-                raise _BadRequest("'messages' must be a non-empty array", "messages")
-            texts: list[str] = []
-            last_user = ""
-            for msg in messages:
-                if not isinstance(msg, dict) or not isinstance(msg.get("role"), str):
-                    raise _BadRequest("each message must be an object with a 'role'", "messages")
-                text = _content_text(msg.get("content"))
-                texts.append(text)
-                if msg["role"] == "user":
-                    last_user = text
+            chat = _read_chat(
+                body,
+                no_model="you must provide a model parameter",
+                no_messages="'messages' must be a non-empty array",
+                bad_message="each message must be an object with a 'role'",
+            )
             max_tokens = _positive_int(body, "max_completion_tokens") or _positive_int(body, "max_tokens")
         except _BadRequest as exc:
-            await self._delay(_NO_MARKERS)
-            return self._openai_error(path, 400, exc.message, {"x-request-id": f"req_{rid:024x}"}, exc.param)
-
-        search = "\n".join(texts)
-        markers = _parse_markers(search)
-        headers = self._headers(markers, f"req_{rid:024x}")
-        failure = self._injected_failure(n, markers, search)
-        await self._delay(markers)
+            return await self._malformed(call, exc)
+        failure = await self._screen(call, chat.texts)
         if failure is not None:
-            return self._openai_error(path, failure, f"injected failure (HTTP {failure})", headers)
+            return failure
 
-        prompt_tokens = _tokens(sum(len(t) for t in texts))
-        tools = body.get("tools")
-        tool_name: str | None = None
-        if markers.tool and isinstance(tools, list) and tools and isinstance(tools[0], dict):
-            fn = tools[0].get("function")
-            name = fn.get("name") if isinstance(fn, dict) else tools[0].get("name")
-            tool_name = name if isinstance(name, str) else "tool"
-
-        reply = "echo: " + last_user
-        finish = "stop"
-        if tool_name is not None:
-            completion_tokens = _tokens(len(tool_name) + 2)
-            finish = "tool_calls"
-        else:
-            completion_tokens = _tokens(len(reply))
-            if max_tokens is not None and completion_tokens > max_tokens:
-                reply = reply[: max_tokens * 4]
-                completion_tokens = _tokens(len(reply))
-                finish = "length"
+        reply = _Reply.answer(chat, max_tokens, _called_tool(body, call.markers, openai_shape=True))
+        finish = reply.ending(stop="stop", length="length", tool="tool_calls")
         usage = {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": markers.cached},
+            "prompt_tokens": reply.prompt_tokens,
+            "completion_tokens": reply.output_tokens,
+            "total_tokens": reply.prompt_tokens + reply.output_tokens,
+            "prompt_tokens_details": {"cached_tokens": call.markers.cached},
             "completion_tokens_details": {"reasoning_tokens": 0},
         }
-        cid = f"chatcmpl-{rid:024x}"
+        cid = f"chatcmpl-{call.rid:024x}"
         created = int(time.time())
         tool_call = (
-            {"id": "call_1", "type": "function", "function": {"name": tool_name, "arguments": "{}"}}
-            if tool_name is not None
+            {"id": "call_1", "type": "function", "function": {"name": reply.tool_name, "arguments": "{}"}}
+            if reply.tool_name is not None
             else None
         )
 
         if body.get("stream") is True:
-            self._count(path, 200)
+            self._count(call.path, 200)
             stream_options = body.get("stream_options")
             include_usage = isinstance(stream_options, dict) and stream_options.get("include_usage") is True
-            return self._chat_stream(
-                cid,
-                created,
-                model,
-                reply,
-                tool_call,
-                finish,
-                usage,
-                include_usage,
-                markers.break_after,
-                headers,
-            )
+            envelope = {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": chat.model,
+                "system_fingerprint": "fp_fake",
+            }
+            return self._chat_stream(call, envelope, reply.text, tool_call, finish, usage, include_usage)
 
-        message: dict[str, Any] = {"role": "assistant", "content": None if tool_call else reply}
+        message: dict[str, Any] = {"role": "assistant", "content": None if tool_call else reply.text}
         if tool_call is not None:
             message["tool_calls"] = [tool_call]
         message["refusal"] = None
@@ -549,42 +665,33 @@ class FakeProvider:
             "id": cid,
             "object": "chat.completion",
             "created": created,
-            "model": model,
+            "model": chat.model,
             "system_fingerprint": "fp_fake",
             "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
             "usage": usage,
         }
-        self._count(path, 200)
-        return _json_response(result, 200, headers)
+        return self._ok(call, result)
 
     @staticmethod
     def _chat_stream(
-        cid: str,
-        created: int,
-        model: str,
-        reply: str,
+        call: _Call,
+        envelope: dict[str, Any],
+        text: str,
         tool_call: dict[str, Any] | None,
         finish: str,
         usage: dict[str, Any],
         include_usage: bool,
-        break_after: int | None,
-        headers: Mapping[str, str],
     ) -> Response:
+        """OpenAI chunks; ``envelope`` holds the fields every chunk starts with (id, object, created, ...)."""
+
         def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
-            obj: dict[str, Any] = {
-                "id": cid,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model,
-                "system_fingerprint": "fp_fake",
-                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
-            }
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            obj: dict[str, Any] = {**envelope, "choices": [choice]}
             if include_usage:
                 obj["usage"] = None
             return _sse_data(obj)
 
-        events = [chunk({"role": "assistant", "content": "", "refusal": None})]
-        content: list[bytes] = []
+        head = [chunk({"role": "assistant", "content": "", "refusal": None})]
         if tool_call is not None:
             fn = tool_call["function"]
             first = {
@@ -593,31 +700,17 @@ class FakeProvider:
                 "type": "function",
                 "function": {"name": fn["name"], "arguments": ""},
             }
-            content.append(chunk({"tool_calls": [first]}))
-            content.append(chunk({"tool_calls": [{"index": 0, "function": {"arguments": fn["arguments"]}}]}))
+            content = [
+                chunk({"tool_calls": [first]}),
+                chunk({"tool_calls": [{"index": 0, "function": {"arguments": fn["arguments"]}}]}),
+            ]
         else:
-            content.extend(chunk({"content": piece}) for piece in _split_chunks(reply))
-        if break_after is not None:
-            events.extend(content[:break_after])
-            return _SSEResponse(events, headers, abort=True)
-        events.extend(content)
-        events.append(chunk({}, finish))
+            content = [chunk({"content": piece}) for piece in _split_chunks(text)]
+        tail = [chunk({}, finish)]
         if include_usage:
-            events.append(
-                _sse_data(
-                    {
-                        "id": cid,
-                        "object": "chat.completion.chunk",
-                        "created": created,
-                        "model": model,
-                        "system_fingerprint": "fp_fake",
-                        "choices": [],
-                        "usage": usage,
-                    }
-                )
-            )
-        events.append(b"data: [DONE]\n\n")
-        return _SSEResponse(events, headers, abort=False)
+            tail.append(_sse_data({**envelope, "choices": [], "usage": usage}))
+        tail.append(b"data: [DONE]\n\n")
+        return _sse_stream(head, content, tail, call.markers.break_after, call.headers)
 
     # -- OpenAI embeddings / moderations --------------------------------------------------------------------
 
@@ -639,10 +732,7 @@ class FakeProvider:
         raise _BadRequest("'input' must be a string or a non-empty array of strings", "input")
 
     async def embeddings(self, request: Request) -> Response:
-        path = "/v1/embeddings"
-        self.api_requests += 1
-        n = self.api_requests
-        rid = self._next_id()
+        call = self._start("/v1/embeddings")
         try:
             body = await self._read_json(request)
             model = body.get("model")
@@ -656,16 +746,10 @@ class FakeProvider:
             if fmt not in ("float", "base64"):
                 raise _BadRequest("'encoding_format' must be 'float' or 'base64'", "encoding_format")
         except _BadRequest as exc:
-            await self._delay(_NO_MARKERS)
-            return self._openai_error(path, 400, exc.message, {"x-request-id": f"req_{rid:024x}"}, exc.param)
-
-        search = "\n".join(texts)
-        markers = _parse_markers(search)
-        headers = self._headers(markers, f"req_{rid:024x}")
-        failure = self._injected_failure(n, markers, search)
-        await self._delay(markers)
+            return await self._malformed(call, exc)
+        failure = await self._screen(call, texts)
         if failure is not None:
-            return self._openai_error(path, failure, f"injected failure (HTTP {failure})", headers)
+            return failure
 
         data: list[dict[str, Any]] = []
         for i, text in enumerate(texts):
@@ -683,14 +767,10 @@ class FakeProvider:
             "model": model,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
-        self._count(path, 200)
-        return _json_response(result, 200, headers)
+        return self._ok(call, result)
 
     async def moderations(self, request: Request) -> Response:
-        path = "/v1/moderations"
-        self.api_requests += 1
-        n = self.api_requests
-        rid = self._next_id()
+        call = self._start("/v1/moderations")
         try:
             body = await self._read_json(request)
             texts = self._input_texts(body.get("input"), allow_parts=True)
@@ -698,16 +778,10 @@ class FakeProvider:
             if not isinstance(model, str):
                 raise _BadRequest("'model' must be a string", "model")
         except _BadRequest as exc:
-            await self._delay(_NO_MARKERS)
-            return self._openai_error(path, 400, exc.message, {"x-request-id": f"req_{rid:024x}"}, exc.param)
-
-        search = "\n".join(texts)
-        markers = _parse_markers(search)
-        headers = self._headers(markers, f"req_{rid:024x}")
-        failure = self._injected_failure(n, markers, search)
-        await self._delay(markers)
+            return await self._malformed(call, exc)
+        failure = await self._screen(call, texts)
         if failure is not None:
-            return self._openai_error(path, failure, f"injected failure (HTTP {failure})", headers)
+            return failure
 
         results = []
         for text in texts:
@@ -722,9 +796,7 @@ class FakeProvider:
                     "category_applied_input_types": {c: ["text"] for c in MODERATION_CATEGORIES},
                 }
             )
-        result = {"id": f"modr-{rid:024x}", "model": model, "results": results}
-        self._count(path, 200)
-        return _json_response(result, 200, headers)
+        return self._ok(call, {"id": f"modr-{call.rid:024x}", "model": model, "results": results})
 
     async def models(self, request: Request) -> Response:
         self._count("/v1/models", 200)
@@ -735,142 +807,81 @@ class FakeProvider:
     # -- Anthropic messages ---------------------------------------------------------------------------------
 
     async def messages(self, request: Request) -> Response:
-        path = "/v1/messages"
-        self.api_requests += 1
-        n = self.api_requests
-        rid = self._next_id()
+        call = self._start("/v1/messages", anthropic=True)
         try:
             body = await self._read_json(request)
-            model = body.get("model")
-            if not isinstance(model, str) or not model:
-                raise _BadRequest("model: Field required")
-            messages = body.get("messages")
-            if not isinstance(messages, list) or not messages:
-                raise _BadRequest("messages: Field required (non-empty array)")
-            system_text = _content_text(body.get("system"))
-            texts: list[str] = [system_text] if system_text else []
-            last_user = ""
-            for msg in messages:
-                if not isinstance(msg, dict) or not isinstance(msg.get("role"), str):
-                    raise _BadRequest("messages: each message must be an object with a 'role'")
-                text = _content_text(msg.get("content"))
-                texts.append(text)
-                if msg["role"] == "user":
-                    last_user = text
+            chat = _read_chat(
+                body,
+                system=body.get("system"),
+                no_model="model: Field required",
+                no_messages="messages: Field required (non-empty array)",
+                bad_message="messages: each message must be an object with a 'role'",
+            )
             max_tokens = _positive_int(body, "max_tokens")
         except _BadRequest as exc:
-            await self._delay(_NO_MARKERS)
-            return self._anthropic_error(path, 400, exc.message, {"request-id": f"req_{rid:024x}"})
-
-        search = "\n".join(texts)
-        markers = _parse_markers(search)
-        headers = self._headers(markers, f"req_{rid:024x}")
-        headers["request-id"] = headers["x-request-id"]
-        failure = self._injected_failure(n, markers, search)
-        await self._delay(markers)
+            return await self._malformed(call, exc)
+        failure = await self._screen(call, chat.texts)
         if failure is not None:
-            return self._anthropic_error(path, failure, f"injected failure (HTTP {failure})", headers)
+            return failure
 
-        prompt_tokens = _tokens(sum(len(t) for t in texts))
-        tools = body.get("tools")
-        tool_name: str | None = None
-        if markers.tool and isinstance(tools, list) and tools and isinstance(tools[0], dict):
-            name = tools[0].get("name")
-            tool_name = name if isinstance(name, str) else "tool"
-
-        reply = "echo: " + last_user
-        stop_reason = "end_turn"
-        if tool_name is not None:
-            output_tokens = _tokens(len(tool_name) + 2)
-            stop_reason = "tool_use"
-        else:
-            output_tokens = _tokens(len(reply))
-            if max_tokens is not None and output_tokens > max_tokens:
-                reply = reply[: max_tokens * 4]
-                output_tokens = _tokens(len(reply))
-                stop_reason = "max_tokens"
+        reply = _Reply.answer(chat, max_tokens, _called_tool(body, call.markers, openai_shape=False))
+        stop_reason = reply.ending(stop="end_turn", length="max_tokens", tool="tool_use")
+        markers = call.markers
         usage = {
-            "input_tokens": max(0, prompt_tokens - markers.cached - markers.cache_write),
-            "output_tokens": output_tokens,
+            "input_tokens": max(0, reply.prompt_tokens - markers.cached - markers.cache_write),
+            "output_tokens": reply.output_tokens,
             "cache_read_input_tokens": markers.cached,
             "cache_creation_input_tokens": markers.cache_write,
         }
-        mid = f"msg_{rid:024x}"
+        mid = f"msg_{call.rid:024x}"
         block: dict[str, Any] = (
-            {"type": "tool_use", "id": "toolu_1", "name": tool_name, "input": {}}
-            if tool_name is not None
-            else {"type": "text", "text": reply}
+            {"type": "tool_use", "id": "toolu_1", "name": reply.tool_name, "input": {}}
+            if reply.tool_name is not None
+            else {"type": "text", "text": reply.text}
         )
-        self._count(path, 200)
         if body.get("stream") is True:
-            return self._messages_stream(mid, model, reply, block, stop_reason, usage, markers.break_after, headers)
-        result = {
-            "id": mid,
-            "type": "message",
-            "role": "assistant",
-            "model": model,
-            "content": [block],
-            "stop_reason": stop_reason,
-            "stop_sequence": None,
-            "usage": usage,
-        }
-        return _json_response(result, 200, headers)
+            self._count(call.path, 200)
+            return self._messages_stream(call, mid, chat.model, reply.text, block, stop_reason, usage)
+        return self._ok(call, _anthropic_message(mid, chat.model, [block], stop_reason, usage))
 
     @staticmethod
     def _messages_stream(
+        call: _Call,
         mid: str,
         model: str,
-        reply: str,
+        text: str,
         block: dict[str, Any],
         stop_reason: str,
         usage: dict[str, Any],
-        break_after: int | None,
-        headers: Mapping[str, str],
     ) -> Response:
-        start_usage = {**usage, "output_tokens": 1}
-        message: dict[str, Any] = {
-            "id": mid,
-            "type": "message",
-            "role": "assistant",
-            "model": model,
-            "content": [],
-            "stop_reason": None,
-            "stop_sequence": None,
-            "usage": start_usage,
-        }
-        events = [_sse_event("message_start", {"type": "message_start", "message": message})]
+        opening = _anthropic_message(mid, model, [], None, {**usage, "output_tokens": 1})
         if block["type"] == "tool_use":
             start_block: dict[str, Any] = {**block, "input": {}}
             deltas = [{"type": "input_json_delta", "partial_json": "{}"}]
         else:
             start_block = {"type": "text", "text": ""}
-            deltas = [{"type": "text_delta", "text": piece} for piece in _split_chunks(reply)]
-        events.append(
+            deltas = [{"type": "text_delta", "text": piece} for piece in _split_chunks(text)]
+        head = [
+            _sse_event("message_start", {"type": "message_start", "message": opening}),
             _sse_event(
                 "content_block_start",
                 {"type": "content_block_start", "index": 0, "content_block": start_block},
-            )
-        )
+            ),
+        ]
         content = [
             _sse_event("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": d}) for d in deltas
         ]
-        if break_after is not None:
-            events.extend(content[:break_after])
-            return _SSEResponse(events, headers, abort=True)
-        events.extend(content)
-        events.append(_sse_event("content_block_stop", {"type": "content_block_stop", "index": 0}))
-        events.append(
-            _sse_event(
-                "message_delta",
-                {
-                    "type": "message_delta",
-                    "delta": {"stop_reason": stop_reason, "stop_sequence": None},
-                    "usage": {"output_tokens": usage["output_tokens"]},
-                },
-            )
-        )
-        events.append(_sse_event("message_stop", {"type": "message_stop"}))
-        return _SSEResponse(events, headers, abort=False)
+        message_delta = {
+            "type": "message_delta",
+            "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+            "usage": {"output_tokens": usage["output_tokens"]},
+        }
+        tail = [
+            _sse_event("content_block_stop", {"type": "content_block_stop", "index": 0}),
+            _sse_event("message_delta", message_delta),
+            _sse_event("message_stop", {"type": "message_stop"}),
+        ]
+        return _sse_stream(head, content, tail, call.markers.break_after, call.headers)
 
     # -- control --------------------------------------------------------------------------------------------
 
