@@ -25,6 +25,7 @@ import click
 import redis
 from celery import Celery
 from kombu import Exchange, Queue
+from pydantic import BaseModel
 
 BASELINE_QUEUE = "baseline"
 NOOP_TASK = "bench.noop"
@@ -46,20 +47,23 @@ CREATE TABLE IF NOT EXISTS baseline_tasks (
 # --- the bare FastAPI endpoint -----------------------------------------------------------------------------------
 
 
+class Body(BaseModel):
+    """The request body, parsed and validated by FastAPI as any endpoint would (at module level, so that the
+    string annotation resolves)."""
+
+    type: str
+    model: str
+    input: dict[str, Any]
+
+
 def create_api() -> Any:
     from fastapi import FastAPI
     from psycopg.types.json import Jsonb
     from psycopg_pool import AsyncConnectionPool
-    from pydantic import BaseModel
     from redis import asyncio as aioredis
 
     database_url = os.environ["BENCH_DATABASE_URL"]
     redis_url = os.environ["BENCH_REDIS_URL"]
-
-    class Body(BaseModel):
-        type: str
-        model: str
-        input: dict[str, Any]
 
     resources: dict[str, Any] = {}
 
@@ -100,6 +104,7 @@ def create_api() -> Any:
 
 # --- the plain Celery app ----------------------------------------------------------------------------------------
 
+
 def make_baseline_celery(broker_url: str) -> Celery:
     """The same Celery settings as `switchyard.workers.celery_app.make_celery`, minus what a no-op never uses."""
     app = Celery("bench_baseline", broker=broker_url)
@@ -135,7 +140,7 @@ def _client() -> redis.Redis:
     return _redis
 
 
-@celery_app.task(name=NOOP_TASK, acks_late=True, reject_on_worker_lost=True)
+@celery_app.task(name=NOOP_TASK, acks_late=True, reject_on_worker_lost=True)  # type: ignore[untyped-decorator]
 def noop(task_id: str) -> None:
     """Nothing but a record that it ran (the benchmark counts these and takes the first/last time)."""
     _client().rpush(DONE_KEY, repr(time.time()))

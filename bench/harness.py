@@ -155,6 +155,7 @@ class Env:
     env: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.tmp.mkdir(parents=True, exist_ok=True)
         self.db_name, self.database_url = create_database(self.name)
         self.redis_url = f"{REDIS_BASE}/{self.redis_db}"
         self.redis = redis.Redis.from_url(self.redis_url)
@@ -343,3 +344,28 @@ def load(url: str, *, auth: str | None, connections: int, seconds: float) -> Loa
     if shutil.which("wrk"):
         return run_wrk(url, auth=auth, connections=connections, seconds=seconds)
     return run_raw(url, auth=auth, connections=connections, seconds=seconds)
+
+
+# --- measuring the machine -------------------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process (all its threads), from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_pct(seconds: float = 1.0) -> float:
+    """How busy all cores are (0-100) over `seconds`: other work on the machine skews every ratio."""
+
+    def snapshot() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            values = [int(x) for x in f.readline().split()[1:]]
+        idle = values[3] + values[4]
+        return sum(values) - idle, sum(values)
+
+    busy0, total0 = snapshot()
+    time.sleep(seconds)
+    busy1, total1 = snapshot()
+    return 100.0 * (busy1 - busy0) / max(1, total1 - total0)

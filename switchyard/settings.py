@@ -24,8 +24,9 @@ class Settings(BaseSettings):
     # HTTP edge.
     max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
     api_key_cache_s: float = Field(default=30.0, ge=0)
-    db_pool_size: int = Field(default=10, ge=1)
-    db_max_overflow: int = Field(default=20, ge=0)
+    # Connections kept open per process. The API runs at most this many requests' database work at once.
+    db_pool_size: int = Field(default=20, ge=1)
+    db_max_overflow: int = Field(default=10, ge=0)
 
     # Execution. A lease is the time a claim stays valid past the provider timeout before the sweeper
     # may hand the task to another worker; messages left unconsumed are re-published after requeue_after_s.

@@ -34,11 +34,13 @@ def make_engine(settings: Settings, *, pool_size: int | None = None) -> Engine:
             cur.close()
 
         return engine
+    # No pre-ping: it costs a round trip per checkout. A connection that died is invalidated when it fails
+    # (the request gets a 503 and the pool is refreshed); recycling retires connections before servers do.
     return create_engine(
         url,
         pool_size=pool_size or settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
-        pool_pre_ping=True,
+        pool_recycle=1800,
         pool_timeout=30,
     )
 

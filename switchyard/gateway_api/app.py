@@ -27,8 +27,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # Endpoints are sync (shared services with the workers); give them room to wait on I/O.
-        anyio.to_thread.current_default_thread_limiter().total_tokens = 100
+        # Endpoints are sync (they share services with the workers) and run in threads. More threads than
+        # database connections would only queue on the pool while contending for the GIL.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.db_pool_size + settings.db_max_overflow
         celery = make_celery(settings)
         state = ApiState(
             settings=settings,

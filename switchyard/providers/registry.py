@@ -16,18 +16,18 @@ ADAPTERS: dict[str, Callable[[ProviderConfig], ProviderAdapter]] = {
 
 
 class ProviderSet:
-    """One adapter (one SDK client, one connection pool) per configured provider, made lazily."""
+    """One adapter (one SDK client, one connection pool) per configured provider.
+
+    All are made up front, in the worker's start-up hook: made lazily, the first burst of tasks would race
+    to build (and throw away) a client each."""
 
     def __init__(self, config: AppConfig) -> None:
-        self._config = config
-        self._adapters: dict[str, ProviderAdapter] = {}
+        self._adapters: dict[str, ProviderAdapter] = {
+            name: ADAPTERS[provider.kind](provider) for name, provider in config.providers.items()
+        }
 
     def get(self, name: str) -> ProviderAdapter:
-        adapter = self._adapters.get(name)
-        if adapter is None:
-            provider = self._config.providers[name]
-            adapter = self._adapters.setdefault(name, ADAPTERS[provider.kind](provider))
-        return adapter
+        return self._adapters[name]
 
     def close(self) -> None:
         for adapter in self._adapters.values():

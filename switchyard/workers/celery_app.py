@@ -39,6 +39,9 @@ def make_celery(settings: Settings) -> Celery:
     app.conf.update(
         broker_transport_options=broker_options(settings),
         broker_connection_retry_on_startup=True,
+        # Publishing threads (API requests, the sweeper) each borrow a producer connection; the default of
+        # 10 makes them queue.
+        broker_pool_limit=64,
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         task_ignore_result=True,

@@ -1,0 +1,625 @@
+"""Run the benchmarks of DESIGN.md "Performance targets", each against a baseline measured in the same run.
+
+    .venv/bin/python -m bench.run [--only enqueue,end_to_end,in_flight] [--quick] [--profile]
+
+Prints a table of ratios (never asserts on timings) and writes bench/results/latest.json.
+
+- enqueue:    POST /v1/tasks req/s at 32 connections vs a bare FastAPI INSERT + LPUSH endpoint (target >= 0.7x).
+- end_to_end: chat tasks/s through the fake provider (0 ms), N tasks queued first, one provider worker
+              (threads, 64) vs plain Celery no-op tasks with the same pool and concurrency (target >= 0.6x).
+- in_flight:  N chat tasks, fake latency 1 s, one worker with 500 threads: completion rate vs the ideal
+              500/s (target >= 0.8x with >= 500 in flight); also peak in flight and RSS per in-flight call.
+
+Each benchmark has its own fresh Postgres database and Redis DB (flushed before and after) and stops every
+process it started, also on failure. `--profile` also samples the API and the worker with py-spy (that
+costs CPU on a small machine: do not read the ratios of a profiled run as results).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import redis
+
+from bench.harness import (
+    FAKE_CONFIG,
+    PG_ADMIN_URL,
+    REDIS_BASE,
+    ROOT,
+    BenchError,
+    Env,
+    LoadResult,
+    Process,
+    cli,
+    cpu_seconds,
+    free_port,
+    load,
+    machine_busy_pct,
+    rss_mb,
+    run_raw,
+    sql_one,
+    wait_http,
+    wait_log,
+    wait_until,
+)
+
+RESULTS_DIR = Path(__file__).with_name("results")
+PROVIDER_QUEUE = "provider"
+CONNECTIONS = 32
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# --- shared set-up ---------------------------------------------------------------------------------------------
+
+
+class Switchyard:
+    """Our stack inside an Env: migrated database, config pointing at the fake, API, an admin key."""
+
+    def __init__(self, env: Env, *, fake_latency_ms: int | None, api: bool = True) -> None:
+        self.env = env
+        env.run_cli("migrate")
+        fake_port = free_port()
+        self.fake_url = f"http://127.0.0.1:{fake_port}"
+        config = env.tmp / "switchyard.yaml"
+        config.write_text(FAKE_CONFIG.format(fake=self.fake_url))
+        env.env["SWITCHYARD_CONFIG"] = str(config)
+        self.fake: Process | None = None
+        if fake_latency_ms is not None:
+            self.fake = env.start(
+                "fake", cli("fake-provider", "--port", str(fake_port), "--latency-ms", str(fake_latency_ms))
+            )
+            wait_http(f"{self.fake_url}/healthz", self.fake)
+        self.url = f"http://127.0.0.1:{free_port()}"
+        self.api: Process | None = None
+        if api:
+            self.api = env.start("api", cli("api", "--port", self.url.rsplit(":", 1)[1]))
+            wait_http(f"{self.url}/healthz", self.api)
+        self.key = env.run_cli("keys", "create", "--tenant", "bench", "--role", "admin").strip().splitlines()[-1]
+
+    def create_tasks(self, n: int) -> float:
+        """Queue n chat tasks through the API (no worker consumes yet); returns the seconds it took."""
+        t0 = time.perf_counter()
+        remaining = n
+        for _ in range(5):
+            res = run_raw(f"{self.url}/v1/tasks", auth=self.key, connections=16, total=remaining)
+            have = self.count("SELECT count(*) FROM tasks")
+            remaining = n - have
+            if remaining <= 0:
+                break
+            log(f"  {res.non_2xx} non-2xx / {res.errors} errors while creating tasks; {remaining} to go")
+        have = self.count("SELECT count(*) FROM tasks")
+        queued = self.env.redis.llen(PROVIDER_QUEUE)
+        if have != n or queued != n:
+            raise BenchError(f"wanted {n} queued tasks, have {have} rows and {queued} messages")
+        return time.perf_counter() - t0
+
+    def count(self, query: str) -> int:
+        return int(sql_one(self.env.database_url, query))
+
+    def start_worker(self, concurrency: int) -> Process:
+        return self.env.start(
+            "worker-provider",
+            cli("worker", "--queues", PROVIDER_QUEUE, "--concurrency", str(concurrency), "--loglevel", "INFO"),
+        )
+
+    def window_s(self) -> float:
+        """First claim to last finish, from the rows' own timestamps."""
+        return float(
+            sql_one(
+                self.env.database_url,
+                "SELECT extract(epoch FROM max(finished_at) - min(started_at)) FROM tasks WHERE status='succeeded'",
+            )
+        )
+
+
+class Sampler:
+    """Polls `sample()` every `interval` seconds on a thread until stopped."""
+
+    def __init__(self, sample: Callable[[], None], interval: float) -> None:
+        self._sample = sample
+        self._interval = interval
+        self._stop = threading.Event()
+        self.errors: list[str] = []
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._sample()
+            except Exception as exc:
+                self.errors.append(repr(exc))
+            self._stop.wait(self._interval)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+class Profiler:
+    """py-spy record of one process, as collapsed stacks, when --profile is on."""
+
+    def __init__(self, enabled: bool, pid: int, name: str, seconds: float) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.path = RESULTS_DIR / f"profile-{name}.txt"
+        exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        if not enabled or not Path(exe).exists():
+            return
+        argv = [exe, "record", "--pid", str(pid), "--format", "raw", "--rate", "100", "--threads",
+                "--duration", str(max(1, round(seconds))), "--nonblocking", "-o", str(self.path)]  # fmt: skip
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def wait_worker(proc: Process) -> float:
+    return wait_log(proc, "ready.", timeout=90)
+
+
+# --- 1. enqueue ------------------------------------------------------------------------------------------------
+
+
+def bench_enqueue(tmp: Path, quick: bool, profile: bool) -> dict[str, Any]:
+    warm_s, measure_s, rounds = (2.0, 4.0, 1) if quick else (3.0, 10.0, 2)
+    env = Env("enqueue", 12, tmp / "enqueue")
+    try:
+        # No worker and no fake: only the front is measured; its messages stay in Redis (counted below).
+        ours = Switchyard(env, fake_latency_ms=None)
+        base_port = free_port()
+        base_url = f"http://127.0.0.1:{base_port}"
+        baseline = env.start(
+            "baseline-api",
+            [sys.executable, "-m", "bench.baselines", "api", "--port", str(base_port)],
+            {"BENCH_DATABASE_URL": env.database_url, "BENCH_REDIS_URL": env.redis_url},
+        )
+        wait_http(f"{base_url}/healthz", baseline)
+        assert ours.api is not None
+        runs: dict[str, list[LoadResult]] = {"ours": [], "baseline": []}
+        cpu_ms: dict[str, list[float]] = {"ours": [], "baseline": []}
+        # Alternate so that neither side always runs on the warmer (or fuller) database.
+        for r in range(rounds):
+            for side, url, key in (("baseline", base_url, None), ("ours", ours.url, ours.key)):
+                load(f"{url}/v1/tasks", auth=key, connections=CONNECTIONS, seconds=warm_s)
+                pid = ours.api.pid if side == "ours" else baseline.pid
+                prof = Profiler(profile and side == "ours" and r == 0, pid, "enqueue-api", measure_s)
+                cpu0 = cpu_seconds(pid)
+                try:
+                    res = load(f"{url}/v1/tasks", auth=key, connections=CONNECTIONS, seconds=measure_s)
+                finally:
+                    prof.stop()
+                # CPU of the server process per request: less sensitive than req/s to other load on the machine.
+                cpu_ms[side].append(1000 * (cpu_seconds(pid) - cpu0) / max(1, res.requests))
+                runs[side].append(res)
+                if side == "baseline" and (res.non_2xx or res.errors):
+                    raise BenchError(f"the baseline answered {res.non_2xx} non-2xx and {res.errors} errors")
+                log(f"  enqueue round {r + 1} {side:8}: {res.rps:8.0f} req/s  p50 {res.latency_p50_ms:.1f} ms  "
+                    f"p99 {res.latency_p99_ms:.1f} ms  non-2xx {res.non_2xx}  errors {res.errors}  "
+                    f"server CPU {cpu_ms[side][-1]:.2f} ms/req")  # fmt: skip
+        # Every 2xx must be a row and a message in Redis: the API really publishes. Requests still in flight
+        # when the load tool stopped finish first.
+        last: list[tuple[int, int]] = []
+
+        def settled() -> bool:
+            last.append((ours.count("SELECT count(*) FROM tasks"), int(env.redis.llen(PROVIDER_QUEUE))))
+            return len(last) > 1 and last[-1] == last[-2] and last[-1][0] == last[-1][1]
+
+        try:
+            wait_until(settled, timeout=10, interval=0.5, what="rows and messages to match")
+        except BenchError:
+            pass  # reported below as a mismatch
+        rows = ours.count("SELECT count(*) FROM tasks")
+        events = ours.count("SELECT count(*) FROM events")
+        messages = int(env.redis.llen(PROVIDER_QUEUE))
+        base_rows = int(sql_one(env.database_url, "SELECT count(*) FROM baseline_tasks"))
+        base_pushed = int(env.redis.llen("bench:baseline:tasks"))
+        ours_rps = statistics.mean(r.rps for r in runs["ours"])
+        base_rps = statistics.mean(r.rps for r in runs["baseline"])
+        return {
+            "ours": ours_rps,
+            "baseline": base_rps,
+            "unit": "req/s",
+            "ratio": ours_rps / base_rps,
+            "target": 0.7,
+            "target_kind": ">=",
+            "connections": CONNECTIONS,
+            "warmup_s": warm_s,
+            "measure_s": measure_s,
+            "server_cpu_ms_per_request": {k: statistics.mean(v) for k, v in cpu_ms.items()},
+            "rounds": {k: [asdict(x) for x in v] for k, v in runs.items()},
+            "check": {
+                "task_rows": rows,
+                "event_rows": events,
+                "provider_queue_messages": messages,
+                "baseline_rows": base_rows,
+                "baseline_pushed": base_pushed,
+                "every_row_published": rows == messages,
+            },
+        }
+    finally:
+        env.close()
+
+
+# --- 2. end-to-end ---------------------------------------------------------------------------------------------
+
+
+def bench_end_to_end(tmp: Path, quick: bool, profile: bool) -> dict[str, Any]:
+    n, concurrency = (400, 64) if quick else (2000, 64)
+    env = Env("e2e", 13, tmp / "e2e")
+    try:
+        # Ours: N tasks queued through the API with no worker, then one provider worker drains them.
+        ours = Switchyard(env, fake_latency_ms=0)
+        created_s = ours.create_tasks(n)
+        log(f"  end_to_end: {n} tasks queued in {created_s:.1f}s; starting the provider worker ({concurrency} threads)")
+        worker = ours.start_worker(concurrency)
+        t_ready = wait_worker(worker)
+        cpu0 = cpu_seconds(worker.pid)
+        prof = Profiler(profile, worker.pid, "e2e-worker", 600)
+
+        def done() -> bool:
+            failed = ours.count("SELECT count(*) FROM tasks WHERE status='failed'")
+            if failed:
+                raise BenchError(f"{failed} tasks failed:\n{worker.log()[-3000:]}")
+            return ours.count("SELECT count(*) FROM tasks WHERE status='succeeded'") >= n
+
+        try:
+            wait_until(done, timeout=600, interval=0.05, what=f"{n} succeeded tasks")
+        finally:
+            prof.stop()
+        t_done = time.monotonic()
+        ours_cpu_ms = 1000 * (cpu_seconds(worker.pid) - cpu0) / n
+        ours_window = ours.window_s()
+        ours_wall = t_done - t_ready
+        worker.stop()
+        for proc in (ours.api, ours.fake):
+            if proc is not None:
+                proc.stop()
+
+        # Baseline: N no-op messages published first, then one plain Celery worker, same pool and concurrency.
+        from bench.baselines import BASELINE_QUEUE, DONE_KEY, NOOP_TASK, make_baseline_celery
+
+        env.redis.flushdb()
+        publisher = make_baseline_celery(env.redis_url)
+        for i in range(n):
+            publisher.send_task(NOOP_TASK, args=[f"noop-{i}"], queue=BASELINE_QUEUE)
+        publisher.close()
+        if env.redis.llen(BASELINE_QUEUE) != n:
+            raise BenchError(f"published {n} no-op messages, {env.redis.llen(BASELINE_QUEUE)} in the queue")
+        bworker = env.start(
+            "baseline-worker",
+            [sys.executable, "-m", "bench.baselines", "worker", "--concurrency", str(concurrency)],
+            {"BENCH_REDIS_URL": env.redis_url},
+        )
+        b_ready = wait_worker(bworker)
+        b_cpu0 = cpu_seconds(bworker.pid)
+        wait_until(lambda: env.redis.llen(DONE_KEY) >= n, timeout=600, interval=0.05, what=f"{n} no-op tasks")
+        b_done = time.monotonic()
+        base_cpu_ms = 1000 * (cpu_seconds(bworker.pid) - b_cpu0) / n
+        times = [float(t) for t in env.redis.lrange(DONE_KEY, 0, -1)]
+        base_window = max(times) - min(times)
+        base_wall = b_done - b_ready
+        bworker.stop()
+
+        ours_rate, base_rate = n / ours_window, n / base_window
+        return {
+            "ours": ours_rate,
+            "baseline": base_rate,
+            "unit": "tasks/s",
+            "ratio": ours_rate / base_rate,
+            "target": 0.6,
+            "target_kind": ">=",
+            "n": n,
+            "concurrency": concurrency,
+            "pool": "threads",
+            "ours_window_s": ours_window,
+            "baseline_window_s": base_window,
+            "ours_from_ready": {"seconds": ours_wall, "rate": n / ours_wall},
+            "baseline_from_ready": {"seconds": base_wall, "rate": n / base_wall},
+            "ratio_from_ready": (n / ours_wall) / (n / base_wall),
+            "worker_cpu_ms_per_task": {"ours": ours_cpu_ms, "baseline": base_cpu_ms},
+            "create_s": created_s,
+        }
+    finally:
+        env.close()
+
+
+# --- 3. in-flight ----------------------------------------------------------------------------------------------
+
+
+def bench_in_flight(tmp: Path, quick: bool, profile: bool) -> dict[str, Any]:
+    n, concurrency, latency_ms = (1000, 500, 1000) if quick else (2000, 500, 1000)
+    ideal = concurrency / (latency_ms / 1000)
+    env = Env("inflight", 14, tmp / "inflight")
+    try:
+        ours = Switchyard(env, fake_latency_ms=latency_ms)
+        created_s = ours.create_tasks(n)
+        log(f"  in_flight: {n} tasks queued in {created_s:.1f}s; starting the provider worker ({concurrency} threads)")
+        worker = ours.start_worker(concurrency)
+        t_ready = wait_worker(worker)
+        rss_ready = rss_mb(worker.pid)
+        cpu0 = cpu_seconds(worker.pid)
+        peaks = {"running": 0, "rss": rss_ready, "succeeded": 0, "failed": 0}
+        series: list[tuple[float, int, int, float]] = []
+        conn = psycopg.connect(env.database_url, autocommit=True)
+
+        def sample() -> None:
+            row = conn.execute(
+                "SELECT count(*) FILTER (WHERE status='running'), count(*) FILTER (WHERE status='succeeded'),"
+                " count(*) FILTER (WHERE status='failed') FROM tasks"
+            ).fetchone()
+            assert row is not None
+            rss = rss_mb(worker.pid)
+            series.append((round(time.monotonic() - t_ready, 2), row[0], row[1], round(rss, 1)))
+            peaks["running"] = max(peaks["running"], row[0])
+            peaks["rss"] = max(peaks["rss"], rss)
+            peaks["succeeded"], peaks["failed"] = row[1], row[2]
+
+        sampler = Sampler(sample, 0.1)
+        prof = Profiler(profile, worker.pid, "inflight-worker", 600)
+        try:
+
+            def finished() -> bool:
+                if peaks["failed"]:
+                    raise BenchError(f"{peaks['failed']} tasks failed:\n{worker.log()[-3000:]}")
+                if not worker.alive():
+                    raise BenchError(f"worker died:\n{worker.log()[-3000:]}")
+                return peaks["succeeded"] >= n
+
+            wait_until(finished, timeout=300, interval=0.05, what=f"{n} succeeded tasks")
+        finally:
+            sampler.stop()
+            prof.stop()
+            conn.close()
+        t_done = time.monotonic()
+        rss_after = rss_mb(worker.pid)
+        cpu_ms = 1000 * (cpu_seconds(worker.pid) - cpu0) / n
+        window = ours.window_s()
+        call_ms = sql_one(
+            env.database_url,
+            "SELECT json_build_array(avg(latency_ms), percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms),"
+            " max(latency_ms)) FROM attempts",
+        )
+        rate = n / window
+        fake_calls = None
+        try:
+            import httpx
+
+            fake_calls = httpx.get(f"{ours.fake_url}/control/stats", timeout=5).json().get("total")
+        except Exception:
+            pass
+        growth = peaks["rss"] - rss_ready
+        return {
+            "ours": rate,
+            "baseline": ideal,
+            "unit": "tasks/s",
+            "ratio": rate / ideal,
+            "target": 0.8,
+            "target_kind": ">=",
+            "n": n,
+            "concurrency": concurrency,
+            "latency_ms": latency_ms,
+            "window_s": window,
+            "from_ready": {"seconds": t_done - t_ready, "rate": n / (t_done - t_ready)},
+            "peak_in_flight": peaks["running"],
+            # Little's law at the provider: how many calls were really outstanding there, on average.
+            "effective_in_flight_at_provider": rate * latency_ms / 1000,
+            "in_flight_target": 500,
+            "rss_mb": {"ready": rss_ready, "peak": peaks["rss"], "after": rss_after},
+            "rss_growth_per_in_flight_mb": growth / peaks["running"] if peaks["running"] else None,
+            "rss_target_mb": 0.5,
+            "fake_calls": fake_calls,
+            "worker_cpu_ms_per_task": cpu_ms,
+            "provider_call_ms": {"mean": call_ms[0], "p50": call_ms[1], "max": call_ms[2]},
+            "sampler_errors": sampler.errors[:5],
+            "series": series,
+            "create_s": created_s,
+        }
+    finally:
+        env.close()
+
+
+# --- the run ---------------------------------------------------------------------------------------------------
+
+BENCHMARKS: dict[str, Callable[[Path, bool, bool], dict[str, Any]]] = {
+    "enqueue": bench_enqueue,
+    "end_to_end": bench_end_to_end,
+    "in_flight": bench_in_flight,
+}
+
+
+def machine() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+    try:
+        with open("/proc/meminfo") as f:
+            info["ram_gb"] = round(int(f.readline().split()[1]) / 1024 / 1024, 1)
+        with open("/proc/cpuinfo") as f:
+            info["cpu"] = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), None)
+    except OSError:
+        pass
+    try:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            info["postgres"] = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
+            for name in ("synchronous_commit", "fsync", "shared_buffers", "max_connections"):
+                info[f"pg_{name}"] = conn.execute(f"SHOW {name}").fetchone()[0]  # type: ignore[index]
+    except psycopg.Error as exc:
+        info["postgres"] = f"unreachable: {exc}"
+    try:
+        client = redis.Redis.from_url(REDIS_BASE)
+        info["redis"] = client.info("server")["redis_version"]
+        client.close()
+    except redis.RedisError as exc:
+        info["redis"] = f"unreachable: {exc}"
+    if shutil.which("wrk"):
+        out = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout + ""
+        info["wrk"] = out.split("[")[0].strip() or "present"
+    from importlib.metadata import version
+
+    info["git"] = git_state()
+    info["packages"] = {p: version(p) for p in ("celery", "kombu", "fastapi", "uvicorn", "sqlalchemy", "psycopg")}
+    return info
+
+
+def git_state() -> dict[str, Any]:
+    """The product code measured: HEAD plus a digest of uncommitted changes under switchyard/."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        diff = subprocess.run(["git", "diff", "HEAD", "--", "switchyard"], cwd=ROOT, capture_output=True, text=True)
+        files = subprocess.run(
+            ["git", "diff", "HEAD", "--name-only", "--", "switchyard"], cwd=ROOT, capture_output=True, text=True
+        )
+    except OSError:
+        return {}
+    return {
+        "head": rev.stdout.strip(),
+        "uncommitted_product_files": files.stdout.split(),
+        "uncommitted_diff_sha1": hashlib.sha1(diff.stdout.encode()).hexdigest()[:12] if diff.stdout else None,
+    }
+
+
+def verdict(res: dict[str, Any]) -> str:
+    ok = res["ratio"] >= res["target"] if res["target_kind"] == ">=" else res["ratio"] <= res["target"]
+    return "met" if ok else "NOT met"
+
+
+def print_table(results: dict[str, dict[str, Any]]) -> None:
+    print()
+    header = f"{'benchmark':<11} {'ours':>16} {'baseline':>24} {'ratio':>7} {'target':>8}  verdict"
+    print(header)
+    print("-" * len(header))
+    for name, res in results.items():
+        if "error" in res:
+            print(f"{name:<11} ERROR: {res['error'].splitlines()[0][:100]}")
+            continue
+        unit = res["unit"]
+        base = f"{res['baseline']:.0f} {unit}" + (" (ideal)" if name == "in_flight" else "")
+        print(
+            f"{name:<11} {res['ours']:>8.0f} {unit:<7} {base:>24} {res['ratio']:>6.2f}x "
+            f"{res['target_kind']:>3}{res['target']:.1f}x  {verdict(res)}"
+        )
+    print()
+    enq = results.get("enqueue")
+    if enq and "error" not in enq:
+        c, cpu = enq["check"], enq["server_cpu_ms_per_request"]
+        print(
+            f"enqueue:    server CPU {cpu['ours']:.2f} ms/request (ours) vs {cpu['baseline']:.2f} (baseline); "
+            f"{c['task_rows']} task rows, {c['provider_queue_messages']} messages in Redis "
+            f"({'every row published' if c['every_row_published'] else 'MISMATCH'})"
+        )
+    e2e = results.get("end_to_end")
+    if e2e and "error" not in e2e:
+        cpu = e2e["worker_cpu_ms_per_task"]
+        print(
+            f"end_to_end: worker CPU {cpu['ours']:.2f} ms/task (ours) vs {cpu['baseline']:.2f} (baseline); "
+            f"timed from worker 'ready.': ours {e2e['ours_from_ready']['rate']:.0f}/s, "
+            f"baseline {e2e['baseline_from_ready']['rate']:.0f}/s = {e2e['ratio_from_ready']:.2f}x"
+        )
+    inf = results.get("in_flight")
+    if inf and "error" not in inf:
+        per = inf["rss_growth_per_in_flight_mb"]
+        rss = inf["rss_mb"]
+        print(
+            f"in_flight:  peak {inf['peak_in_flight']} running at once (target >= {inf['in_flight_target']}); "
+            f"provider call {inf['provider_call_ms']['p50']:.0f} ms p50 for a {inf['latency_ms']} ms fake "
+            f"(~{inf['effective_in_flight_at_provider']:.0f} calls really outstanding at the fake); "
+            f"worker CPU {inf['worker_cpu_ms_per_task']:.2f} ms/task"
+        )
+        if per is not None:
+            print(
+                f"            worker RSS {rss['ready']:.0f} MB at ready -> {rss['peak']:.0f} MB peak: "
+                f"{per:.3f} MB per in-flight call (target <= {inf['rss_target_mb']} MB)"
+            )
+
+
+def _interrupted(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", default=",".join(BENCHMARKS), help="comma-separated: " + ", ".join(BENCHMARKS))
+    parser.add_argument("--quick", action="store_true", help="smaller N and shorter runs, for a smoke test")
+    parser.add_argument("--profile", action="store_true", help="py-spy the API and the worker (skews ratios)")
+    args = parser.parse_args(argv)
+    names = [x.strip() for x in args.only.split(",") if x.strip()]
+    unknown = [x for x in names if x not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown benchmark(s): {', '.join(unknown)}")
+
+    # A SIGTERM must still run the finally blocks that stop processes and drop databases.
+    signal.signal(signal.SIGTERM, _interrupted)
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    # Another engineer may change the product while this runs: record what was measured, before and after.
+    code_before = git_state()
+    dirty = code_before.get("uncommitted_product_files")
+    log(f"measuring switchyard at {code_before.get('head')}" + (f" + uncommitted changes to {dirty}" if dirty else ""))
+    results: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="switchyard-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        for name in names:
+            busy = machine_busy_pct()
+            log(f"{name}: starting (machine {busy:.0f}% busy before it)")
+            if busy > 15:
+                log("  warning: something else is using the CPU; the ratios of this run are skewed")
+            t0 = time.monotonic()
+            try:
+                results[name] = BENCHMARKS[name](tmp, args.quick, args.profile)
+            except BenchError as exc:
+                results[name] = {"error": str(exc)}
+                log(f"{name}: FAILED: {exc}")
+            results[name]["machine_busy_before_pct"] = round(busy, 1)
+            log(f"{name}: done in {time.monotonic() - t0:.0f}s")
+    print_table(results)
+    info = machine()
+    if info.get("git") != code_before:
+        log("  warning: the product code changed during the run; re-run for figures of one version")
+    out = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": "python -m bench.run " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "quick": args.quick,
+        "profiled": args.profile,
+        "duration_s": round(time.monotonic() - started, 1),
+        "code_at_start": code_before,
+        "code_changed_during_run": info.get("git") != code_before,
+        "machine": info,
+        "results": results,
+    }
+    path = RESULTS_DIR / "latest.json"
+    path.write_text(json.dumps(out, indent=2, default=str) + "\n")
+    print(f"\nwrote {path.relative_to(ROOT)} ({out['duration_s']:.0f}s)")
+    return 1 if any("error" in r for r in results.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
