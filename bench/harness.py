@@ -138,7 +138,7 @@ def rss_mb(pid: int) -> float:
 
 
 def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "switchyard.cli", *args]
+    return [sys.executable, "-m", "switchyard", *args]
 
 
 @dataclass

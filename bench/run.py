@@ -63,6 +63,8 @@ from bench.harness import (
 
 RESULTS_DIR = Path(__file__).with_name("results")
 PROVIDER_QUEUE = "provider"
+# The pool both sides run: the one `switchyard worker` picks for provider calls.
+POOL = "threads"
 CONNECTIONS = 32
 
 
@@ -120,7 +122,17 @@ class Switchyard:
     def start_worker(self, concurrency: int) -> Process:
         return self.env.start(
             "worker-provider",
-            cli("worker", "--queues", PROVIDER_QUEUE, "--concurrency", str(concurrency), "--loglevel", "INFO"),
+            cli(
+                "worker",
+                "--queues",
+                PROVIDER_QUEUE,
+                "--pool",
+                POOL,
+                "--concurrency",
+                str(concurrency),
+                "--loglevel",
+                "INFO",
+            ),
         )
 
     def window_s(self) -> float:
@@ -277,7 +289,7 @@ def bench_end_to_end(tmp: Path, quick: bool, profile: bool) -> dict[str, Any]:
         # Ours: N tasks queued through the API with no worker, then one provider worker drains them.
         ours = Switchyard(env, fake_latency_ms=0)
         created_s = ours.create_tasks(n)
-        log(f"  end_to_end: {n} tasks queued in {created_s:.1f}s; starting the provider worker ({concurrency} threads)")
+        log(f"  end_to_end: {n} tasks queued in {created_s:.1f}s; starting the provider worker ({concurrency} {POOL})")
         worker = ours.start_worker(concurrency)
         t_ready = wait_worker(worker)
         cpu0 = cpu_seconds(worker.pid)
@@ -314,7 +326,27 @@ def bench_end_to_end(tmp: Path, quick: bool, profile: bool) -> dict[str, Any]:
             raise BenchError(f"published {n} no-op messages, {env.redis.llen(BASELINE_QUEUE)} in the queue")
         bworker = env.start(
             "baseline-worker",
-            [sys.executable, "-m", "bench.baselines", "worker", "--concurrency", str(concurrency)],
+            # Celery's own command line, so that a green pool patches the standard library before imports.
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "bench.baselines:celery_app",
+                "worker",
+                "-Q",
+                BASELINE_QUEUE,
+                "-P",
+                POOL,
+                "-c",
+                str(concurrency),
+                "-n",
+                f"bench-baseline-{os.getpid()}@%h",
+                "--without-gossip",
+                "--without-mingle",
+                "--loglevel",
+                "INFO",
+            ],
             {"BENCH_REDIS_URL": env.redis_url},
         )
         b_ready = wait_worker(bworker)
@@ -337,7 +369,7 @@ def bench_end_to_end(tmp: Path, quick: bool, profile: bool) -> dict[str, Any]:
             "target_kind": ">=",
             "n": n,
             "concurrency": concurrency,
-            "pool": "threads",
+            "pool": POOL,
             "ours_window_s": ours_window,
             "baseline_window_s": base_window,
             "ours_from_ready": {"seconds": ours_wall, "rate": n / ours_wall},
@@ -360,7 +392,7 @@ def bench_in_flight(tmp: Path, quick: bool, profile: bool) -> dict[str, Any]:
     try:
         ours = Switchyard(env, fake_latency_ms=latency_ms)
         created_s = ours.create_tasks(n)
-        log(f"  in_flight: {n} tasks queued in {created_s:.1f}s; starting the provider worker ({concurrency} threads)")
+        log(f"  in_flight: {n} tasks queued in {created_s:.1f}s; starting the provider worker ({concurrency} {POOL})")
         worker = ours.start_worker(concurrency)
         t_ready = wait_worker(worker)
         rss_ready = rss_mb(worker.pid)

@@ -55,7 +55,7 @@ def run_dev(*, host: str, port: int, fake_port: int) -> None:
         _, key = create_key(tx.session, "dev", "admin")
     db.dispose()
 
-    cli = [sys.executable, "-m", "switchyard.cli"]
+    cli = [sys.executable, "-m", "switchyard"]
     procs: list[subprocess.Popen[bytes]] = []
 
     def stop(*_: object) -> None:

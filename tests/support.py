@@ -93,7 +93,7 @@ class Process:
 
 
 def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "switchyard.cli", *args]
+    return [sys.executable, "-m", "switchyard", *args]
 
 
 def wait_http(url: str, proc: Process, timeout: float = 60) -> None:

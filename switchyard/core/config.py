@@ -46,6 +46,8 @@ class ProviderConfig(_Strict):
     base_url: str | None = None
     timeout_s: float | None = Field(default=None, gt=0)
     max_connections: int = Field(default=1000, ge=1)
+    # Independent SDK clients (connection pools) per worker process; see providers/shards.py.
+    client_shards: int = Field(default=8, ge=1, le=64)
 
 
 class Deployment(_Strict):

@@ -14,6 +14,7 @@ from switchyard.core.config import ProviderConfig
 from switchyard.core.errors import ProviderError
 from switchyard.providers.base import CallResult, Usage
 from switchyard.providers.errors import connection_error, status_error, timeout_error
+from switchyard.providers.shards import ClientShards
 
 DEFAULT_MAX_TOKENS = 1024
 
@@ -143,22 +144,24 @@ class AnthropicAdapter:
     """Calls through the official SDK with its own retries off: the gateway owns retries."""
 
     def __init__(self, config: ProviderConfig) -> None:
-        self._client = anthropic.Anthropic(
-            api_key=config.api_key or "none",
-            base_url=config.base_url,
-            max_retries=0,
-            timeout=config.timeout_s or 60.0,
-            http_client=anthropic.DefaultHttpxClient(
-                limits=httpx2.Limits(
-                    max_connections=config.max_connections,
-                    max_keepalive_connections=config.max_connections,
-                )
-            ),
-        )
+        per_shard = max(1, config.max_connections // config.client_shards)
+
+        def make() -> anthropic.Anthropic:
+            return anthropic.Anthropic(
+                api_key=config.api_key or "none",
+                base_url=config.base_url,
+                max_retries=0,
+                timeout=config.timeout_s or 60.0,
+                http_client=anthropic.DefaultHttpxClient(
+                    limits=httpx2.Limits(max_connections=per_shard, max_keepalive_connections=per_shard)
+                ),
+            )
+
+        self._clients = ClientShards(make, config.client_shards)
 
     def chat(self, model: str, request: dict[str, Any], timeout_s: float) -> CallResult:
         with _translated_errors():
-            message = self._client.messages.create(model=model, timeout=timeout_s, **to_anthropic(request))
+            message = self._clients.get().messages.create(model=model, timeout=timeout_s, **to_anthropic(request))
         text = "".join(block.text for block in message.content if block.type == "text")
         output: dict[str, Any] = {
             "content": text,
@@ -190,4 +193,4 @@ class AnthropicAdapter:
         raise ProviderError("invalid_request", "anthropic providers do not serve moderation", retryable=False)
 
     def close(self) -> None:
-        self._client.close()
+        self._clients.close()

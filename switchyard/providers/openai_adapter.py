@@ -15,6 +15,7 @@ from switchyard.core.config import ProviderConfig
 from switchyard.core.errors import ProviderError
 from switchyard.providers.base import CallResult, Usage
 from switchyard.providers.errors import connection_error, status_error, timeout_error
+from switchyard.providers.shards import ClientShards
 
 # Fields of a chat input that we consume ourselves rather than forward.
 _OWN_FIELDS = frozenset({"messages", "stream", "stream_options"})
@@ -39,23 +40,25 @@ class OpenAIAdapter:
     """Calls through the official SDK with its own retries off: the gateway owns retries."""
 
     def __init__(self, config: ProviderConfig) -> None:
-        self._client = openai.OpenAI(
-            api_key=config.api_key or "none",
-            base_url=config.base_url,
-            max_retries=0,
-            timeout=config.timeout_s or 60.0,
-            http_client=openai.DefaultHttpxClient(
-                limits=httpx2.Limits(
-                    max_connections=config.max_connections,
-                    max_keepalive_connections=config.max_connections,
-                )
-            ),
-        )
+        per_shard = max(1, config.max_connections // config.client_shards)
+
+        def make() -> openai.OpenAI:
+            return openai.OpenAI(
+                api_key=config.api_key or "none",
+                base_url=config.base_url,
+                max_retries=0,
+                timeout=config.timeout_s or 60.0,
+                http_client=openai.DefaultHttpxClient(
+                    limits=httpx2.Limits(max_connections=per_shard, max_keepalive_connections=per_shard)
+                ),
+            )
+
+        self._clients = ClientShards(make, config.client_shards)
 
     def chat(self, model: str, request: dict[str, Any], timeout_s: float) -> CallResult:
         extra = {k: v for k, v in request.items() if k not in _OWN_FIELDS and v is not None}
         with _translated_errors():
-            completion = self._client.chat.completions.create(
+            completion = self._clients.get().chat.completions.create(
                 model=model, messages=request["messages"], timeout=timeout_s, **extra
             )
         choice = completion.choices[0]
@@ -82,7 +85,7 @@ class OpenAIAdapter:
             extra["dimensions"] = request["dimensions"]
         with _translated_errors():
             # base64 on the wire is a quarter of the size of JSON floats; we decode it here.
-            response = self._client.embeddings.create(
+            response = self._clients.get().embeddings.create(
                 model=model, input=texts, encoding_format="base64", timeout=timeout_s, **extra
             )
         vectors = [_decode_embedding(item.embedding) for item in sorted(response.data, key=lambda d: d.index)]
@@ -95,7 +98,7 @@ class OpenAIAdapter:
 
     def moderate(self, model: str, request: dict[str, Any], timeout_s: float) -> CallResult:
         with _translated_errors():
-            response = self._client.moderations.create(model=model, input=request["input"], timeout=timeout_s)
+            response = self._clients.get().moderations.create(model=model, input=request["input"], timeout=timeout_s)
         results = [r.model_dump(mode="json", by_alias=True) for r in response.results]
         output = {
             "flagged": any(r.flagged for r in response.results),
@@ -106,7 +109,7 @@ class OpenAIAdapter:
         return CallResult(output=output, provider_model=response.model or model)
 
     def close(self) -> None:
-        self._client.close()
+        self._clients.close()
 
 
 def _decode_embedding(value: list[float] | str) -> list[float]:
