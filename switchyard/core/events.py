@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
-from switchyard.core.models import Event, utcnow
+from switchyard.core.models import EVENTS, Event, utcnow
 
 
 def append_event(
@@ -21,9 +21,9 @@ def append_event(
     step_id: str | None = None,
     batch_id: str | None = None,
 ) -> None:
-    """Add an event row to the current transaction."""
+    """Add an event row to the current transaction (a Core insert: no unit-of-work bookkeeping, no autoflush)."""
     session.execute(
-        insert(Event).values(
+        insert(EVENTS).values(
             tenant_id=tenant_id,
             type=type,
             task_id=task_id,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
@@ -16,6 +16,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Table,
     Text,
     TypeDecorator,
     UniqueConstraint,
@@ -181,3 +182,8 @@ class Event(Base):
         Index("ix_events_task_id_id", "task_id", "id"),
         Index("ix_events_tenant_id_id", "tenant_id", "id"),
     )
+
+
+# The tables themselves, for hot-path Core inserts that skip the ORM's unit of work.
+ATTEMPTS = cast(Table, Attempt.__table__)
+EVENTS = cast(Table, Event.__table__)

@@ -3,9 +3,10 @@ and the caller's principal."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Annotated
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Annotated, Any
 
+import anyio.to_thread
 from fastapi import Depends, Request
 
 from switchyard.core.db import Tx
@@ -14,13 +15,18 @@ from switchyard.gateway_api.state import ApiState
 from switchyard.tenancy.service import Principal, authenticate, hash_key
 
 
-def get_state(request: Request) -> ApiState:
+async def get_state(request: Request) -> ApiState:
+    # async: FastAPI would run a sync dependency in a worker thread, a hop for nothing.
+    return _state(request)
+
+
+def _state(request: Request) -> ApiState:
     state: ApiState = request.app.state.switchyard
     return state
 
 
 def _transaction(request: Request) -> Iterator[Tx]:
-    with get_state(request).db.transaction() as tx:
+    with _state(request).db.transaction() as tx:
         yield tx
 
 
@@ -38,27 +44,32 @@ def bearer_key(request: Request) -> str | None:
     return request.query_params.get("api_key")
 
 
-def _principal(request: Request) -> Principal:
+def _lookup(state: ApiState, plain: str) -> Principal | None:
+    with state.db.sessions() as session:
+        return authenticate(session, plain)
+
+
+async def _principal(request: Request) -> Principal:
+    """The caller, from the key cache; only a miss reads the database (in a worker thread)."""
     plain = bearer_key(request)
     if plain is None:
         raise Unauthenticated("missing API key: send 'Authorization: Bearer <key>'")
-    state = get_state(request)
+    state = _state(request)
     digest = hash_key(plain)
     principal = state.keys.get(digest)
     if principal is None:
-        with state.db.sessions() as session:
-            principal = authenticate(session, plain)
+        principal = await anyio.to_thread.run_sync(_lookup, state, plain)
         if principal is None:
             raise Unauthenticated("invalid API key")
         state.keys.put(digest, principal)
     return principal
 
 
-def require(role: str) -> Callable[[Request], Principal]:
+def require(role: str) -> Callable[[Request], Coroutine[Any, Any, Principal]]:
     """A dependency admitting callers whose role is at least `role` (viewer < member < admin)."""
 
-    def dependency(request: Request) -> Principal:
-        principal = _principal(request)
+    async def dependency(request: Request) -> Principal:
+        principal = await _principal(request)
         if not principal.allows(role):
             raise Forbidden(f"this key's role '{principal.role}' may not do this; '{role}' is needed")
         return principal

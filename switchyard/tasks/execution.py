@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import Update, insert, select, update
 from sqlalchemy.orm import Session
 
 from switchyard.core.config import AppConfig, Deployment
@@ -21,7 +21,7 @@ from switchyard.core.db import Database
 from switchyard.core.errors import ProviderError
 from switchyard.core.events import append_event
 from switchyard.core.ids import new_id
-from switchyard.core.models import Attempt, Task, utcnow
+from switchyard.core.models import ATTEMPTS, Attempt, Task, utcnow
 from switchyard.providers.base import CallResult, Usage
 from switchyard.providers.pricing import cost_usd
 from switchyard.providers.registry import ProviderSet
@@ -130,7 +130,7 @@ class Executor:
         claim_id = new_id("clm")
         with self.db.transaction() as tx:
             row = tx.session.execute(
-                update(Task)
+                _task_update()
                 .where(
                     Task.id == task_id,
                     Task.status == "queued",
@@ -154,7 +154,7 @@ class Executor:
             # A per-task timeout longer than the default needs a longer lease.
             if claim.options.get("timeout_s", self.settings.default_timeout_s) != self.settings.default_timeout_s:
                 tx.session.execute(
-                    update(Task)
+                    _task_update()
                     .where(Task.id == task_id)
                     .values(lease_expires_at=now + timedelta(seconds=self._lease_s(claim.options["timeout_s"])))
                 )
@@ -186,7 +186,7 @@ class Executor:
             else:
                 values["lease_expires_at"] = now + timedelta(seconds=wait_s + self._lease_s(timeout_s))
             row = tx.session.execute(
-                update(Task)
+                _task_update()
                 .where(Task.id == claim.task_id, Task.claim_id == claim.claim_id, Task.status == "running")
                 .values(**values)
                 .returning(Task.cancel_requested)
@@ -274,14 +274,14 @@ class Executor:
             }
             # A cancel that arrived while the last call was in flight wins over its result.
             task = session.scalar(
-                update(Task)
+                _task_update()
                 .where(held, Task.cancel_requested.is_(False))
                 .values(status=status, **values)
                 .returning(Task)
             )
             if task is None:
                 task = session.scalar(
-                    update(Task)
+                    _task_update()
                     .where(held)
                     .values(
                         status="canceled",
@@ -304,7 +304,7 @@ class Executor:
     def _cancel_released(self, claim: Claim) -> None:
         with self.db.transaction() as tx:
             task = tx.session.scalar(
-                update(Task)
+                _task_update()
                 .where(Task.id == claim.task_id, Task.status == "queued")
                 .values(
                     status="canceled",
@@ -333,7 +333,7 @@ class Executor:
     def _insert_attempt(session: Session, claim: Claim, outcome: Outcome) -> Attempt:
         usage = outcome.result.usage if outcome.result else Usage()
         error = outcome.error
-        attempt = Attempt(
+        values = dict(
             task_id=claim.task_id,
             n=outcome.n,
             provider=outcome.deployment.provider,
@@ -352,8 +352,8 @@ class Executor:
             started_at=outcome.started_at,
             finished_at=utcnow(),
         )
-        session.add(attempt)
-        return attempt
+        session.execute(insert(ATTEMPTS).values(**values))
+        return Attempt(**values)  # transient: for the task's view, never added to the session
 
 
 def _totals(attempts: list[Attempt]) -> dict[str, Any]:
@@ -365,6 +365,12 @@ def _totals(attempts: list[Attempt]) -> dict[str, Any]:
         usage["cached_input_tokens"] += a.cached_input_tokens
         usage["cache_write_tokens"] += a.cache_write_tokens
     return {"usage": usage, "cost": sum(a.cost_usd for a in attempts)}
+
+
+def _task_update() -> Update:
+    """A conditional UPDATE of tasks. The executor's session holds no Task objects that need keeping in step,
+    so the ORM's session synchronisation is skipped."""
+    return update(Task).execution_options(synchronize_session=False)
 
 
 def _ms_since(t0: float) -> int:
