@@ -1,7 +1,8 @@
 """What the benchmarks need to run real processes: fresh databases, Redis DBs, process groups, load generators.
 
-Everything here talks to 127.0.0.1 only, every wait is bounded, and every process is started in its own
-process group so that it (and whatever it forked) can be stopped even when a benchmark fails half-way.
+Ports, polling, databases and process groups are `tests.processes`, shared with the tests; what is here is
+the benchmarks' own: `BenchError` instead of assertions, `Env`, load generation, measuring the machine.
+Everything here talks to 127.0.0.1 only, and every wait is bounded.
 """
 
 from __future__ import annotations
@@ -9,10 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,11 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psycopg
 import redis
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests import processes
+from tests.processes import ROOT, Process, cli, create_database, drop_database
+
 PG_ADMIN_URL = os.environ.get("SWITCHYARD_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_BASE = os.environ.get("SWITCHYARD_BENCH_REDIS", "redis://127.0.0.1:6379")
 
@@ -46,37 +45,11 @@ class BenchError(RuntimeError):
     pass
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def wait_until(predicate: Callable[[], Any], *, timeout: float, interval: float = 0.05, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise BenchError(f"timed out after {timeout}s waiting for {what or predicate}")
-        time.sleep(interval)
+    return processes.wait_until(predicate, timeout=timeout, interval=interval, what=what, error=BenchError)
 
 
 # --- Postgres and Redis ----------------------------------------------------------------------------------------
-
-
-def create_database(prefix: str) -> tuple[str, str]:
-    name = f"bench_{prefix}_{secrets.token_hex(4)}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return name, f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
-
-
-def drop_database(name: str) -> None:
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def sql_one(url: str, query: str, *params: Any) -> Any:
@@ -88,46 +61,6 @@ def sql_one(url: str, query: str, *params: Any) -> Any:
 # --- processes -------------------------------------------------------------------------------------------------
 
 
-class Process:
-    """A child in its own process group, output in a log file."""
-
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> None:
-        self.name = name
-        self.log_path = log_dir / f"{name}.log"
-        self._log = self.log_path.open("wb")
-        self.started = time.monotonic()
-        self.proc = subprocess.Popen(
-            argv, env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, timeout: float = 20) -> None:
-        if self.alive():
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-            except ProcessLookupError:
-                pass
-        # Children of a stopped leader may linger in the group; make sure none does.
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        self._log.close()
-
-
 def rss_mb(pid: int) -> float:
     """Resident set size of one process, from /proc."""
     with open(f"/proc/{pid}/status") as f:
@@ -135,10 +68,6 @@ def rss_mb(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return 0.0
-
-
-def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "switchyard", *args]
 
 
 @dataclass
@@ -156,7 +85,7 @@ class Env:
 
     def __post_init__(self) -> None:
         self.tmp.mkdir(parents=True, exist_ok=True)
-        self.db_name, self.database_url = create_database(self.name)
+        self.db_name, self.database_url = create_database(PG_ADMIN_URL, f"bench_{self.name}")
         self.redis_url = f"{REDIS_BASE}/{self.redis_db}"
         self.redis = redis.Redis.from_url(self.redis_url)
         self.redis.flushdb()
@@ -171,7 +100,7 @@ class Env:
         }
 
     def start(self, name: str, argv: list[str], extra_env: dict[str, str] | None = None) -> Process:
-        proc = Process(name, argv, {**self.env, **(extra_env or {})}, self.tmp)
+        proc = Process(name, argv, {**self.env, **(extra_env or {})}, self.tmp, stop_timeout=20)
         self.processes.append(proc)
         return proc
 
@@ -191,19 +120,11 @@ class Env:
             self.redis.flushdb()
             self.redis.close()
         finally:
-            drop_database(self.db_name)
+            drop_database(PG_ADMIN_URL, self.db_name)
 
 
 def wait_http(url: str, proc: Process, timeout: float = 60) -> None:
-    def up() -> bool:
-        if not proc.alive():
-            raise BenchError(f"{proc.name} exited early:\n{proc.log()[-3000:]}")
-        try:
-            return httpx.get(url, timeout=1).status_code < 500
-        except httpx.HTTPError:
-            return False
-
-    wait_until(up, timeout=timeout, interval=0.1, what=f"{proc.name} at {url}")
+    processes.wait_http(url, proc, timeout, error=BenchError, log_tail=3000)
 
 
 def wait_log(proc: Process, needle: str, timeout: float = 60, interval: float = 0.01) -> float:

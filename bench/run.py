@@ -43,14 +43,10 @@ from bench.harness import (
     FAKE_CONFIG,
     PG_ADMIN_URL,
     REDIS_BASE,
-    ROOT,
     BenchError,
     Env,
     LoadResult,
-    Process,
-    cli,
     cpu_seconds,
-    free_port,
     load,
     machine_busy_pct,
     rss_mb,
@@ -60,6 +56,7 @@ from bench.harness import (
     wait_log,
     wait_until,
 )
+from tests.processes import ROOT, Process, cli, free_port
 
 RESULTS_DIR = Path(__file__).with_name("results")
 PROVIDER_QUEUE = "provider"

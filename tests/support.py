@@ -3,13 +3,7 @@
 from __future__ import annotations
 
 import os
-import secrets
-import signal
-import socket
 import subprocess
-import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,95 +11,12 @@ import httpx
 import psycopg
 import redis
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.processes import ROOT, Process, cli, create_database, drop_database, free_port, wait_http, wait_until
+
+__all__ = ["ROOT", "Process", "Stack", "chat", "cli", "free_port", "wait_http", "wait_task", "wait_until"]
+
 PG_ADMIN_URL = os.environ.get("SWITCHYARD_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_BASE = os.environ.get("SWITCHYARD_TEST_REDIS", "redis://127.0.0.1:6379")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_until(predicate: Callable[[], Any], *, timeout: float = 30, interval: float = 0.1, what: str = "") -> Any:
-    """Poll until `predicate` returns something truthy; fail the test with `what` on timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        time.sleep(interval)
-
-
-def create_database() -> tuple[str, str]:
-    """A fresh, empty Postgres database; returns (name, url)."""
-    name = f"switchyard_test_{secrets.token_hex(4)}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    base = PG_ADMIN_URL.rsplit("/", 1)[0]
-    return name, f"{base}/{name}"
-
-
-def drop_database(name: str) -> None:
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-class Process:
-    """A child process with its output in a log file, in its own process group."""
-
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> None:
-        self.name = name
-        self.log_path = log_dir / f"{name}-{secrets.token_hex(3)}.log"
-        self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
-            argv, env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def kill(self) -> None:
-        """SIGKILL, as a crash or the OOM killer would."""
-        if self.alive():
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self, timeout: float = 15) -> None:
-        if self.alive():
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self._log.close()
-
-
-def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "switchyard", *args]
-
-
-def wait_http(url: str, proc: Process, timeout: float = 60) -> None:
-    def up() -> bool:
-        if not proc.alive():
-            raise AssertionError(f"{proc.name} exited early:\n{proc.log()[-4000:]}")
-        try:
-            return httpx.get(url, timeout=1).status_code < 500
-        except httpx.HTTPError:
-            return False
-
-    wait_until(up, timeout=timeout, interval=0.1, what=f"{proc.name} at {url}")
 
 
 TEST_CONFIG = """
@@ -144,7 +55,7 @@ class Stack:
     def __init__(self, tmp: Path, redis_db: int, *, provider_worker: bool = True) -> None:
         self.tmp = tmp
         self.processes: list[Process] = []
-        self.db_name, self.database_url = create_database()
+        self.db_name, self.database_url = create_database(PG_ADMIN_URL, "switchyard_test")
         self.redis_url = f"{REDIS_BASE}/{redis_db}"
         self.redis = redis.Redis.from_url(self.redis_url)
         self.redis.flushdb()
@@ -220,7 +131,7 @@ class Stack:
             proc.stop()
         self.redis.flushdb()
         self.redis.close()
-        drop_database(self.db_name)
+        drop_database(PG_ADMIN_URL, self.db_name)
 
 
 def wait_task(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import math
 import os
-import socket
 import struct
 import subprocess
 import sys
@@ -19,19 +18,14 @@ import httpx
 import openai
 import pytest
 
+from tests.processes import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="module")
 def base_url() -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "switchyard.fake_provider.app", "--port", str(port)],
