@@ -59,8 +59,9 @@ def api(host: str, port: int, workers: int) -> None:
 
 
 def _pool_for(queues: list[str]) -> str:
-    # ONNX inference is CPU-bound: processes. Everything else waits on the network: threads.
-    return "prefork" if queues == [ML] else "threads"
+    # Everything waits on the network, and ONNX Runtime releases the GIL while it computes: threads, so that
+    # concurrent predictions in one process can be merged into batches (intra-op threads use the cores).
+    return "threads"
 
 
 @main.command()
@@ -69,7 +70,7 @@ def _pool_for(queues: list[str]) -> str:
     "--concurrency",
     type=int,
     default=None,
-    help="pool size (default: 500 threads for provider calls, 16 otherwise, cores for ml)",
+    help="pool size (default: 500 threads with the provider queue, else 64 with ml, else 16; cores for prefork)",
 )
 @click.option("--pool", type=click.Choice(["threads", "prefork", "solo"]), default=None)
 @click.option("--beat", is_flag=True, help="also run the periodic duties (sweeper) in this worker")
@@ -83,7 +84,12 @@ def worker(queues: str, concurrency: int | None, pool: str | None, beat: bool, l
         raise click.BadParameter(f"unknown queue(s) {', '.join(unknown)}; known: {', '.join(ALL)}")
     pool = pool or _pool_for(names)
     if concurrency is None:
-        concurrency = (os.cpu_count() or 1) if pool == "prefork" else (500 if PROVIDER in names else 16)
+        concurrency = (
+            (os.cpu_count() or 1) if pool == "prefork" else 500 if PROVIDER in names else 64 if ML in names else 16
+        )
+    if pool == "prefork":
+        # ONNX Runtime sizes its threads to the cores divided among the processes (ml/batching.py).
+        os.environ["SWITCHYARD_ML_PROCESSES"] = str(concurrency)
     from switchyard.workers.celery_app import app
 
     argv = [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,9 @@ TEST_CONFIG = """
 providers:
   fake:           {{kind: openai,    base_url: "{fake}/v1", api_key: fake}}
   fake-anthropic: {{kind: anthropic, base_url: "{fake}",    api_key: fake}}
+  onnx:           {{kind: onnx, max_batch_size: 32, max_batch_wait_ms: 5}}
+  kserve:         {{kind: kserve,    base_url: "{kserve}"}}
+  tfserving:      {{kind: tfserving, base_url: "{tfserving}"}}
 models:
   chat-default:
     type: chat
@@ -46,24 +50,51 @@ models:
     type: moderate
     deployments:
       - {{provider: fake, model: omni-moderation-latest}}
+  risk-classifier:
+    type: predict
+    deployments:
+      - {{provider: onnx, model: "{models}/risk_classifier.onnx", price: {{per_1k_predictions: 0.5}}}}
+  revenue-regressor:
+    type: predict
+    deployments:
+      - {{provider: onnx, model: "{models}/revenue_regressor.onnx", price: {{per_compute_second: 2.0}}}}
+  risk-kserve:
+    type: predict
+    deployments:
+      - {{provider: kserve, model: risk_classifier}}
+  risk-tfserving:
+    type: predict
+    deployments:
+      - {{provider: tfserving, model: risk_classifier}}
+  risk-remote-first:
+    type: predict
+    deployments:
+      - {{provider: kserve, model: risk_classifier}}
+      - {{provider: onnx, model: "{models}/risk_classifier.onnx"}}
 """
 
 
 class Stack:
     """One complete deployment for tests: its own database, Redis DB, fake provider, API and workers."""
 
-    def __init__(self, tmp: Path, redis_db: int, *, provider_worker: bool = True) -> None:
+    def __init__(self, tmp: Path, redis_db: int, *, provider_worker: bool = True, ml: bool = True) -> None:
         self.tmp = tmp
         self.processes: list[Process] = []
         self.db_name, self.database_url = create_database(PG_ADMIN_URL, "switchyard_test")
         self.redis_url = f"{REDIS_BASE}/{redis_db}"
         self.redis = redis.Redis.from_url(self.redis_url)
         self.redis.flushdb()
-        fake_port, api_port = free_port(), free_port()
+        fake_port, api_port, kserve_port, tfserving_port = free_port(), free_port(), free_port(), free_port()
         self.fake_url = f"http://127.0.0.1:{fake_port}"
         self.url = f"http://127.0.0.1:{api_port}"
+        self.kserve_url = f"http://127.0.0.1:{kserve_port}"
+        self.tfserving_url = f"http://127.0.0.1:{tfserving_port}"
         config = tmp / "switchyard.yaml"
-        config.write_text(TEST_CONFIG.format(fake=self.fake_url))
+        config.write_text(
+            TEST_CONFIG.format(
+                fake=self.fake_url, kserve=self.kserve_url, tfserving=self.tfserving_url, models=ROOT / "models"
+            )
+        )
         self.env = {
             **os.environ,
             "SWITCHYARD_DATABASE_URL": self.database_url,
@@ -84,10 +115,28 @@ class Stack:
             self.run_cli("migrate")
             self.fake = self.start("fake", cli("fake-provider", "--port", str(fake_port)))
             wait_http(f"{self.fake_url}/healthz", self.fake)
+            if ml:
+                for protocol, port in (("kserve", kserve_port), ("tfserving", tfserving_port)):
+                    server = self.start(
+                        protocol,
+                        [
+                            sys.executable,
+                            "-m",
+                            "tests.servers.model_server",
+                            "--protocol",
+                            protocol,
+                            "--port",
+                            str(port),
+                            "--models-dir",
+                            str(ROOT / "models"),
+                        ],
+                    )
+                    wait_http(f"http://127.0.0.1:{port}/healthz", server)
             self.api = self.start("api", cli("api", "--port", str(api_port)))
             # Control work and the sweeper (beat) in one worker; provider calls in their own.
             self.control = self.start_worker("control,webhooks", beat=True)
             self.provider: Process | None = self.start_worker("provider") if provider_worker else None
+            self.ml: Process | None = self.start_worker("ml", concurrency=32) if ml else None
             wait_http(f"{self.url}/healthz", self.api)
         except BaseException:
             self.close()

@@ -16,7 +16,7 @@ from tests.support import Stack, chat, wait_task, wait_until
 
 @pytest.fixture(scope="module")
 def own_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    s = Stack(tmp_path_factory.mktemp("durability"), redis_db=10, provider_worker=False)
+    s = Stack(tmp_path_factory.mktemp("durability"), redis_db=10, provider_worker=False, ml=False)
     yield s
     s.close()
 

@@ -14,13 +14,18 @@ from switchyard.core.errors import ConfigError
 
 TaskType = Literal["chat", "embed", "moderate", "predict"]
 Strategy = Literal["weighted", "round_robin", "least_latency", "least_busy", "lowest_cost", "ordered"]
-ProviderKind = Literal["openai", "anthropic"]
+ProviderKind = Literal["openai", "anthropic", "onnx", "kserve", "tfserving"]
 
 # Which task types each provider kind can serve; a model whose deployment cannot serve its type is refused.
 KIND_SERVES: dict[str, frozenset[str]] = {
     "openai": frozenset({"chat", "embed", "moderate"}),
     "anthropic": frozenset({"chat"}),
+    "onnx": frozenset({"predict"}),
+    "kserve": frozenset({"predict"}),
+    "tfserving": frozenset({"predict"}),
 }
+# Kinds that call a server and so need its address.
+NEEDS_BASE_URL = frozenset({"kserve", "tfserving"})
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -30,12 +35,15 @@ class _Strict(BaseModel):
 
 
 class Price(_Strict):
-    """USD per million tokens."""
+    """Token prices are USD per million tokens; ML models are priced per thousand predictions (rows) and/or
+    per second of model compute."""
 
     input: float = Field(default=0.0, ge=0)
     output: float = Field(default=0.0, ge=0)
     cached_input: float | None = Field(default=None, ge=0)
     cache_write: float | None = Field(default=None, ge=0)
+    per_1k_predictions: float = Field(default=0.0, ge=0)
+    per_compute_second: float = Field(default=0.0, ge=0)
 
 
 class ProviderConfig(_Strict):
@@ -46,6 +54,11 @@ class ProviderConfig(_Strict):
     base_url: str | None = None
     timeout_s: float | None = Field(default=None, gt=0)
     max_connections: int = Field(default=1000, ge=1)
+    # onnx only: dynamic micro-batching (1 turns it off) and ONNX Runtime's intra-op threads
+    # (default: the cores divided among the worker's processes).
+    max_batch_size: int = Field(default=32, ge=1, le=4096)
+    max_batch_wait_ms: float = Field(default=2.0, ge=0, le=1000)
+    intra_op_threads: int | None = Field(default=None, ge=1)
     # Independent SDK clients (connection pools) per worker process; see providers/shards.py.
     client_shards: int = Field(default=8, ge=1, le=64)
 
@@ -84,6 +97,9 @@ class AppConfig(_Strict):
     @model_validator(mode="after")
     def _check_references(self) -> AppConfig:
         problems: list[str] = []
+        for name, account in self.providers.items():
+            if account.kind in NEEDS_BASE_URL and not account.base_url:
+                problems.append(f"providers.{name}.base_url: a {account.kind} provider needs the server's base_url")
         for name, model in self.models.items():
             for i, dep in enumerate(model.deployments):
                 where = f"models.{name}.deployments[{i}].provider"
@@ -154,7 +170,7 @@ def load_config(path: Path) -> AppConfig:
     if problems:
         raise ConfigError("\n".join(f"{path}: {p}" for p in problems))
     try:
-        return AppConfig.model_validate(raw)
+        config = AppConfig.model_validate(raw)
     except ValidationError as exc:
         lines: list[str] = []
         for err in exc.errors():
@@ -164,3 +180,26 @@ def load_config(path: Path) -> AppConfig:
                 msg = "unknown key"
             lines.extend(f"{path}: {m}" if not loc else f"{path}: {loc}: {m}" for m in msg.split("; "))
         raise ConfigError("\n".join(lines)) from None
+    return _resolve_model_files(config, path)
+
+
+def _resolve_model_files(config: AppConfig, path: Path) -> AppConfig:
+    """Local model files (onnx deployments) are found relative to the working directory, else to the config
+    file's folder, else to its parent (the project root for `config/switchyard.yaml`); missing ones are refused."""
+    problems: list[str] = []
+    models = dict(config.models)
+    for name, model in config.models.items():
+        deployments = list(model.deployments)
+        for i, dep in enumerate(model.deployments):
+            if config.providers[dep.provider].kind != "onnx":
+                continue
+            candidates = [Path(dep.model), path.parent / dep.model, path.parent.parent / dep.model]
+            found = next((c for c in candidates if c.is_file()), None)
+            if found is None:
+                problems.append(f"{path}: models.{name}.deployments[{i}].model: model file not found: {dep.model}")
+                continue
+            deployments[i] = dep.model_copy(update={"model": str(found.resolve())})
+        models[name] = model.model_copy(update={"deployments": deployments})
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return config.model_copy(update={"models": models})

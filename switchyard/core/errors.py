@@ -50,6 +50,20 @@ class PayloadTooLarge(AppError):
     type = "request_too_large"
 
 
+class UpstreamFailed(AppError):
+    """The work ran and the provider or model failed it (synchronous endpoints)."""
+
+    status = 502
+    type = "provider_error"
+
+
+class GatewayTimeout(AppError):
+    """A synchronous endpoint stopped waiting; the task goes on and can be polled."""
+
+    status = 504
+    type = "timeout_error"
+
+
 class ServiceUnavailable(AppError):
     status = 503
     type = "service_unavailable"

@@ -156,6 +156,8 @@ class Attempt(Base):
     output_tokens: Mapped[int] = mapped_column(Integer, default=0)
     cached_input_tokens: Mapped[int] = mapped_column(Integer, default=0)
     cache_write_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    predictions: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    compute_ms: Mapped[float] = mapped_column(Float, default=0.0, server_default=text("0"))
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
     started_at: Mapped[datetime]
     finished_at: Mapped[datetime]

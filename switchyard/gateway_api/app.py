@@ -13,9 +13,11 @@ from switchyard.core.config import load_config
 from switchyard.core.db import Database
 from switchyard.gateway_api.errors import install_error_handlers
 from switchyard.gateway_api.middleware import BodySizeLimit
-from switchyard.gateway_api.routes import health, tasks
+from switchyard.gateway_api.routes import health, models, predict, tasks
 from switchyard.gateway_api.state import ApiState, KeyCache
+from switchyard.ml.catalog import model_signatures
 from switchyard.settings import Settings, get_settings
+from switchyard.tasks.completion import Completions
 from switchyard.workers.celery_app import make_celery
 from switchyard.workers.dispatch import CeleryDispatcher
 
@@ -24,6 +26,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     # Refuse a bad config file before serving anything.
     config = load_config(settings.config)
+    signatures = model_signatures(config)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -31,19 +34,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # database connections would only queue on the pool while contending for the GIL.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.db_pool_size + settings.db_max_overflow
         celery = make_celery(settings)
+        db = Database(settings)
         state = ApiState(
             settings=settings,
             config=config,
-            db=Database(settings),
+            signatures=signatures,
+            db=db,
             celery=celery,
             dispatcher=CeleryDispatcher(celery),
             redis=redis.Redis.from_url(settings.redis_url) if settings.redis_url else None,
+            completions=Completions(db, settings.redis_url),
             keys=KeyCache(ttl_s=settings.api_key_cache_s),
         )
         app.state.switchyard = state
         try:
             yield
         finally:
+            await state.completions.close()
             state.close()
 
     app = FastAPI(
@@ -55,5 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(tasks.router)
+    app.include_router(models.router)
+    app.include_router(predict.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app

@@ -11,7 +11,9 @@ from celery import Celery
 
 from switchyard.core.config import AppConfig
 from switchyard.core.db import Database
+from switchyard.ml.signature import Signature
 from switchyard.settings import Settings
+from switchyard.tasks.completion import Completions
 from switchyard.tenancy.service import Principal
 from switchyard.workers.dispatch import CeleryDispatcher
 
@@ -42,10 +44,12 @@ class KeyCache:
 class ApiState:
     settings: Settings
     config: AppConfig
+    signatures: dict[str, Signature]
     db: Database
     celery: Celery
     dispatcher: CeleryDispatcher
     redis: redis.Redis | None
+    completions: Completions
     keys: KeyCache
 
     def close(self) -> None:

@@ -12,7 +12,7 @@ import httpx2
 
 from switchyard.core.config import ProviderConfig
 from switchyard.core.errors import ProviderError
-from switchyard.providers.base import CallResult, Usage
+from switchyard.providers.base import CallResult, Usage, unsupported
 from switchyard.providers.errors import connection_error, status_error, timeout_error
 from switchyard.providers.shards import ClientShards
 
@@ -187,10 +187,13 @@ class AnthropicAdapter:
         return CallResult(output=output, usage=usage, provider_model=message.model or model)
 
     def embed(self, model: str, request: dict[str, Any], timeout_s: float) -> CallResult:
-        raise ProviderError("invalid_request", "anthropic providers do not serve embeddings", retryable=False)
+        raise unsupported("anthropic", "embed")
 
     def moderate(self, model: str, request: dict[str, Any], timeout_s: float) -> CallResult:
-        raise ProviderError("invalid_request", "anthropic providers do not serve moderation", retryable=False)
+        raise unsupported("anthropic", "moderate")
+
+    def predict(self, model: str, request: dict[str, Any], timeout_s: float) -> CallResult:
+        raise unsupported("anthropic", "predict")
 
     def close(self) -> None:
         self._clients.close()

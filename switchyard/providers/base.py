@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from switchyard.core.errors import ProviderError
+
 
 @dataclass(frozen=True)
 class Usage:
@@ -14,14 +16,21 @@ class Usage:
     output_tokens: int = 0
     cached_input_tokens: int = 0
     cache_write_tokens: int = 0
+    # ML models: rows predicted and this call's share of model compute time.
+    predictions: int = 0
+    compute_ms: float = 0.0
 
-    def as_dict(self) -> dict[str, int]:
-        return {
+    def as_dict(self) -> dict[str, float]:
+        usage: dict[str, float] = {
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
             "cached_input_tokens": self.cached_input_tokens,
             "cache_write_tokens": self.cache_write_tokens,
         }
+        if self.predictions:
+            usage["predictions"] = self.predictions
+            usage["compute_ms"] = self.compute_ms
+        return usage
 
 
 @dataclass(frozen=True)
@@ -33,6 +42,12 @@ class CallResult:
     provider_model: str = ""
 
 
+def unsupported(kind: str, task_type: str) -> ProviderError:
+    """What an adapter raises for a task type its provider does not serve (the config refuses such models;
+    this guards a pinned or misrouted call)."""
+    return ProviderError("invalid_request", f"{kind} providers do not serve {task_type} tasks", retryable=False)
+
+
 class ProviderAdapter(Protocol):
     """One provider account. Methods block (worker threads run them) and raise ProviderError on failure."""
 
@@ -41,5 +56,7 @@ class ProviderAdapter(Protocol):
     def embed(self, model: str, request: dict[str, Any], timeout_s: float) -> CallResult: ...
 
     def moderate(self, model: str, request: dict[str, Any], timeout_s: float) -> CallResult: ...
+
+    def predict(self, model: str, request: dict[str, Any], timeout_s: float) -> CallResult: ...
 
     def close(self) -> None: ...

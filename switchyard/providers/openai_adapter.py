@@ -13,7 +13,7 @@ import openai
 
 from switchyard.core.config import ProviderConfig
 from switchyard.core.errors import ProviderError
-from switchyard.providers.base import CallResult, Usage
+from switchyard.providers.base import CallResult, Usage, unsupported
 from switchyard.providers.errors import connection_error, status_error, timeout_error
 from switchyard.providers.shards import ClientShards
 
@@ -107,6 +107,9 @@ class OpenAIAdapter:
             "results": results,
         }
         return CallResult(output=output, provider_model=response.model or model)
+
+    def predict(self, model: str, request: dict[str, Any], timeout_s: float) -> CallResult:
+        raise unsupported("openai", "predict")
 
     def close(self) -> None:
         self._clients.close()

@@ -18,4 +18,5 @@ def cost_usd(usage: Usage, price: Price) -> float:
         + usage.cache_write_tokens * write_price
         + usage.output_tokens * price.output
     )
-    return total / 1_000_000
+    ml = usage.predictions / 1000 * price.per_1k_predictions + usage.compute_ms / 1000 * price.per_compute_second
+    return total / 1_000_000 + ml

@@ -7,11 +7,16 @@ from collections.abc import Callable
 from switchyard.core.config import AppConfig, ProviderConfig
 from switchyard.providers.anthropic_adapter import AnthropicAdapter
 from switchyard.providers.base import ProviderAdapter
+from switchyard.providers.model_servers import KServeAdapter, TFServingAdapter
+from switchyard.providers.onnx_adapter import OnnxAdapter
 from switchyard.providers.openai_adapter import OpenAIAdapter
 
 ADAPTERS: dict[str, Callable[[ProviderConfig], ProviderAdapter]] = {
     "openai": OpenAIAdapter,
     "anthropic": AnthropicAdapter,
+    "onnx": OnnxAdapter,
+    "kserve": KServeAdapter,
+    "tfserving": TFServingAdapter,
 }
 
 

@@ -8,6 +8,7 @@ taken over cannot overwrite the result of the one that took it.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -65,11 +66,20 @@ class Outcome:
 class Executor:
     """Executes tasks with the resources of one worker process."""
 
-    def __init__(self, settings: Settings, config: AppConfig, db: Database, providers: ProviderSet) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        config: AppConfig,
+        db: Database,
+        providers: ProviderSet,
+        on_finished: Callable[[str], None] | None = None,
+    ) -> None:
         self.settings = settings
         self.config = config
         self.db = db
         self.providers = providers
+        # Told (after the commit) when a task reaches its final state: synchronous callers wait on it.
+        self.on_finished = on_finished
 
     # --- the whole run ----------------------------------------------------------------------------------------
 
@@ -107,7 +117,12 @@ class Executor:
 
     def call(self, claim: Claim, deployment: Deployment, n: int, timeout_s: float) -> Outcome:
         adapter = self.providers.get(deployment.provider)
-        method = {"chat": adapter.chat, "embed": adapter.embed, "moderate": adapter.moderate}.get(claim.type)
+        method = {
+            "chat": adapter.chat,
+            "embed": adapter.embed,
+            "moderate": adapter.moderate,
+            "predict": adapter.predict,
+        }.get(claim.type)
         started_at = utcnow()
         t0 = time.perf_counter()
         try:
@@ -247,7 +262,7 @@ class Executor:
         status: str,
         result: dict[str, Any] | None,
         error: dict[str, Any] | None,
-        usage: dict[str, int] | None,
+        usage: dict[str, float] | None,
     ) -> None:
         """Write the final state once, with the last attempt, the totals and the terminal event."""
         with self.db.transaction() as tx:
@@ -293,6 +308,9 @@ class Executor:
                 log.warning("lease_lost", task_id=claim.task_id)
                 session.rollback()
                 return
+            if self.on_finished is not None:
+                notify, task_id = self.on_finished, claim.task_id
+                tx.after_commit(lambda: notify(task_id))
             append_event(
                 session,
                 tenant_id=claim.tenant_id,
@@ -348,6 +366,8 @@ class Executor:
             output_tokens=usage.output_tokens,
             cached_input_tokens=usage.cached_input_tokens,
             cache_write_tokens=usage.cache_write_tokens,
+            predictions=usage.predictions,
+            compute_ms=usage.compute_ms,
             cost_usd=outcome.cost,
             started_at=outcome.started_at,
             finished_at=utcnow(),
@@ -358,13 +378,15 @@ class Executor:
 
 def _totals(attempts: list[Attempt]) -> dict[str, Any]:
     """Usage and cost summed over every attempt (failed attempts can still cost money)."""
-    usage = {"input_tokens": 0, "output_tokens": 0, "cached_input_tokens": 0, "cache_write_tokens": 0}
-    for a in attempts:
-        usage["input_tokens"] += a.input_tokens
-        usage["output_tokens"] += a.output_tokens
-        usage["cached_input_tokens"] += a.cached_input_tokens
-        usage["cache_write_tokens"] += a.cache_write_tokens
-    return {"usage": usage, "cost": sum(a.cost_usd for a in attempts)}
+    usage = Usage(
+        input_tokens=sum(a.input_tokens for a in attempts),
+        output_tokens=sum(a.output_tokens for a in attempts),
+        cached_input_tokens=sum(a.cached_input_tokens for a in attempts),
+        cache_write_tokens=sum(a.cache_write_tokens for a in attempts),
+        predictions=sum(a.predictions for a in attempts),
+        compute_ms=sum(a.compute_ms for a in attempts),
+    )
+    return {"usage": usage.as_dict(), "cost": sum(a.cost_usd for a in attempts)}
 
 
 def _task_update() -> Update:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Protocol
@@ -19,6 +20,7 @@ from switchyard.core.events import append_event
 from switchyard.core.ids import new_id
 from switchyard.core.models import Task, utcnow
 from switchyard.core.validation import invalid_request
+from switchyard.ml.signature import Signature, check_inputs
 from switchyard.providers.router import candidates
 from switchyard.tasks import repository
 from switchyard.tasks.schemas import INPUT_MODELS, TaskCreate
@@ -44,8 +46,11 @@ def _request_hash(body: TaskCreate, pinned: str | None) -> str:
     return hashlib.sha256(canonical).hexdigest()
 
 
-def validate_input(config: AppConfig, body: TaskCreate, pinned: str | None) -> dict[str, Any]:
-    """Check the model, the type, the pinned provider and the input; return the normalised input."""
+def validate_input(
+    config: AppConfig, signatures: Mapping[str, Signature], body: TaskCreate, pinned: str | None
+) -> dict[str, Any]:
+    """Check the model, the type, the pinned provider and the input (predict inputs against the model's
+    signature); return the normalised input."""
     model = config.models.get(body.model)
     if model is None:
         raise InvalidRequest(f"unknown model '{body.model}'", param="model")
@@ -61,12 +66,17 @@ def validate_input(config: AppConfig, body: TaskCreate, pinned: str | None) -> d
         parsed = INPUT_MODELS[body.type].model_validate(body.input)
     except ValidationError as exc:
         raise invalid_request(exc, prefix="input") from None
-    return parsed.model_dump(mode="json", exclude_none=True)
+    normalised = parsed.model_dump(mode="json", exclude_none=True)
+    signature = signatures.get(body.model)
+    if body.type == "predict" and signature is not None:
+        check_inputs(signature, normalised["inputs"])
+    return normalised
 
 
 def create_task(
     tx: Tx,
     config: AppConfig,
+    signatures: Mapping[str, Signature],
     dispatcher: Dispatcher,
     *,
     tenant_id: str,
@@ -77,7 +87,7 @@ def create_task(
 ) -> Created:
     """Insert the task and its `task.queued` event; publish its id once the transaction commits."""
     pinned = body.options.provider or pinned_provider
-    normalised_input = validate_input(config, body, pinned)
+    normalised_input = validate_input(config, signatures, body, pinned)
     session = tx.session
     request_hash = None
     if idempotency_key is not None:

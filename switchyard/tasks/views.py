@@ -30,6 +30,7 @@ def attempt_view(attempt: Attempt) -> dict[str, Any]:
             "output_tokens": attempt.output_tokens,
             "cached_input_tokens": attempt.cached_input_tokens,
             "cache_write_tokens": attempt.cache_write_tokens,
+            **({"predictions": attempt.predictions, "compute_ms": attempt.compute_ms} if attempt.predictions else {}),
         },
         "cost_usd": attempt.cost_usd,
         "started_at": _iso(attempt.started_at),

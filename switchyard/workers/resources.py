@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from functools import partial
 
+import redis
 import structlog
 from celery import signals
 
@@ -12,6 +14,7 @@ from switchyard.core.config import load_config
 from switchyard.core.db import Database
 from switchyard.providers.registry import ProviderSet
 from switchyard.settings import Settings, get_settings
+from switchyard.tasks.completion import signal_done
 from switchyard.tasks.execution import Executor
 from switchyard.workers.dispatch import CeleryDispatcher
 
@@ -25,10 +28,13 @@ class WorkerResources:
     providers: ProviderSet
     executor: Executor
     dispatcher: CeleryDispatcher
+    redis: redis.Redis | None
 
     def close(self) -> None:
         self.providers.close()
         self.db.dispose()
+        if self.redis is not None:
+            self.redis.close()
 
 
 _resources: WorkerResources | None = None
@@ -46,12 +52,15 @@ def init_resources() -> WorkerResources:
             config = load_config(settings.config)
             db = Database(settings)
             providers = ProviderSet(config)
+            redis_client = redis.Redis.from_url(settings.redis_url) if settings.redis_url else None
+            on_finished = partial(signal_done, redis_client) if redis_client is not None else None
             _resources = WorkerResources(
                 settings=settings,
                 db=db,
                 providers=providers,
-                executor=Executor(settings, config, db, providers),
+                executor=Executor(settings, config, db, providers, on_finished=on_finished),
                 dispatcher=CeleryDispatcher(app),
+                redis=redis_client,
             )
         return _resources
 

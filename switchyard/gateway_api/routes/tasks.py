@@ -30,6 +30,7 @@ def create_task(
     created = service.create_task(
         tx,
         state.config,
+        state.signatures,
         state.dispatcher,
         tenant_id=principal.tenant_id,
         body=body,

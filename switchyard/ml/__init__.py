@@ -1,0 +1,1 @@
+"""Classical ML inference: model signatures, input checks, micro-batched ONNX Runtime sessions."""
