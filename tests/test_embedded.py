@@ -63,6 +63,18 @@ def test_dev_mode_retries_and_cancels(dev: tuple[str, str]) -> None:
         assert client.get("/v1/tasks", params={"status": "succeeded"}).json()["data"]
 
 
+def test_dev_mode_predicts_with_the_shipped_models(dev: tuple[str, str]) -> None:
+    # No Redis here: the synchronous endpoint waits by watching the row.
+    url, key = dev
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:
+        row = [0.9, 0.2, 68.4, 1.0, 2.0, 0.14, 0.05, 286.5]
+        response = client.post("/v1/predict/risk-classifier", json={"inputs": {"features": [row, row]}})
+        assert response.status_code == 200, response.text
+        outputs = response.json()["outputs"]
+        assert len(outputs["label"]) == 2
+        assert len(outputs["probabilities"][0]) == 3
+
+
 def test_readme_quickstart_is_two_commands() -> None:
     readme = (ROOT / "README.md").read_text()
     quickstart = readme.split("## Quickstart", 1)[1].split("\n## ", 1)[0]
