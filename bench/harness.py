@@ -41,6 +41,18 @@ models:
 """
 
 
+# The ML benchmark's stack: one onnx provider and one predict model; the provider's options are set per run.
+ML_CONFIG = """
+providers:
+  onnx: {{kind: onnx, {provider_options}}}
+models:
+  risk-classifier:
+    type: predict
+    deployments:
+      - {{provider: onnx, model: "{model_path}", price: {{per_1k_predictions: 0.5}}}}
+"""
+
+
 class BenchError(RuntimeError):
     pass
 
@@ -162,9 +174,11 @@ def _wrk_ms(text: str) -> float:
     return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
 
 
-def run_wrk(url: str, *, auth: str | None, connections: int, seconds: float, threads: int = 1) -> LoadResult:
+def run_wrk(
+    url: str, *, auth: str | None, connections: int, seconds: float, threads: int = 1, body: bytes = CHAT_BODY
+) -> LoadResult:
     script = Path(__file__).with_name("wrk_post.lua")
-    env = {**os.environ, "BENCH_AUTH": auth or "", "BENCH_BODY": CHAT_BODY.decode()}
+    env = {**os.environ, "BENCH_AUTH": auth or "", "BENCH_BODY": body.decode()}
     argv = [
         "wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
         "--timeout", "10s", "-s", str(script), url,
@@ -206,10 +220,18 @@ def _request_bytes(host: str, port: int, path: str, auth: str | None, body: byte
 
 
 async def _raw_load(
-    host: str, port: int, path: str, auth: str | None, *, connections: int, seconds: float | None, total: int | None
+    host: str,
+    port: int,
+    path: str,
+    auth: str | None,
+    *,
+    connections: int,
+    seconds: float | None,
+    total: int | None,
+    body: bytes = CHAT_BODY,
 ) -> tuple[int, int, int, float, list[float]]:
     """Keep-alive HTTP/1.1 POSTs on `connections` sockets, for `seconds` or until `total` requests were sent."""
-    request = _request_bytes(host, port, path, auth, CHAT_BODY)
+    request = _request_bytes(host, port, path, auth, body)
     counters = {"sent": 0, "ok": 0, "bad": 0, "err": 0}
     latencies: list[float] = []
     t0 = time.perf_counter()
@@ -244,13 +266,20 @@ async def _raw_load(
 
 
 def run_raw(
-    url: str, *, auth: str | None, connections: int, seconds: float | None = None, total: int | None = None
+    url: str,
+    *,
+    auth: str | None,
+    connections: int,
+    seconds: float | None = None,
+    total: int | None = None,
+    body: bytes = CHAT_BODY,
 ) -> LoadResult:
     """The asyncio load generator: used to create N tasks, and as the load tool when wrk is missing."""
     m = re.match(r"http://([^:/]+):(\d+)(/.*)", url)
     assert m is not None, url
+    host, port, path = m.group(1), int(m.group(2)), m.group(3)
     ok, bad, err, secs, lat = asyncio.run(
-        _raw_load(m.group(1), int(m.group(2)), m.group(3), auth, connections=connections, seconds=seconds, total=total)
+        _raw_load(host, port, path, auth, connections=connections, seconds=seconds, total=total, body=body)
     )
     lat.sort()
 
@@ -261,10 +290,11 @@ def run_raw(
     return LoadResult(n, secs, n / secs if secs else 0.0, bad, err, pct(0.5), pct(0.99), "asyncio")
 
 
-def load(url: str, *, auth: str | None, connections: int, seconds: float) -> LoadResult:
+def load(url: str, *, auth: str | None, connections: int, seconds: float, body: bytes = CHAT_BODY) -> LoadResult:
+    """Keep-alive POSTs of `body` on `connections` connections for `seconds`: wrk when present, else asyncio."""
     if shutil.which("wrk"):
-        return run_wrk(url, auth=auth, connections=connections, seconds=seconds)
-    return run_raw(url, auth=auth, connections=connections, seconds=seconds)
+        return run_wrk(url, auth=auth, connections=connections, seconds=seconds, body=body)
+    return run_raw(url, auth=auth, connections=connections, seconds=seconds, body=body)
 
 
 # --- measuring the machine -------------------------------------------------------------------------------------
@@ -277,16 +307,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_cpu_ticks() -> tuple[int, int]:
+    """(busy, total) clock ticks of all cores since boot, from /proc/stat; differences of two give the load."""
+    with open("/proc/stat") as f:
+        values = [int(x) for x in f.readline().split()[1:]]
+    idle = values[3] + values[4]
+    return sum(values) - idle, sum(values)
+
+
 def machine_busy_pct(seconds: float = 1.0) -> float:
     """How busy all cores are (0-100) over `seconds`: other work on the machine skews every ratio."""
-
-    def snapshot() -> tuple[int, int]:
-        with open("/proc/stat") as f:
-            values = [int(x) for x in f.readline().split()[1:]]
-        idle = values[3] + values[4]
-        return sum(values) - idle, sum(values)
-
-    busy0, total0 = snapshot()
+    busy0, total0 = machine_cpu_ticks()
     time.sleep(seconds)
-    busy1, total1 = snapshot()
+    busy1, total1 = machine_cpu_ticks()
     return 100.0 * (busy1 - busy0) / max(1, total1 - total0)

@@ -20,6 +20,7 @@ from switchyard.core.models import Task
 
 TERMINAL = ("succeeded", "failed", "canceled")
 _TTL_S = 300
+MAX_WAITERS = 1000
 
 
 def done_key(task_id: str) -> str:
@@ -39,7 +40,17 @@ class Completions:
 
     def __init__(self, db: Database, redis_url: str | None) -> None:
         self._db = db
-        self._redis = redis.asyncio.Redis.from_url(redis_url) if redis_url else None
+        # Each waiting request holds a connection for its BLPOP: a blocking pool makes the excess wait for one
+        # instead of failing (the library's default pool raises past 100).
+        self._redis = (
+            redis.asyncio.Redis(
+                connection_pool=redis.asyncio.BlockingConnectionPool.from_url(
+                    redis_url, max_connections=MAX_WAITERS, timeout=None
+                )
+            )
+            if redis_url
+            else None
+        )
 
     async def wait(self, task_id: str, timeout_s: float) -> bool:
         """True once the task is finished; False when `timeout_s` passed first."""
