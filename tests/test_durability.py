@@ -120,3 +120,42 @@ def test_long_retry_wait_is_a_durable_due_time(own_stack: Stack, api: httpx.Clie
         worker.stop()
     assert task["status"] == "succeeded", task
     assert [a["status"] for a in task["attempts"]] == ["failed", "succeeded"]
+
+
+def test_sigkill_of_worker_mid_run_still_completes_each_step_once(own_stack: Stack, api: httpx.Client) -> None:
+    nonce = secrets.token_hex(4)
+    steps = [
+        {
+            "id": "first",
+            "type": "chat",
+            "model": "chat-default",
+            "timeout_s": 5,
+            "input": {"messages": [{"role": "user", "content": f"{nonce} first [[sleep:2500]]"}]},
+        },
+        {
+            "id": "second",
+            "type": "chat",
+            "model": "chat-default",
+            "input": {"messages": [{"role": "user", "content": "after {{ steps.first.output.content }}"}]},
+        },
+    ]
+    assert api.post("/v1/workflows", json={"name": f"kill_{nonce}", "steps": steps}).status_code == 201
+    worker = own_stack.start_worker("provider")
+    run_id = api.post(f"/v1/workflows/kill_{nonce}/runs", json={"input": {}}).json()["id"]
+    wait_until(lambda: api.get(f"/v1/runs/{run_id}").json()["steps"]["first"]["status"] == "running", timeout=20)
+    worker.kill()
+    replacement = own_stack.start_worker("provider")
+    try:
+        run = wait_until(
+            lambda: (r := api.get(f"/v1/runs/{run_id}").json())["status"] in ("succeeded", "failed") and r,
+            timeout=60,
+            what="the run to finish",
+        )
+    finally:
+        replacement.stop()
+    assert run["status"] == "succeeded", run
+    for step in run["steps"].values():
+        assert len(step["task_ids"]) == 1
+        task = api.get(f"/v1/tasks/{step['task_ids'][0]}").json()
+        assert [a["status"] for a in task["attempts"]] == ["succeeded"]
+    assert run["steps"]["second"]["output"]["content"] == f"echo: after echo: {nonce} first [[sleep:2500]]"

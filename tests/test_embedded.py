@@ -75,6 +75,30 @@ def test_dev_mode_predicts_with_the_shipped_models(dev: tuple[str, str]) -> None
         assert len(outputs["probabilities"][0]) == 3
 
 
+def test_dev_mode_runs_the_shipped_risk_analysis_workflow(dev: tuple[str, str]) -> None:
+    # Loaded from config/workflows/ at start-up: predict steps on the shipped models, then LLM steps.
+    url, key = dev
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:
+        body = {
+            "input": {
+                "portfolio_features": [1.4, 0.45, 30.0, 0.6, 5.0, 0.6, -0.2, 900.0],
+                "transactions": [[3.0, 14.0, 2.0, 0.1, 3.0, 1.0], [5.5, 3.0, 0.0, 0.9, 40.0, 3.5]],
+                "sectors": ["energy", "banking", "retail"],
+            }
+        }
+        run_id = client.post("/v1/workflows/risk_analysis/runs", json=body).json()["id"]
+        result = wait_until(
+            lambda: (r := client.get(f"/v1/runs/{run_id}").json())["status"] in ("succeeded", "failed") and r,
+            timeout=90,
+            what="the risk_analysis run",
+        )
+        assert result["status"] == "succeeded", result
+        assert result["output"]["risk_class"] in (0, 1, 2)
+        assert len(result["output"]["scenarios"]) == 3
+        assert result["steps"]["classify"]["output"]["outputs"]["probabilities"]
+        assert result["cost_usd"] > 0
+
+
 def test_readme_quickstart_is_two_commands() -> None:
     readme = (ROOT / "README.md").read_text()
     quickstart = readme.split("## Quickstart", 1)[1].split("\n## ", 1)[0]

@@ -121,9 +121,16 @@ class Task(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    # A task made for a workflow step: which run, step, item of a for_each, and which (re)try of the step.
+    run_id: Mapped[str | None] = mapped_column(String(40))
+    step_id: Mapped[str | None] = mapped_column(String(100))
+    item_index: Mapped[int | None] = mapped_column(Integer)
+    step_generation: Mapped[int | None] = mapped_column(Integer)
 
     __table_args__ = (
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_tasks_tenant_idempotency_key"),
+        # A step's task for one item is made once per generation, even if two advances race.
+        UniqueConstraint("run_id", "step_id", "step_generation", "item_index", name="uq_tasks_run_step_item"),
         Index("ix_tasks_tenant_id_id", "tenant_id", "id"),
         # The sweeper scans only live rows.
         Index(
@@ -163,6 +170,80 @@ class Attempt(Base):
     finished_at: Mapped[datetime]
 
     __table_args__ = (Index("ix_attempts_task_id_n", "task_id", "n"),)
+
+
+class Workflow(Base):
+    """A registered definition. Each registration of a name is a new version. Definitions loaded from
+    `config/workflows/` have no tenant and are visible to every tenant."""
+
+    __tablename__ = "workflows"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str | None] = mapped_column(String(40))
+    name: Mapped[str] = mapped_column(String(100))
+    version: Mapped[int] = mapped_column(Integer)
+    spec: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "name", "version", name="uq_workflows_tenant_name_version"),
+        Index("ix_workflows_name", "name"),
+    )
+
+
+class Run(Base):
+    """One execution of a workflow version."""
+
+    __tablename__ = "runs"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    workflow_id: Mapped[str] = mapped_column(ForeignKey("workflows.id"))
+    workflow: Mapped[str] = mapped_column(String(100))
+    version: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    input: Mapped[dict[str, Any]]
+    output: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    error: Mapped[dict[str, Any] | None]
+    cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    usage: Mapped[dict[str, Any] | None]
+    webhook: Mapped[dict[str, Any] | None]
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+    # When the run was last advanced; the sweeper advances runs that have sat still too long.
+    advanced_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "idempotency_key", name="uq_runs_tenant_idempotency_key"),
+        Index("ix_runs_tenant_id_id", "tenant_id", "id"),
+        Index(
+            "ix_runs_live",
+            "status",
+            postgresql_where=text("status IN ('queued', 'running')"),
+            sqlite_where=text("status IN ('queued', 'running')"),
+        ),
+    )
+
+
+class RunStep(Base):
+    """A step of a run. `generation` counts re-runs of the step (a run retry makes a new generation)."""
+
+    __tablename__ = "run_steps"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    step_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16))
+    generation: Mapped[int] = mapped_column(Integer, default=0)
+    output: Mapped[Any] = mapped_column(JSONType, nullable=True)
+    error: Mapped[dict[str, Any] | None]
+    # for_each: the rendered items (kept so that later items start as earlier ones finish, under max_parallel).
+    items: Mapped[Any] = mapped_column(JSONType, nullable=True)
+    cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
 
 
 class Event(Base):

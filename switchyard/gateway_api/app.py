@@ -13,13 +13,15 @@ from switchyard.core.config import load_config
 from switchyard.core.db import Database
 from switchyard.gateway_api.errors import install_error_handlers
 from switchyard.gateway_api.middleware import BodySizeLimit
-from switchyard.gateway_api.routes import health, models, predict, tasks
+from switchyard.gateway_api.routes import health, models, predict, tasks, workflows
 from switchyard.gateway_api.state import ApiState, KeyCache
 from switchyard.ml.catalog import model_signatures
 from switchyard.settings import Settings, get_settings
 from switchyard.tasks.completion import Completions
 from switchyard.workers.celery_app import make_celery
 from switchyard.workers.dispatch import CeleryDispatcher
+from switchyard.workflows.engine import Engine
+from switchyard.workflows.service import load_shared
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -35,15 +37,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.db_pool_size + settings.db_max_overflow
         celery = make_celery(settings)
         db = Database(settings)
+        dispatcher = CeleryDispatcher(celery)
+        # Shared definitions from config/workflows/ (a bad file stops start-up with its problem named).
+        with db.transaction() as tx:
+            load_shared(tx, config, settings.config.parent / "workflows")
         state = ApiState(
             settings=settings,
             config=config,
             signatures=signatures,
             db=db,
             celery=celery,
-            dispatcher=CeleryDispatcher(celery),
+            dispatcher=dispatcher,
             redis=redis.Redis.from_url(settings.redis_url) if settings.redis_url else None,
             completions=Completions(db, settings.redis_url),
+            engine=Engine(config, dispatcher),
             keys=KeyCache(ttl_s=settings.api_key_cache_s),
         )
         app.state.switchyard = state
@@ -64,5 +71,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(tasks.router)
     app.include_router(models.router)
     app.include_router(predict.router)
+    app.include_router(workflows.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app

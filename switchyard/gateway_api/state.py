@@ -16,6 +16,7 @@ from switchyard.settings import Settings
 from switchyard.tasks.completion import Completions
 from switchyard.tenancy.service import Principal
 from switchyard.workers.dispatch import CeleryDispatcher
+from switchyard.workflows.engine import Engine
 
 
 @dataclass
@@ -50,6 +51,7 @@ class ApiState:
     dispatcher: CeleryDispatcher
     redis: redis.Redis | None
     completions: Completions
+    engine: Engine
     keys: KeyCache
 
     def close(self) -> None:

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from sqlalchemy import Update, insert, select, update
@@ -31,6 +31,10 @@ from switchyard.settings import Settings
 from switchyard.tasks.views import task_view
 
 log = structlog.get_logger(__name__)
+
+
+class RunAdvancer(Protocol):
+    def publish_advance(self, run_id: str) -> None: ...
 
 
 @dataclass
@@ -72,12 +76,15 @@ class Executor:
         config: AppConfig,
         db: Database,
         providers: ProviderSet,
+        dispatcher: RunAdvancer | None = None,
         on_finished: Callable[[str], None] | None = None,
     ) -> None:
         self.settings = settings
         self.config = config
         self.db = db
         self.providers = providers
+        # Asked to advance a workflow run when one of its tasks finishes.
+        self.dispatcher = dispatcher
         # Told (after the commit) when a task reaches its final state: synchronous callers wait on it.
         self.on_finished = on_finished
 
@@ -311,6 +318,9 @@ class Executor:
             if self.on_finished is not None:
                 notify, task_id = self.on_finished, claim.task_id
                 tx.after_commit(lambda: notify(task_id))
+            if task.run_id is not None and self.dispatcher is not None:
+                advancer, run_id = self.dispatcher, task.run_id
+                tx.after_commit(lambda: advancer.publish_advance(run_id))
             append_event(
                 session,
                 tenant_id=claim.tenant_id,

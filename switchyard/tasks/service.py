@@ -99,27 +99,19 @@ def create_task(
             existing.idempotency_key = None  # expired: the key may be used again
             session.flush()
 
-    now = utcnow()
     options = body.options.model_dump(exclude_none=True)
     if pinned is not None:
         options["provider"] = pinned
-    task = Task(
-        id=new_id("task"),
+    task = new_task(
         tenant_id=tenant_id,
         type=body.type,
         model=body.model,
-        status="queued",
         input=normalised_input,
         options=options,
-        metadata_=body.metadata,
+        metadata=body.metadata,
         webhook=body.webhook.model_dump(mode="json") if body.webhook else None,
-        cost_usd=0.0,
-        attempt_count=0,
         idempotency_key=idempotency_key,
         request_hash=request_hash,
-        cancel_requested=False,
-        created_at=now,
-        published_at=now,
     )
     if idempotency_key is not None:
         # Two requests with one key can race; the unique constraint picks the winner, the loser replays it.
@@ -133,15 +125,66 @@ def create_task(
             return _replay(existing, request_hash or "")
     else:
         session.add(task)
-    append_event(
-        session,
+    enqueue(tx, dispatcher, task)
+    return Created(task=task, replayed=False)
+
+
+def new_task(
+    *,
+    tenant_id: str,
+    type: str,
+    model: str,
+    input: dict[str, Any],
+    options: dict[str, Any],
+    metadata: dict[str, Any] | None = None,
+    webhook: dict[str, Any] | None = None,
+    idempotency_key: str | None = None,
+    request_hash: str | None = None,
+    run_id: str | None = None,
+    step_id: str | None = None,
+    item_index: int | None = None,
+    step_generation: int | None = None,
+) -> Task:
+    """A queued task row, not yet added to a session (inputs already checked by the caller)."""
+    now = utcnow()
+    return Task(
+        id=new_id("task"),
         tenant_id=tenant_id,
+        type=type,
+        model=model,
+        status="queued",
+        input=input,
+        options=options,
+        metadata_=metadata or {},
+        webhook=webhook,
+        cost_usd=0.0,
+        attempt_count=0,
+        reclaim_count=0,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+        cancel_requested=False,
+        created_at=now,
+        published_at=now,
+        run_id=run_id,
+        step_id=step_id,
+        item_index=item_index,
+        step_generation=step_generation,
+    )
+
+
+def enqueue(tx: Tx, dispatcher: Dispatcher, task: Task) -> None:
+    """The `task.queued` event in this transaction, and the message once it has committed."""
+    append_event(
+        tx.session,
+        tenant_id=task.tenant_id,
         type="task.queued",
         task_id=task.id,
+        run_id=task.run_id,
+        step_id=task.step_id,
         data={"id": task.id, "status": "queued", "type": task.type, "model": task.model},
     )
-    tx.after_commit(lambda: dispatcher.publish_task(task.id, task.type))
-    return Created(task=task, replayed=False)
+    task_id, task_type = task.id, task.type
+    tx.after_commit(lambda: dispatcher.publish_task(task_id, task_type))
 
 
 def _replay(existing: Task, request_hash: str) -> Created:

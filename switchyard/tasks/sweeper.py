@@ -6,19 +6,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Protocol
 
 import structlog
 from sqlalchemy import select, update
 
 from switchyard.core.db import Database, Tx
 from switchyard.core.events import append_event
-from switchyard.core.models import Task, utcnow
+from switchyard.core.models import Run, Task, utcnow
 from switchyard.settings import Settings
 from switchyard.tasks.service import Dispatcher
 
 log = structlog.get_logger(__name__)
 
 BATCH = 500
+
+
+class SweepDispatcher(Dispatcher, Protocol):
+    def publish_advance(self, run_id: str) -> None: ...
+
+
 # A task that has taken down this many workers is failed rather than handed to another one.
 MAX_RECLAIMS = 5
 
@@ -28,9 +35,10 @@ class SweepReport:
     reclaimed: list[str] = field(default_factory=list)
     republished: list[str] = field(default_factory=list)
     abandoned: list[str] = field(default_factory=list)
+    advanced: list[str] = field(default_factory=list)
 
 
-def sweep(db: Database, dispatcher: Dispatcher, settings: Settings) -> SweepReport:
+def sweep(db: Database, dispatcher: SweepDispatcher, settings: Settings) -> SweepReport:
     """One pass; returns what it did."""
     report = SweepReport()
     now = utcnow()
@@ -108,7 +116,23 @@ def sweep(db: Database, dispatcher: Dispatcher, settings: Settings) -> SweepRepo
         for due_row in due:
             report.republished.append(due_row.id)
             _publish_after_commit(tx, dispatcher, due_row.id, due_row.type)
-    if report.reclaimed or report.republished or report.abandoned:
+
+        # Runs that have sat still (a lost advance message, a step task finished by the sweeper): advance them;
+        # advancing is idempotent.
+        still = list(
+            session.scalars(
+                select(Run.id)
+                .where(Run.status.in_(("queued", "running")), (Run.advanced_at.is_(None)) | (Run.advanced_at < stale))
+                .limit(BATCH)
+                .with_for_update(skip_locked=True)
+            )
+        )
+        if still:
+            session.execute(update(Run).where(Run.id.in_(still)).values(advanced_at=now))
+        for run_id in still:
+            report.advanced.append(run_id)
+            _advance_after_commit(tx, dispatcher, run_id)
+    if report.reclaimed or report.republished or report.abandoned or report.advanced:
         log.info(
             "swept",
             reclaimed=len(report.reclaimed),
@@ -116,6 +140,10 @@ def sweep(db: Database, dispatcher: Dispatcher, settings: Settings) -> SweepRepo
             abandoned=len(report.abandoned),
         )
     return report
+
+
+def _advance_after_commit(tx: Tx, dispatcher: SweepDispatcher, run_id: str) -> None:
+    tx.after_commit(lambda: dispatcher.publish_advance(run_id))
 
 
 def _publish_after_commit(tx: Tx, dispatcher: Dispatcher, task_id: str, task_type: str) -> None:

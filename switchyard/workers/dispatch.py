@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from switchyard.workers.queues import EXECUTE_TASK, queue_for
+from switchyard.workers.queues import ADVANCE_RUN, CONTROL, EXECUTE_TASK, queue_for
 
 
 class CeleryDispatcher:
@@ -15,3 +15,7 @@ class CeleryDispatcher:
 
     def publish_task(self, task_id: str, task_type: str) -> None:
         self._app.send_task(EXECUTE_TASK, args=[task_id], queue=queue_for(task_type))
+
+    def publish_advance(self, run_id: str) -> None:
+        """Ask the control workers to advance a workflow run."""
+        self._app.send_task(ADVANCE_RUN, args=[run_id], queue=CONTROL)

@@ -10,6 +10,7 @@ ALL = (PROVIDER, ML, CONTROL, WEBHOOKS)
 
 EXECUTE_TASK = "switchyard.execute_task"
 SWEEP = "switchyard.sweep"
+ADVANCE_RUN = "switchyard.advance_run"
 
 
 def queue_for(task_type: str) -> str:

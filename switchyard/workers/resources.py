@@ -17,6 +17,7 @@ from switchyard.settings import Settings, get_settings
 from switchyard.tasks.completion import signal_done
 from switchyard.tasks.execution import Executor
 from switchyard.workers.dispatch import CeleryDispatcher
+from switchyard.workflows.engine import Engine
 
 log = structlog.get_logger(__name__)
 
@@ -27,6 +28,7 @@ class WorkerResources:
     db: Database
     providers: ProviderSet
     executor: Executor
+    engine: Engine
     dispatcher: CeleryDispatcher
     redis: redis.Redis | None
 
@@ -54,12 +56,14 @@ def init_resources() -> WorkerResources:
             providers = ProviderSet(config)
             redis_client = redis.Redis.from_url(settings.redis_url) if settings.redis_url else None
             on_finished = partial(signal_done, redis_client) if redis_client is not None else None
+            dispatcher = CeleryDispatcher(app)
             _resources = WorkerResources(
                 settings=settings,
                 db=db,
                 providers=providers,
-                executor=Executor(settings, config, db, providers, on_finished=on_finished),
-                dispatcher=CeleryDispatcher(app),
+                executor=Executor(settings, config, db, providers, dispatcher, on_finished=on_finished),
+                engine=Engine(config, dispatcher),
+                dispatcher=dispatcher,
                 redis=redis_client,
             )
         return _resources

@@ -5,14 +5,22 @@ from __future__ import annotations
 
 from switchyard.tasks.sweeper import sweep
 from switchyard.workers.celery_app import app
-from switchyard.workers.queues import EXECUTE_TASK, SWEEP
+from switchyard.workers.queues import ADVANCE_RUN, EXECUTE_TASK, SWEEP
 from switchyard.workers.resources import get_resources
+from switchyard.workflows.runner import advance_with_retry
 
 
 @app.task(name=EXECUTE_TASK, acks_late=True, reject_on_worker_lost=True)
 def execute_task(task_id: str) -> None:
     """Run one inference task to its end (or until it is handed back with a due time)."""
     get_resources().executor.run(task_id)
+
+
+@app.task(name=ADVANCE_RUN, acks_late=True, reject_on_worker_lost=True)
+def advance_run(run_id: str) -> None:
+    """Settle a workflow run's finished steps and start the ones that became ready."""
+    res = get_resources()
+    advance_with_retry(res.db, res.engine, run_id)
 
 
 @app.task(name=SWEEP, acks_late=True)

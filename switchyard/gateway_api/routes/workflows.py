@@ -1,0 +1,119 @@
+"""`/v1/workflows` and `/v1/runs`: register definitions (JSON or YAML), start, read, cancel and retry runs."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import orjson
+from fastapi import APIRouter, Header, Query, Request
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError
+
+from switchyard.core.errors import MalformedRequest
+from switchyard.core.validation import invalid_request
+from switchyard.gateway_api.deps import Member, StateDep, TxDep, Viewer
+from switchyard.gateway_api.responses import FastJSONResponse
+from switchyard.workflows import service
+
+router = APIRouter(tags=["workflows"])
+
+RunStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
+
+
+class _Webhook(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: AnyHttpUrl
+    events: list[str] = Field(default_factory=list)
+
+
+class RunCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    input: dict[str, Any] = Field(default_factory=dict)
+    version: Annotated[int, Field(ge=1)] | None = None
+    webhook: _Webhook | None = None
+
+
+@router.post("/v1/workflows", status_code=201)
+async def register_workflow(request: Request, principal: Member, tx: TxDep, state: StateDep) -> FastJSONResponse:
+    body = await request.body()
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type in ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml"):
+        raw = service.parse_yaml(body)
+    else:
+        try:
+            raw = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise MalformedRequest(
+                "request body is not valid JSON (send YAML as application/yaml)", param="body"
+            ) from None
+    workflow = service.register(tx, state.config, principal.tenant_id, raw)
+    return FastJSONResponse(service.workflow_view(workflow), status_code=201)
+
+
+@router.get("/v1/workflows")
+def list_workflows(principal: Viewer, tx: TxDep) -> FastJSONResponse:
+    return FastJSONResponse({"data": service.list_workflows(tx, principal.tenant_id)})
+
+
+@router.get("/v1/workflows/{name}")
+def get_workflow(
+    name: str, principal: Viewer, tx: TxDep, version: Annotated[int | None, Query(ge=1)] = None
+) -> FastJSONResponse:
+    return FastJSONResponse(service.workflow_view(service.find(tx, principal.tenant_id, name, version)))
+
+
+@router.post("/v1/workflows/{name}/runs", status_code=202)
+async def start_run(
+    name: str,
+    request: Request,
+    principal: Member,
+    tx: TxDep,
+    state: StateDep,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> FastJSONResponse:
+    raw = await request.body()
+    try:
+        body = RunCreate.model_validate_json(raw or b"{}")
+    except ValidationError as exc:
+        if any(e["type"] == "json_invalid" for e in exc.errors()):
+            raise MalformedRequest("request body is not valid JSON", param="body") from None
+        raise invalid_request(exc) from None
+    run, replayed = service.start_run(
+        tx,
+        state.engine,
+        tenant_id=principal.tenant_id,
+        name=name,
+        version=body.version,
+        input=body.input,
+        webhook=body.webhook.model_dump(mode="json") if body.webhook else None,
+        idempotency_key=idempotency_key,
+    )
+    headers = {"Idempotent-Replayed": "true"} if replayed else None
+    return FastJSONResponse(service.run_view(tx, run), status_code=202, headers=headers)
+
+
+@router.get("/v1/runs")
+def list_runs(
+    principal: Viewer,
+    tx: TxDep,
+    workflow: Annotated[str | None, Query(max_length=100)] = None,
+    status: RunStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    after: Annotated[str | None, Query(max_length=40)] = None,
+) -> FastJSONResponse:
+    page = service.list_runs(tx, principal.tenant_id, workflow=workflow, status=status, after=after, limit=limit)
+    return FastJSONResponse(page)
+
+
+@router.get("/v1/runs/{run_id}")
+def get_run(run_id: str, principal: Viewer, tx: TxDep) -> FastJSONResponse:
+    return FastJSONResponse(service.get_run(tx, principal.tenant_id, run_id))
+
+
+@router.post("/v1/runs/{run_id}/cancel")
+def cancel_run(run_id: str, principal: Member, tx: TxDep, state: StateDep) -> FastJSONResponse:
+    return FastJSONResponse(service.cancel_run(tx, state.engine, principal.tenant_id, run_id))
+
+
+@router.post("/v1/runs/{run_id}/retry")
+def retry_run(run_id: str, principal: Member, tx: TxDep, state: StateDep) -> FastJSONResponse:
+    return FastJSONResponse(service.retry_run(tx, state.engine, principal.tenant_id, run_id))
