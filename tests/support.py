@@ -14,7 +14,19 @@ import redis
 
 from tests.processes import ROOT, Process, cli, create_database, drop_database, free_port, wait_http, wait_until
 
-__all__ = ["ROOT", "Process", "Stack", "chat", "cli", "free_port", "wait_http", "wait_task", "wait_until"]
+__all__ = [
+    "FINISHED",
+    "ROOT",
+    "Process",
+    "Stack",
+    "chat",
+    "cli",
+    "free_port",
+    "wait_http",
+    "wait_status",
+    "wait_task",
+    "wait_until",
+]
 
 PG_ADMIN_URL = os.environ.get("SWITCHYARD_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_BASE = os.environ.get("SWITCHYARD_TEST_REDIS", "redis://127.0.0.1:6379")
@@ -183,20 +195,26 @@ class Stack:
         drop_database(PG_ADMIN_URL, self.db_name)
 
 
-def wait_task(
-    client: httpx.Client,
-    task_id: str,
-    statuses: tuple[str, ...] = ("succeeded", "failed", "canceled"),
-    timeout: float = 30,
+FINISHED = ("succeeded", "failed", "canceled")
+
+
+def wait_status(
+    client: httpx.Client, path: str, statuses: tuple[str, ...] = FINISHED, timeout: float = 30
 ) -> dict[str, Any]:
-    """Poll GET /v1/tasks/{id} until its status is one of `statuses`."""
+    """Poll GET `path` (a task or a run) until its status is one of `statuses`; return the last body."""
 
     def reached() -> dict[str, Any] | None:
-        body: dict[str, Any] = client.get(f"/v1/tasks/{task_id}").json()
+        body: dict[str, Any] = client.get(path).json()
         return body if body.get("status") in statuses else None
 
-    result: dict[str, Any] = wait_until(reached, timeout=timeout, interval=0.1, what=f"task {task_id} in {statuses}")
+    result: dict[str, Any] = wait_until(reached, timeout=timeout, interval=0.1, what=f"{path} in {statuses}")
     return result
+
+
+def wait_task(
+    client: httpx.Client, task_id: str, statuses: tuple[str, ...] = FINISHED, timeout: float = 30
+) -> dict[str, Any]:
+    return wait_status(client, f"/v1/tasks/{task_id}", statuses, timeout)
 
 
 def chat(text: str, **input_fields: Any) -> dict[str, Any]:

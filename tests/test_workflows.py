@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import ROOT, Stack, wait_until
+from tests.support import FINISHED, ROOT, Stack, wait_status, wait_until
 
 FEATURES = [0.9, 0.2, 68.4, 1.0, 2.0, 0.14, 0.05, 286.5]
 
@@ -41,17 +41,9 @@ def run(client: httpx.Client, name: str, input: dict[str, Any] | None = None, **
 
 
 def wait_run(
-    client: httpx.Client,
-    run_id: str,
-    statuses: tuple[str, ...] = ("succeeded", "failed", "canceled"),
-    timeout: float = 60,
+    client: httpx.Client, run_id: str, statuses: tuple[str, ...] = FINISHED, timeout: float = 60
 ) -> dict[str, Any]:
-    def reached() -> dict[str, Any] | None:
-        body: dict[str, Any] = client.get(f"/v1/runs/{run_id}").json()
-        return body if body["status"] in statuses else None
-
-    result: dict[str, Any] = wait_until(reached, timeout=timeout, interval=0.2, what=f"run {run_id} in {statuses}")
-    return result
+    return wait_status(client, f"/v1/runs/{run_id}", statuses, timeout)
 
 
 def task_times(client: httpx.Client, task_ids: list[str]) -> list[tuple[datetime, datetime]]:

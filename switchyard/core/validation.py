@@ -21,7 +21,8 @@ def loc_to_param(loc: Sequence[int | str], prefix: str = "") -> str:
     return out
 
 
-def _message(err: Any) -> str:
+def error_message(err: Any) -> str:
+    """One pydantic error in the words clients see."""
     if err["type"] == "extra_forbidden":
         return "unknown field"
     if err["type"] == "missing":
@@ -34,7 +35,7 @@ def invalid_request(exc: ValidationError, prefix: str = "") -> InvalidRequest:
     errors = exc.errors()
     # Union members each report their own failure; a name without the union member's tag reads better.
     params = [loc_to_param([p for p in e["loc"] if not _is_union_tag(p)], prefix) for e in errors]
-    problems = [f"{param or 'body'}: {_message(e)}" for param, e in zip(params, errors, strict=True)]
+    problems = [f"{param or 'body'}: {error_message(e)}" for param, e in zip(params, errors, strict=True)]
     unique = list(dict.fromkeys(problems))
     return InvalidRequest("; ".join(unique[:10]), param=params[0] if params else None)
 

@@ -34,6 +34,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from switchyard.core.errors import InvalidRequest
+from switchyard.core.validation import error_message
 from switchyard.tasks.schemas import INPUT_MODELS
 from switchyard.workflows import templates
 from switchyard.workflows.spec import StepSpec, WorkflowSpec
@@ -119,14 +120,6 @@ def _data_loc(data: Any, loc: Sequence[str | int]) -> tuple[str | int, ...]:
             node = None
         out.append(part)
     return tuple(out)
-
-
-def _error_message(err: Any) -> str:
-    if err["type"] == "extra_forbidden":
-        return "unknown field"
-    if err["type"] == "missing":
-        return "field required"
-    return str(err["msg"])
 
 
 # --- the checker ------------------------------------------------------------------------------------------------
@@ -259,10 +252,10 @@ class _Checker:
                 param = f"steps[{i}].input"
                 for part in loc:
                     param = _child(param, part)
-                line = f"{param}\0{_error_message(err)}"
+                line = f"{param}\0{error_message(err)}"
                 if line not in seen:
                     seen.add(line)
-                    self.problem(param, _error_message(err))
+                    self.problem(param, error_message(err))
 
     # the graph
 
