@@ -98,6 +98,23 @@ def test_dev_mode_runs_the_shipped_risk_analysis_workflow(dev: tuple[str, str]) 
         assert result["steps"]["classify"]["output"]["outputs"]["probabilities"]
         assert result["cost_usd"] > 0
 
+        body = {
+            "input": {
+                "market": "EU retail",
+                "assumptions": ["rates rise", "demand falls"],
+                "scenario_features": [[120.0, 0.05, 0.1, 0.08, 0.04], [80.0, -0.02, 0.05, 0.15, 0.02]],
+            }
+        }
+        run_id = client.post("/v1/workflows/scenario_generation/runs", json=body).json()["id"]
+        result = wait_until(
+            lambda: (r := client.get(f"/v1/runs/{run_id}").json())["status"] in ("succeeded", "failed") and r,
+            timeout=90,
+            what="the scenario_generation run",
+        )
+        assert result["status"] == "succeeded", result
+        assert len(result["output"]["forecast_musd"]) == 2
+        assert len(result["output"]["scenarios"]) == 2
+
 
 def test_readme_quickstart_is_two_commands() -> None:
     readme = (ROOT / "README.md").read_text()

@@ -58,7 +58,7 @@ def name() -> str:
     return f"wf_{secrets.token_hex(4)}"
 
 
-def test_diamond_runs_in_dependency_order_with_parallel_branches(client: httpx.Client) -> None:
+def test_diamond_runs_in_dependency_order_with_parallel_branches(stack: Stack, client: httpx.Client) -> None:
     wf = name()
     register(
         client,
@@ -87,6 +87,17 @@ def test_diamond_runs_in_dependency_order_with_parallel_branches(client: httpx.C
     assert result["output"]["final"].startswith("echo: join echo: left echo: start")
     assert result["progress"] == {"done": 4, "total": 4}
     assert result["cost_usd"] == pytest.approx(sum(s["cost_usd"] for s in steps.values()))
+    events = [
+        r[0]
+        for r in stack.sql("SELECT type FROM events WHERE run_id = %s AND task_id IS NULL ORDER BY id", result["id"])
+    ]
+    assert events[:3] == ["run.queued", "run.started", "run.step.started"]
+    assert events.count("run.step.started") == 4
+    assert events.count("run.step.succeeded") == 4
+    assert "run.progress" in events
+    assert events[-1] == "run.succeeded"
+    final = stack.sql("SELECT data FROM events WHERE run_id = %s AND type = 'run.succeeded'", result["id"])[0][0]
+    assert final["output"] == result["output"]
 
 
 def test_for_each_over_50_items_respects_max_parallel(client: httpx.Client) -> None:
