@@ -6,9 +6,13 @@
 - `worker`: a plain Celery app on the same Redis broker, with the same Celery settings as ours (late acks,
   reject on worker lost, no results, prefetch multiplier 1, JSON), whose task is a no-op that records its
   completion time in Redis (one RPUSH) so the benchmark can time the drain.
+- `dag_celery_app`: the same app plus the Redis result backend (chords need one), for the DAG benchmark: a
+  `chain` of no-op steps whose last one records its time, and a `chord` of no-op items (their results stored,
+  as a chord needs) whose join records its time.
 
     python -m bench.baselines api --port 8001 --database-url postgresql://... --redis-url redis://.../12
     python -m bench.baselines worker --concurrency 64      (broker from BENCH_REDIS_URL)
+    celery -A bench.baselines:dag_celery_app worker -Q baseline -P threads -c 64   (broker and results too)
 """
 
 from __future__ import annotations
@@ -31,6 +35,10 @@ BASELINE_QUEUE = "baseline"
 NOOP_TASK = "bench.noop"
 DONE_KEY = "bench:noop:done"
 PUSH_KEY = "bench:baseline:tasks"
+DAG_STEP_TASK = "bench.dag_step"
+DAG_ITEM_TASK = "bench.dag_item"
+DAG_JOIN_TASK = "bench.dag_join"
+DAG_DONE_KEY = "bench:dag:done:{token}"
 
 TABLE_DDL = """
 CREATE TABLE IF NOT EXISTS baseline_tasks (
@@ -105,9 +113,10 @@ def create_api() -> Any:
 # --- the plain Celery app ----------------------------------------------------------------------------------------
 
 
-def make_baseline_celery(broker_url: str) -> Celery:
-    """The same Celery settings as `switchyard.workers.celery_app.make_celery`, minus what a no-op never uses."""
-    app = Celery("bench_baseline", broker=broker_url)
+def make_baseline_celery(broker_url: str, result_backend: str | None = None) -> Celery:
+    """The same Celery settings as `switchyard.workers.celery_app.make_celery`, minus what a no-op never uses.
+    With `result_backend`, results are still ignored unless a task asks to keep them (a chord's header does)."""
+    app = Celery("bench_baseline", broker=broker_url, backend=result_backend)
     app.conf.update(
         broker_transport_options={"visibility_timeout": 3600},
         broker_connection_retry_on_startup=True,
@@ -126,6 +135,11 @@ def make_baseline_celery(broker_url: str) -> Celery:
 
 # Making the app opens no connection; the worker reads its broker from BENCH_REDIS_URL.
 celery_app = make_baseline_celery(os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/15"))
+# The DAG baseline's app: broker and result backend in the same Redis DB.
+dag_celery_app = make_baseline_celery(
+    os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/15"),
+    result_backend=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/15"),
+)
 
 _redis: redis.Redis | None = None
 _redis_lock = threading.Lock()
@@ -144,6 +158,32 @@ def _client() -> redis.Redis:
 def noop(task_id: str) -> None:
     """Nothing but a record that it ran (the benchmark counts these and takes the first/last time)."""
     _client().rpush(DONE_KEY, repr(time.time()))
+
+
+# --- the DAG baseline: chain and chord of no-ops -----------------------------------------------------------------
+
+
+def _done(token: str) -> None:
+    _client().rpush(DAG_DONE_KEY.format(token=token), repr(time.time()))
+
+
+@dag_celery_app.task(name=DAG_STEP_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)  # type: ignore[untyped-decorator]
+def dag_step(token: str, index: int, last: int) -> None:
+    """One step of `chain(dag_step.si(...) x N)`: nothing, but the last step records when the chain ended."""
+    if index == last:
+        _done(token)
+
+
+@dag_celery_app.task(name=DAG_ITEM_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=False)  # type: ignore[untyped-decorator]
+def dag_item(index: int) -> int:
+    """One header task of `chord([dag_item.s(i) ...], dag_join.s(token))`: its result is what the join gets."""
+    return index
+
+
+@dag_celery_app.task(name=DAG_JOIN_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)  # type: ignore[untyped-decorator]
+def dag_join(results: list[int], token: str) -> None:
+    """The chord's body: records when the fan-in ran (and how many results it got)."""
+    _client().rpush(DAG_DONE_KEY.format(token=token), repr(time.time()), len(results))
 
 
 # --- entry points ------------------------------------------------------------------------------------------------
