@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.support import Stack, chat, wait_task, wait_until
+from tests.support import Stack, chat, wait_status, wait_task, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -146,11 +146,7 @@ def test_sigkill_of_worker_mid_run_still_completes_each_step_once(own_stack: Sta
     worker.kill()
     replacement = own_stack.start_worker("provider")
     try:
-        run = wait_until(
-            lambda: (r := api.get(f"/v1/runs/{run_id}").json())["status"] in ("succeeded", "failed") and r,
-            timeout=60,
-            what="the run to finish",
-        )
+        run = wait_status(api, f"/v1/runs/{run_id}", timeout=60)
     finally:
         replacement.stop()
     assert run["status"] == "succeeded", run

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import ROOT, Process, chat, cli, free_port, wait_task, wait_until
+from tests.support import ROOT, Process, chat, cli, free_port, wait_status, wait_task, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -87,11 +87,7 @@ def test_dev_mode_runs_the_shipped_risk_analysis_workflow(dev: tuple[str, str]) 
             }
         }
         run_id = client.post("/v1/workflows/risk_analysis/runs", json=body).json()["id"]
-        result = wait_until(
-            lambda: (r := client.get(f"/v1/runs/{run_id}").json())["status"] in ("succeeded", "failed") and r,
-            timeout=90,
-            what="the risk_analysis run",
-        )
+        result = wait_status(client, f"/v1/runs/{run_id}", timeout=90)
         assert result["status"] == "succeeded", result
         assert result["output"]["risk_class"] in (0, 1, 2)
         assert len(result["output"]["scenarios"]) == 3
@@ -106,11 +102,7 @@ def test_dev_mode_runs_the_shipped_risk_analysis_workflow(dev: tuple[str, str]) 
             }
         }
         run_id = client.post("/v1/workflows/scenario_generation/runs", json=body).json()["id"]
-        result = wait_until(
-            lambda: (r := client.get(f"/v1/runs/{run_id}").json())["status"] in ("succeeded", "failed") and r,
-            timeout=90,
-            what="the scenario_generation run",
-        )
+        result = wait_status(client, f"/v1/runs/{run_id}", timeout=90)
         assert result["status"] == "succeeded", result
         assert len(result["output"]["forecast_musd"]) == 2
         assert len(result["output"]["scenarios"]) == 2

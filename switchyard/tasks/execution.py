@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 from sqlalchemy import Update, insert, select, update
@@ -28,13 +28,10 @@ from switchyard.providers.pricing import cost_usd
 from switchyard.providers.registry import ProviderSet
 from switchyard.providers.router import backoff_s, deployment_for_attempt
 from switchyard.settings import Settings
+from switchyard.tasks.service import RunAdvancer
 from switchyard.tasks.views import task_view
 
 log = structlog.get_logger(__name__)
-
-
-class RunAdvancer(Protocol):
-    def publish_advance(self, run_id: str) -> None: ...
 
 
 @dataclass

@@ -35,6 +35,16 @@ class Dispatcher(Protocol):
     def publish_task(self, task_id: str, task_type: str) -> None: ...
 
 
+class RunAdvancer(Protocol):
+    """Asks the control workers to advance a workflow run (after commit)."""
+
+    def publish_advance(self, run_id: str) -> None: ...
+
+
+class RunDispatcher(Dispatcher, RunAdvancer, Protocol):
+    """Publishes both: what the workflow engine and the sweeper need."""
+
+
 @dataclass(frozen=True)
 class Created:
     task: Task

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Protocol
 
 import structlog
 from sqlalchemy import select, update
@@ -15,15 +14,11 @@ from switchyard.core.db import Database, Tx
 from switchyard.core.events import append_event
 from switchyard.core.models import Run, Task, utcnow
 from switchyard.settings import Settings
-from switchyard.tasks.service import Dispatcher
+from switchyard.tasks.service import Dispatcher, RunDispatcher
 
 log = structlog.get_logger(__name__)
 
 BATCH = 500
-
-
-class SweepDispatcher(Dispatcher, Protocol):
-    def publish_advance(self, run_id: str) -> None: ...
 
 
 # A task that has taken down this many workers is failed rather than handed to another one.
@@ -38,7 +33,7 @@ class SweepReport:
     advanced: list[str] = field(default_factory=list)
 
 
-def sweep(db: Database, dispatcher: SweepDispatcher, settings: Settings) -> SweepReport:
+def sweep(db: Database, dispatcher: RunDispatcher, settings: Settings) -> SweepReport:
     """One pass; returns what it did."""
     report = SweepReport()
     now = utcnow()
@@ -142,7 +137,7 @@ def sweep(db: Database, dispatcher: SweepDispatcher, settings: Settings) -> Swee
     return report
 
 
-def _advance_after_commit(tx: Tx, dispatcher: SweepDispatcher, run_id: str) -> None:
+def _advance_after_commit(tx: Tx, dispatcher: RunDispatcher, run_id: str) -> None:
     tx.after_commit(lambda: dispatcher.publish_advance(run_id))
 
 

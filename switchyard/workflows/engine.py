@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from functools import lru_cache
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 from pydantic import ValidationError
@@ -20,7 +20,7 @@ from switchyard.core.events import append_event
 from switchyard.core.models import Run, RunStep, Task, Workflow, utcnow
 from switchyard.core.validation import invalid_request
 from switchyard.tasks.schemas import INPUT_MODELS
-from switchyard.tasks.service import Dispatcher, enqueue, new_task
+from switchyard.tasks.service import RunDispatcher, enqueue, new_task
 from switchyard.workflows.spec import StepSpec, WorkflowSpec
 from switchyard.workflows.templates import TemplateError, render_value, truthy
 from switchyard.workflows.validation import Graph, ensure_valid
@@ -29,10 +29,6 @@ RUN_TERMINAL = frozenset({"succeeded", "failed", "canceled"})
 STEP_TERMINAL = frozenset({"succeeded", "failed", "skipped", "canceled"})
 TASK_TERMINAL = frozenset({"succeeded", "failed", "canceled"})
 CANCELED = {"type": "canceled", "message": "canceled"}
-
-
-class RunDispatcher(Dispatcher, Protocol):
-    def publish_advance(self, run_id: str) -> None: ...
 
 
 @lru_cache(maxsize=256)
