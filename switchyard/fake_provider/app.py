@@ -10,11 +10,45 @@ Endpoints
 - ``POST /v1/moderations`` (OpenAI)
 - ``POST /v1/messages`` (Anthropic, ``stream: true`` supported)
 - ``GET /v1/models`` (OpenAI-style model list; counted in stats, never fails)
+- Azure OpenAI, as ``openai.AzureOpenAI(azure_endpoint=<fake>, api_version=..., api_key=...)`` calls it (the
+  SDK sends the key in an ``api-key`` header, which the fake ignores like it ignores every credential):
+
+  - ``POST /openai/deployments/{deployment}/chat/completions?api-version=...`` (streaming too)
+  - ``POST /openai/deployments/{deployment}/embeddings?api-version=...``
+  - ``POST /openai/moderations?api-version=...`` (where the SDK sends moderations: not a deployment route)
+    and ``POST /openai/deployments/{deployment}/moderations?api-version=...`` (for a client whose
+    ``base_url`` already ends in a deployment)
+
+  They answer exactly like the ``/v1`` routes, with the deployment name as the model (the body's
+  ``model`` is ignored). A missing or empty ``api-version`` query parameter is a 400 (param
+  ``api-version``), like any malformed request.
+- Anthropic on Bedrock, as ``anthropic.AnthropicBedrock(base_url=<fake>, aws_access_key=..., aws_secret_key=...,
+  aws_region=...)`` calls it (SigV4-signed with any credentials; the signature is not checked):
+
+  - ``POST /model/{modelId}/invoke``: a Messages body without ``model`` (and without ``stream``), with
+    ``anthropic_version``; answered with the same JSON as ``/v1/messages``.
+  - ``POST /model/{modelId}/invoke-with-response-stream``: the same body; the stream events of
+    ``/v1/messages`` in AWS event-stream framing (content type ``application/vnd.amazon.eventstream``):
+    one binary message per event, with headers ``:event-type: chunk``, ``:content-type:
+    application/json``, ``:message-type: event`` and the payload ``{"bytes": "<base64 of the event JSON>"}``.
+
+  ``modelId`` may be URL-encoded (``anthropic.claude-3-5-haiku-20241022-v1%3A0``); it is used decoded.
+- Anthropic on Vertex AI, as ``anthropic.AnthropicVertex(base_url=<fake>/v1, region=..., project_id=...,
+  access_token=...)`` calls it (the bearer token is not checked, so google-auth is not needed):
+  ``POST /v1/projects/{project}/locations/{region}/publishers/anthropic/models/{model}:rawPredict`` (JSON)
+  and ``...:streamRawPredict`` (SSE, as ``/v1/messages``). The same paths without the leading ``/v1`` are
+  served too. The body is a Messages body without ``model``, with ``anthropic_version``.
+- Bedrock and Vertex bodies without a string ``anthropic_version`` are a 400; the model comes from the URL.
+  Any other Vertex method after the ``:`` is a 404.
 - ``GET /healthz`` -> ``{"ok": true}`` (not counted)
 - ``GET /control`` -> current settings; ``POST /control`` with any subset of
-  ``{"latency_ms": int, "fail_rate": float, "fail_status": int}`` changes them at run time
-- ``GET /control/stats`` -> ``{"requests": {path: {status: count}}, "total": n}``
-- ``POST /control/reset`` -> clears stats, the fail-first counters and the fail-rate request counter
+  ``{"latency_ms": int, "fail_rate": float, "fail_status": int, "context_windows": {model: int}}`` changes
+  them at run time (``context_windows`` replaces the whole map; ``{}`` clears it)
+- ``GET /control/stats`` -> ``{"requests": {path: {status: count}}, "total": n}``; every route is counted under
+  the (URL-decoded) path it was called with, e.g. ``/openai/deployments/gpt-a/chat/completions`` or
+  ``/model/anthropic.claude-3-5-haiku-20241022-v1:0/invoke``, without the query string
+- ``POST /control/reset`` -> clears stats, the fail-first counters and the fail-rate request counter. It
+  leaves the settings alone (latency, fail rate and status, context windows).
 
 Behaviour
 ---------
@@ -25,15 +59,24 @@ Behaviour
   the reply length (tool-call replies count ``len(name) + 2``).
 - ``max_tokens`` (or OpenAI ``max_completion_tokens``): if the reply has more tokens, it is cut to
   ``max_tokens * 4`` characters and the finish reason is ``length`` / stop_reason ``max_tokens``.
+- Context windows (``--context-window MODEL=N``, ``create_app(context_windows=...)`` or ``POST /control``):
+  a chat request (any chat route) to MODEL whose prompt tokens exceed N gets the context-length error of
+  ``[[context]]`` with W = N. Embeddings and moderations ignore the windows.
 - Embeddings: unit vectors (float32) derived from sha256 of each input text.
 - Moderation flags any input containing ``[[flag]]`` (category ``harassment`` scores 0.99).
 
-Markers (searched in the text of ALL messages, incl. system, or in embeddings/moderation ``input``;
-the first occurrence of each kind wins)
+Markers (searched in the text of ALL messages, incl. system, or in embeddings/moderation ``input``)
 ---------------------------------------------------------------------------------------------------
+Any marker may end with ``@<model>`` inside the brackets (``[[fail:503@gpt-a]]``, ``[[fail:503:2@gpt-a]]``,
+``[[context@gpt-small]]``): it then applies only to requests for exactly that model (on Azure the deployment
+name, on Bedrock and Vertex the model id from the URL). Unqualified markers apply to every model. Of several
+markers of one kind, the first one that applies to the request's model wins; the others are ignored.
+
 - ``[[fail:503]]``       answer with that status (any 400-599), always.
 - ``[[fail:503:2]]``     (extension) fail with 503 only the first 2 times a request with this exact text
-                         (all searched text joined) is seen; afterwards answer normally.
+                         (all searched text joined) is seen; afterwards answer normally. The count is kept
+                         per text for an unqualified marker (shared by all models), and per text and model
+                         for a qualified one.
 - ``[[sleep:250]]``      wait 250 ms more before answering (added to ``latency_ms``).
 - ``[[retry-after:2]]``  add ``Retry-After: 2`` to the response, whatever its status.
 - ``[[cached:N]]``       (extension) report N cached prompt tokens: OpenAI
@@ -43,10 +86,22 @@ the first occurrence of each kind wins)
                          ``input_tokens``, floored at 0); ignored on OpenAI.
 - ``[[break:K]]``        (extension) in a streamed chat, abort the connection abruptly after K content
                          chunks (no finish chunk, no ``[DONE]`` / no ``message_stop``). Ignored when not
-                         streaming.
+                         streaming. Works the same in Bedrock's event-stream framing.
 - ``[[tool]]``           (extension) when the request has ``tools``, answer with a call of the first tool
                          (OpenAI ``tool_calls`` id ``call_1``, finish_reason ``tool_calls``; Anthropic
                          ``tool_use`` block id ``toolu_1``, stop_reason ``tool_use``), arguments ``{}``.
+- ``[[context]]``        (extension) chat only: 400, the provider's context-length error. OpenAI: type
+                         ``invalid_request_error``, param ``messages``, code ``context_length_exceeded``,
+                         message "This model's maximum context length is W tokens. However, your messages
+                         resulted in N tokens. Please reduce the length of the messages."; Anthropic:
+                         ``invalid_request_error`` "prompt is too long: N tokens > W maximum". N = the prompt
+                         tokens; W = the model's context window if one is set (even when N fits in it: the
+                         marker forces the error), else N - 1.
+- ``[[policy]]``         (extension) chat only: 400, a content-policy refusal. OpenAI: type
+                         ``invalid_request_error``, code ``content_policy_violation``, message "Your request
+                         was rejected as a result of our safety system. Your prompt may contain text that is
+                         not allowed by our content policy."; Anthropic: ``invalid_request_error`` "Output
+                         blocked by content filtering policy".
 - ``[[flag]]``           moderation flags the input.
 
 Global settings (``--latency-ms``, ``--fail-rate``, ``--fail-status`` or ``POST /control``) apply to every
@@ -54,13 +109,16 @@ API request. The fail rate is deterministic: API request number n (1-based, coun
 since start or the last reset) fails with ``fail_status`` iff ``floor(n*F) > floor((n-1)*F)``. Marker
 failures take precedence. Latency is applied before answering (before the response headers of a stream),
 also before an injected failure. Malformed requests (bad JSON, missing ``model``/``messages``/``input``)
-get a 400 after the global latency, without injected failures.
+get a 400 after the global latency, without injected failures. A request that is to be answered is then
+checked, in this order, for ``[[context]]``, an exceeded context window and ``[[policy]]``: so an injected
+failure (marker or fail rate) wins over these 400s.
 
-Error bodies are OpenAI-shaped (``{"error": {"message", "type", "param", "code"}}``) except on
-``/v1/messages`` where they are Anthropic-shaped (``{"type": "error", "error": {"type", "message"}}``).
+Error bodies are OpenAI-shaped (``{"error": {"message", "type", "param", "code"}}``) except on the Anthropic
+routes (``/v1/messages``, Bedrock, Vertex) where they are Anthropic-shaped
+(``{"type": "error", "error": {"type", "message"}}``).
 
 Run with ``python -m switchyard.fake_provider.app --port 8911 --latency-ms 0 --fail-rate 0 --fail-status 500``
-(or ``switchyard fake-provider``, which calls :func:`run`).
+and any number of ``--context-window MODEL=N`` (or ``switchyard fake-provider``, which calls :func:`run`).
 """
 
 from __future__ import annotations
@@ -75,7 +133,8 @@ import math
 import re
 import struct
 import time
-from collections.abc import AsyncIterator, Mapping
+import zlib
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,11 +169,23 @@ MODERATION_CATEGORIES: tuple[str, ...] = (
 )
 _FLAGGED_CATEGORY = "harassment"
 
-_MARKER_RE = re.compile(r"\[\[([a-z-]+)(?::([0-9:]+))?\]\]")
+# name, optional numeric argument(s), optional "@model". A model name may itself contain "@" or ":" (Vertex's
+# "claude-3-5-haiku@20241022", Bedrock's "...-v1:0"), so it runs to the closing brackets.
+_MARKER_RE = re.compile(r"\[\[([a-z-]+)(?::([0-9:]+))?(?:@([^\[\]\s]+))?\]\]")
 _WORD_RE = re.compile(r"\S+\s*|\s+")
 
 _JSON = "application/json"
+_SSE = "text/event-stream"
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+_EVENTSTREAM = "application/vnd.amazon.eventstream"
+
+_CONTEXT_CODE = "context_length_exceeded"
+_POLICY_CODE = "content_policy_violation"
+_OPENAI_POLICY_MESSAGE = (
+    "Your request was rejected as a result of our safety system. "
+    "Your prompt may contain text that is not allowed by our content policy."
+)
+_ANTHROPIC_POLICY_MESSAGE = "Output blocked by content filtering policy"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -228,10 +299,13 @@ def _json_response(obj: Any, status: int = 200, headers: Mapping[str, str] | Non
 
 
 class _BadRequest(Exception):
-    def __init__(self, message: str, param: str | None = None) -> None:
+    """A request the fake cannot answer as asked: 400 unless ``status`` says otherwise (Vertex's unknown method)."""
+
+    def __init__(self, message: str, param: str | None = None, status: int = 400) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        self.status = status
 
 
 def _positive_int(body: Mapping[str, Any], key: str) -> int | None:
@@ -247,29 +321,37 @@ def _positive_int(body: Mapping[str, Any], key: str) -> int | None:
 class _Markers:
     fail_status: int | None = None
     fail_times: int | None = None
+    fail_model: str | None = None  # the "@model" of the fail marker that applied: it keys its own counter
     sleep_ms: int = 0
     retry_after: str | None = None
     cached: int = 0
     cache_write: int = 0
     break_after: int | None = None
     tool: bool = False
+    context: bool = False
+    policy: bool = False
     flag: bool = False
 
 
 _NO_MARKERS = _Markers()
 
 
-def _parse_markers(text: str) -> _Markers:
+def _parse_markers(text: str, model: str) -> _Markers:
+    """The markers in ``text`` that apply to a request for ``model``: the first applicable one of each kind."""
     if "[[" not in text:
         return _NO_MARKERS
     m = _Markers()
     seen: set[str] = set()
     for match in _MARKER_RE.finditer(text):
-        name, arg = match.group(1), match.group(2)
-        if name in seen:
+        name, arg, only_for = match.group(1), match.group(2), match.group(3)
+        if name in seen or (only_for is not None and only_for != model):
             continue
         if name == "tool" and arg is None:
             m.tool = True
+        elif name == "context" and arg is None:
+            m.context = True
+        elif name == "policy" and arg is None:
+            m.policy = True
         elif name == "flag" and arg is None:
             m.flag = True
         elif arg is None:
@@ -283,6 +365,7 @@ def _parse_markers(text: str) -> _Markers:
                 continue
             m.fail_status = status
             m.fail_times = int(parts[1]) if len(parts) == 2 else None
+            m.fail_model = only_for
         elif ":" in arg:
             continue
         elif name == "sleep":
@@ -301,18 +384,18 @@ def _parse_markers(text: str) -> _Markers:
     return m
 
 
-class _SSEResponse(Response):
-    """Sends pre-built SSE events; optionally drops the connection instead of finishing the body."""
+class _StreamResponse(Response):
+    """Sends pre-built stream events (SSE or AWS event-stream messages); optionally drops the connection
+    instead of finishing the body."""
 
-    media_type = "text/event-stream"
-
-    def __init__(self, events: list[bytes], headers: Mapping[str, str], abort: bool) -> None:
+    def __init__(self, events: list[bytes], headers: Mapping[str, str], abort: bool, media_type: str) -> None:
         self.events = events
         self.abort = abort
         self.status_code = 200
         self.background = None
         self.body = b""
-        self.init_headers({**_SSE_HEADERS, **headers})
+        self.media_type = media_type
+        self.init_headers({**_SSE_HEADERS, **headers} if media_type == _SSE else headers)
         # init_headers adds content-length for an empty body; a stream has none.
         self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
 
@@ -336,8 +419,39 @@ def _sse_event(event: str, obj: Any) -> bytes:
     return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(obj) + b"\n\n"
 
 
-def _sse_stream(
-    head: list[bytes], content: list[bytes], tail: list[bytes], break_after: int | None, headers: Mapping[str, str]
+def _eventstream_message(headers: Mapping[str, str], payload: bytes) -> bytes:
+    """One message of the AWS event-stream binary framing, as botocore's EventStreamBuffer decodes it.
+
+    Layout: total length and headers length (uint32 big-endian each), CRC32 of those 8 bytes, the headers
+    (name length as 1 byte, name, value type 7 = string, value length as uint16, value), the payload, and
+    the CRC32 of everything before it.
+    """
+    encoded = bytearray()
+    for name, value in headers.items():
+        raw_name, raw_value = name.encode(), value.encode()
+        encoded += struct.pack(">B", len(raw_name)) + raw_name + struct.pack(">BH", 7, len(raw_value)) + raw_value
+    prelude = struct.pack(">II", 12 + len(encoded) + len(payload) + 4, len(encoded))
+    message = prelude + struct.pack(">I", zlib.crc32(prelude)) + bytes(encoded) + payload
+    return message + struct.pack(">I", zlib.crc32(message))
+
+
+_CHUNK_HEADERS = {":event-type": "chunk", ":content-type": _JSON, ":message-type": "event"}
+
+
+def _bedrock_chunk(event: str, obj: Any) -> bytes:
+    """An Anthropic stream event as Bedrock sends it: a ``chunk`` whose payload carries the event JSON as
+    base64 ``bytes``. The event name is not sent: the SDK takes it from the JSON's ``type``."""
+    payload = orjson.dumps({"bytes": base64.b64encode(orjson.dumps(obj)).decode("ascii")})
+    return _eventstream_message(_CHUNK_HEADERS, payload)
+
+
+def _stream(
+    head: list[bytes],
+    content: list[bytes],
+    tail: list[bytes],
+    break_after: int | None,
+    headers: Mapping[str, str],
+    media_type: str = _SSE,
 ) -> Response:
     """A streamed chat answer of either API: opening events, content events, closing events.
 
@@ -345,8 +459,8 @@ def _sse_stream(
     stream that dies mid-answer (no closing events at all).
     """
     if break_after is not None:
-        return _SSEResponse([*head, *content[:break_after]], headers, abort=True)
-    return _SSEResponse([*head, *content, *tail], headers, abort=False)
+        return _StreamResponse([*head, *content[:break_after]], headers, True, media_type)
+    return _StreamResponse([*head, *content, *tail], headers, False, media_type)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -361,17 +475,30 @@ class _Chat:
     texts: list[str]  # system prompt (if any), then each message: searched for markers, counted as prompt
     last_user: str  # text of the last user message: the one echoed
 
+    @property
+    def prompt_tokens(self) -> int:
+        return _tokens(sum(len(t) for t in self.texts))
+
 
 def _read_chat(
-    body: Mapping[str, Any], *, system: Any = None, no_model: str, no_messages: str, bad_message: str
+    body: Mapping[str, Any],
+    *,
+    model: str | None = None,
+    system: Any = None,
+    no_model: str,
+    no_messages: str,
+    bad_message: str,
 ) -> _Chat:
     """Validates what both chat APIs require (model, messages with roles), in the caller API's words.
 
-    The _BadRequest always names its ``param``; only OpenAI-shaped errors show it.
+    ``model`` is the model named by the URL (Azure deployment, Bedrock / Vertex model id): then the body
+    needs none, and one it has anyway is ignored, as those platforms do. The _BadRequest always names its
+    ``param``; only OpenAI-shaped errors show it.
     """
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise _BadRequest(no_model, "model")
+    if model is None:
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise _BadRequest(no_model, "model")
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise _BadRequest(no_messages, "messages")
@@ -419,7 +546,7 @@ class _Reply:
 
     @classmethod
     def answer(cls, chat: _Chat, max_tokens: int | None, tool_name: str | None) -> _Reply:
-        prompt_tokens = _tokens(sum(len(t) for t in chat.texts))
+        prompt_tokens = chat.prompt_tokens
         text = "echo: " + chat.last_user
         if tool_name is not None:
             # The call's arguments are always "{}": they count with the name, and max_tokens never cuts them.
@@ -466,7 +593,7 @@ class _Call:
     """
 
     path: str
-    anthropic: bool  # Anthropic-shaped errors and request-id header (/v1/messages), else OpenAI-shaped
+    anthropic: bool  # Anthropic-shaped errors and request-id header (/v1/messages, Bedrock, Vertex), else OpenAI
     number: int
     rid: int
     markers: _Markers = field(default_factory=_Markers)
@@ -480,37 +607,68 @@ class _Call:
 class FakeProvider:
     """State and request handlers of one fake provider instance."""
 
-    def __init__(self, latency_ms: int = 0, fail_rate: float = 0.0, fail_status: int = 500) -> None:
+    def __init__(
+        self,
+        latency_ms: int = 0,
+        fail_rate: float = 0.0,
+        fail_status: int = 500,
+        context_windows: Mapping[str, int] | None = None,
+    ) -> None:
         self.latency_ms = 0
         self.fail_rate = 0.0
         self.fail_status = 500
-        self.configure({"latency_ms": latency_ms, "fail_rate": fail_rate, "fail_status": fail_status})
+        self.context_windows: dict[str, int] = {}
+        self.configure(
+            {
+                "latency_ms": latency_ms,
+                "fail_rate": fail_rate,
+                "fail_status": fail_status,
+                "context_windows": dict(context_windows or {}),
+            }
+        )
         self.api_requests = 0
         self.stats: dict[str, dict[str, int]] = {}
-        self.fail_seen: dict[str, int] = {}
+        # fail-first counters, keyed by the "@model" of the marker (None when unqualified) and the text
+        self.fail_seen: dict[tuple[str | None, str], int] = {}
         self._ids = 0
 
     # -- settings / bookkeeping ---------------------------------------------------------------------------
 
     def configure(self, values: Mapping[str, Any]) -> None:
-        """Validates then applies any subset of latency_ms, fail_rate, fail_status (ValueError if bad)."""
+        """Validates then applies any subset of latency_ms, fail_rate, fail_status, context_windows.
+
+        Raises ValueError, and changes nothing, if any value is bad.
+        """
         latency = values.get("latency_ms", self.latency_ms)
         rate = values.get("fail_rate", self.fail_rate)
         status = values.get("fail_status", self.fail_status)
+        windows = values.get("context_windows", self.context_windows)
         if isinstance(latency, bool) or not isinstance(latency, int | float) or latency < 0:
             raise ValueError("latency_ms must be a non-negative number")
         if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0.0 <= rate <= 1.0:
             raise ValueError("fail_rate must be a number between 0 and 1")
         if isinstance(status, bool) or not isinstance(status, int) or not 400 <= status <= 599:
             raise ValueError("fail_status must be an integer between 400 and 599")
+        if not isinstance(windows, Mapping) or not all(
+            isinstance(model, str) and model and not isinstance(size, bool) and isinstance(size, int) and size > 0
+            for model, size in windows.items()
+        ):
+            raise ValueError("context_windows must map model names to positive integers (tokens)")
         self.latency_ms = int(latency)
         self.fail_rate = float(rate)
         self.fail_status = status
+        self.context_windows = dict(windows)
 
     def settings(self) -> dict[str, Any]:
-        return {"latency_ms": self.latency_ms, "fail_rate": self.fail_rate, "fail_status": self.fail_status}
+        return {
+            "latency_ms": self.latency_ms,
+            "fail_rate": self.fail_rate,
+            "fail_status": self.fail_status,
+            "context_windows": dict(self.context_windows),
+        }
 
     def reset(self) -> None:
+        """Clears the counters; the settings (incl. context windows) stay, like latency and fail rate do."""
         self.api_requests = 0
         self.stats.clear()
         self.fail_seen.clear()
@@ -526,11 +684,14 @@ class FakeProvider:
         self._ids += 1
         return self._ids
 
-    def _injected_failure(self, n: int, markers: _Markers, key: str) -> int | None:
+    def _injected_failure(self, n: int, markers: _Markers, text: str) -> int | None:
         """Status to fail with for API request number n, or None."""
         if markers.fail_status is not None:
             if markers.fail_times is None:
                 return markers.fail_status
+            # A qualified marker counts for its model alone, so that "[[fail:503:1@a]] [[fail:503:1@b]]" fails
+            # the first request to each of a and b; an unqualified one counts every model's requests.
+            key = (markers.fail_model, text)
             seen = self.fail_seen.get(key, 0) + 1
             self.fail_seen[key] = seen
             if seen <= markers.fail_times:
@@ -556,24 +717,53 @@ class FakeProvider:
             raise _BadRequest("request body must be a JSON object")
         return body
 
+    @staticmethod
+    def _azure_deployment(request: Request) -> str | None:
+        """The deployment an Azure route names (None on /openai/moderations), once ``api-version`` is checked.
+
+        Azure rejects a call without an API version before looking at anything else, so this comes first.
+        """
+        if not request.query_params.get("api-version"):
+            raise _BadRequest("Missing required query parameter 'api-version'", "api-version")
+        deployment = request.path_params.get("deployment")
+        return deployment if isinstance(deployment, str) else None
+
+    @staticmethod
+    def _platform_body(body: Mapping[str, Any]) -> None:
+        """Bedrock and Vertex take the Messages body with the API version in it instead of in a header."""
+        version = body.get("anthropic_version")
+        if not isinstance(version, str) or not version:
+            raise _BadRequest("anthropic_version: Field required", "anthropic_version")
+
     # -- steps shared by every API endpoint -----------------------------------------------------------------
 
-    def _start(self, path: str, *, anthropic: bool = False) -> _Call:
-        """Counts an API request and gives it its number and id, before anything can go wrong with it."""
+    def _start(self, request: Request, *, anthropic: bool = False) -> _Call:
+        """Counts an API request and gives it its number and id, before anything can go wrong with it.
+
+        The request is accounted under its URL-decoded path, so each deployment / model id of the platform
+        routes has its own line in the stats.
+        """
         self.api_requests += 1
+        path = request.scope["path"]
         return _Call(path=path, anthropic=anthropic, number=self.api_requests, rid=self._next_id())
 
     def _error(
-        self, call: _Call, status: int, message: str, headers: Mapping[str, str], param: str | None = None
+        self,
+        call: _Call,
+        status: int,
+        message: str,
+        headers: Mapping[str, str],
+        param: str | None = None,
+        code: str | None = None,
     ) -> Response:
-        """Error response in the shape of the request's API (``param`` exists only in OpenAI's shape)."""
+        """Error response in the shape of the request's API (``param`` and ``code`` exist only in OpenAI's)."""
         self._count(call.path, status)
         error_type = _error_type(status, anthropic=call.anthropic)
         body: dict[str, Any]
         if call.anthropic:
             body = {"type": "error", "error": {"type": error_type, "message": message}}
         else:
-            body = {"error": {"message": message, "type": error_type, "param": param, "code": None}}
+            body = {"error": {"message": message, "type": error_type, "param": param, "code": code}}
         return _json_response(body, status, headers)
 
     async def _malformed(self, call: _Call, exc: _BadRequest) -> Response:
@@ -581,16 +771,16 @@ class FakeProvider:
         await self._delay(_NO_MARKERS)
         request_id = f"req_{call.rid:024x}"
         headers = {"request-id": request_id} if call.anthropic else {"x-request-id": request_id}
-        return self._error(call, 400, exc.message, headers, exc.param)
+        return self._error(call, exc.status, exc.message, headers, exc.param)
 
-    async def _screen(self, call: _Call, texts: list[str]) -> Response | None:
+    async def _screen(self, call: _Call, texts: list[str], model: str) -> Response | None:
         """Applies the markers in a parsed request's text, then any injected failure and the latency.
 
         Returns the injected failure's error response, or None when the request is to be answered. Either
         way ``call.markers`` and ``call.headers`` are set afterwards.
         """
         search = "\n".join(texts)
-        call.markers = _parse_markers(search)
+        call.markers = _parse_markers(search, model)
         request_id = f"req_{call.rid:024x}"
         call.headers = {"x-request-id": request_id}
         if call.markers.retry_after is not None:
@@ -603,6 +793,33 @@ class FakeProvider:
             return None
         return self._error(call, failure, f"injected failure (HTTP {failure})", call.headers)
 
+    def _refusal(self, call: _Call, chat: _Chat) -> Response | None:
+        """The 400 a real provider gives a chat it will not run: prompt too long, or against its content policy.
+
+        Checked after :meth:`_screen` let the request through, so an injected failure wins over these.
+        """
+        prompt = chat.prompt_tokens
+        window = self.context_windows.get(chat.model)
+        if call.markers.context or (window is not None and prompt > window):
+            limit = window if window is not None else prompt - 1
+            if call.anthropic:
+                message = f"prompt is too long: {prompt} tokens > {limit} maximum"
+            else:
+                message = (
+                    f"This model's maximum context length is {limit} tokens. However, your messages resulted in "
+                    f"{prompt} tokens. Please reduce the length of the messages."
+                )
+            return self._error(call, 400, message, call.headers, "messages", _CONTEXT_CODE)
+        if call.markers.policy:
+            message = _ANTHROPIC_POLICY_MESSAGE if call.anthropic else _OPENAI_POLICY_MESSAGE
+            return self._error(call, 400, message, call.headers, None, _POLICY_CODE)
+        return None
+
+    async def _screen_chat(self, call: _Call, chat: _Chat) -> Response | None:
+        """:meth:`_screen` for a chat request, then :meth:`_refusal`: the error to answer with, or None."""
+        failure = await self._screen(call, chat.texts, chat.model)
+        return failure if failure is not None else self._refusal(call, chat)
+
     def _ok(self, call: _Call, result: Any) -> Response:
         """A JSON answer, counted in the stats like every error is."""
         self._count(call.path, 200)
@@ -611,11 +828,19 @@ class FakeProvider:
     # -- OpenAI chat ----------------------------------------------------------------------------------------
 
     async def chat_completions(self, request: Request) -> Response:
-        call = self._start("/v1/chat/completions")
+        return await self._openai_chat(request, azure=False)
+
+    async def azure_chat_completions(self, request: Request) -> Response:
+        return await self._openai_chat(request, azure=True)
+
+    async def _openai_chat(self, request: Request, *, azure: bool) -> Response:
+        call = self._start(request)
         try:
+            deployment = self._azure_deployment(request) if azure else None
             body = await self._read_json(request)
             chat = _read_chat(
                 body,
+                model=deployment,
                 no_model="you must provide a model parameter",
                 no_messages="'messages' must be a non-empty array",
                 bad_message="each message must be an object with a 'role'",
@@ -623,7 +848,7 @@ class FakeProvider:
             max_tokens = _positive_int(body, "max_completion_tokens") or _positive_int(body, "max_tokens")
         except _BadRequest as exc:
             return await self._malformed(call, exc)
-        failure = await self._screen(call, chat.texts)
+        failure = await self._screen_chat(call, chat)
         if failure is not None:
             return failure
 
@@ -710,7 +935,7 @@ class FakeProvider:
         if include_usage:
             tail.append(_sse_data({**envelope, "choices": [], "usage": usage}))
         tail.append(b"data: [DONE]\n\n")
-        return _sse_stream(head, content, tail, call.markers.break_after, call.headers)
+        return _stream(head, content, tail, call.markers.break_after, call.headers)
 
     # -- OpenAI embeddings / moderations --------------------------------------------------------------------
 
@@ -732,10 +957,17 @@ class FakeProvider:
         raise _BadRequest("'input' must be a string or a non-empty array of strings", "input")
 
     async def embeddings(self, request: Request) -> Response:
-        call = self._start("/v1/embeddings")
+        return await self._embeddings(request, azure=False)
+
+    async def azure_embeddings(self, request: Request) -> Response:
+        return await self._embeddings(request, azure=True)
+
+    async def _embeddings(self, request: Request, *, azure: bool) -> Response:
+        call = self._start(request)
         try:
+            deployment = self._azure_deployment(request) if azure else None
             body = await self._read_json(request)
-            model = body.get("model")
+            model = deployment if deployment is not None else body.get("model")
             if not isinstance(model, str) or not model:
                 raise _BadRequest("you must provide a model parameter", "model")
             texts = self._input_texts(body.get("input"), allow_parts=False)
@@ -747,7 +979,7 @@ class FakeProvider:
                 raise _BadRequest("'encoding_format' must be 'float' or 'base64'", "encoding_format")
         except _BadRequest as exc:
             return await self._malformed(call, exc)
-        failure = await self._screen(call, texts)
+        failure = await self._screen(call, texts, model)
         if failure is not None:
             return failure
 
@@ -770,22 +1002,30 @@ class FakeProvider:
         return self._ok(call, result)
 
     async def moderations(self, request: Request) -> Response:
-        call = self._start("/v1/moderations")
+        return await self._moderations(request, azure=False)
+
+    async def azure_moderations(self, request: Request) -> Response:
+        return await self._moderations(request, azure=True)
+
+    async def _moderations(self, request: Request, *, azure: bool) -> Response:
+        call = self._start(request)
         try:
+            deployment = self._azure_deployment(request) if azure else None
             body = await self._read_json(request)
             texts = self._input_texts(body.get("input"), allow_parts=True)
-            model = body.get("model") or DEFAULT_MODERATION_MODEL
+            model = deployment or body.get("model") or DEFAULT_MODERATION_MODEL
             if not isinstance(model, str):
                 raise _BadRequest("'model' must be a string", "model")
         except _BadRequest as exc:
             return await self._malformed(call, exc)
-        failure = await self._screen(call, texts)
+        failure = await self._screen(call, texts, model)
         if failure is not None:
             return failure
 
         results = []
         for text in texts:
-            flagged = "[[flag]]" in text
+            # each input is flagged on its own, by a [[flag]] that applies to this model
+            flagged = _parse_markers(text, model).flag
             categories = {c: flagged and c == _FLAGGED_CATEGORY for c in MODERATION_CATEGORIES}
             scores = {c: 0.99 if categories[c] else 0.001 for c in MODERATION_CATEGORIES}
             results.append(
@@ -804,14 +1044,43 @@ class FakeProvider:
         data = [{"id": m, "object": "model", "created": 0, "owned_by": "switchyard-fake"} for m in names]
         return _json_response({"object": "list", "data": data})
 
-    # -- Anthropic messages ---------------------------------------------------------------------------------
+    # -- Anthropic messages, also on Bedrock and Vertex ----------------------------------------------------
 
     async def messages(self, request: Request) -> Response:
-        call = self._start("/v1/messages", anthropic=True)
+        return await self._messages(request, model=None, stream=None)
+
+    async def bedrock_invoke(self, request: Request) -> Response:
+        return await self._messages(request, model=request.path_params["model_id"], stream=False)
+
+    async def bedrock_invoke_stream(self, request: Request) -> Response:
+        return await self._messages(request, model=request.path_params["model_id"], stream=True, eventstream=True)
+
+    async def vertex_predict(self, request: Request) -> Response:
+        # The model and the method share the last path segment ("claude-3-5-haiku@20241022:rawPredict"); a
+        # model name has no ":" on Vertex, so the method is what follows the last one.
+        model, _, method = str(request.path_params["target"]).rpartition(":")
+        if method not in ("rawPredict", "streamRawPredict") or not model:
+            call = self._start(request, anthropic=True)
+            return await self._malformed(call, _BadRequest(f"no such method: {method!r}", status=404))
+        return await self._messages(request, model=model, stream=method == "streamRawPredict")
+
+    async def _messages(
+        self, request: Request, *, model: str | None, stream: bool | None, eventstream: bool = False
+    ) -> Response:
+        """Answers an Anthropic Messages request.
+
+        ``model`` is set on the cloud platforms, which name it in the URL and take ``anthropic_version`` in the
+        body; ``stream`` is set where the URL decides about streaming rather than the body's ``stream``;
+        ``eventstream`` frames a stream for Bedrock instead of as SSE.
+        """
+        call = self._start(request, anthropic=True)
         try:
             body = await self._read_json(request)
+            if model is not None:
+                self._platform_body(body)
             chat = _read_chat(
                 body,
+                model=model,
                 system=body.get("system"),
                 no_model="model: Field required",
                 no_messages="messages: Field required (non-empty array)",
@@ -820,7 +1089,7 @@ class FakeProvider:
             max_tokens = _positive_int(body, "max_tokens")
         except _BadRequest as exc:
             return await self._malformed(call, exc)
-        failure = await self._screen(call, chat.texts)
+        failure = await self._screen_chat(call, chat)
         if failure is not None:
             return failure
 
@@ -839,21 +1108,24 @@ class FakeProvider:
             if reply.tool_name is not None
             else {"type": "text", "text": reply.text}
         )
-        if body.get("stream") is True:
+        if (body.get("stream") is True) if stream is None else stream:
             self._count(call.path, 200)
-            return self._messages_stream(call, mid, chat.model, reply.text, block, stop_reason, usage)
+            encode, media_type = (_bedrock_chunk, _EVENTSTREAM) if eventstream else (_sse_event, _SSE)
+            head, content, tail = self._messages_stream(mid, chat.model, reply.text, block, stop_reason, usage, encode)
+            return _stream(head, content, tail, call.markers.break_after, call.headers, media_type)
         return self._ok(call, _anthropic_message(mid, chat.model, [block], stop_reason, usage))
 
     @staticmethod
     def _messages_stream(
-        call: _Call,
         mid: str,
         model: str,
         text: str,
         block: dict[str, Any],
         stop_reason: str,
         usage: dict[str, Any],
-    ) -> Response:
+        encode: Callable[[str, Any], bytes],
+    ) -> tuple[list[bytes], list[bytes], list[bytes]]:
+        """The opening, content and closing events of a streamed answer, each made wire bytes by ``encode``."""
         opening = _anthropic_message(mid, model, [], None, {**usage, "output_tokens": 1})
         if block["type"] == "tool_use":
             start_block: dict[str, Any] = {**block, "input": {}}
@@ -862,14 +1134,14 @@ class FakeProvider:
             start_block = {"type": "text", "text": ""}
             deltas = [{"type": "text_delta", "text": piece} for piece in _split_chunks(text)]
         head = [
-            _sse_event("message_start", {"type": "message_start", "message": opening}),
-            _sse_event(
+            encode("message_start", {"type": "message_start", "message": opening}),
+            encode(
                 "content_block_start",
                 {"type": "content_block_start", "index": 0, "content_block": start_block},
             ),
         ]
         content = [
-            _sse_event("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": d}) for d in deltas
+            encode("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": d}) for d in deltas
         ]
         message_delta = {
             "type": "message_delta",
@@ -877,11 +1149,11 @@ class FakeProvider:
             "usage": {"output_tokens": usage["output_tokens"]},
         }
         tail = [
-            _sse_event("content_block_stop", {"type": "content_block_stop", "index": 0}),
-            _sse_event("message_delta", message_delta),
-            _sse_event("message_stop", {"type": "message_stop"}),
+            encode("content_block_stop", {"type": "content_block_stop", "index": 0}),
+            encode("message_delta", message_delta),
+            encode("message_stop", {"type": "message_stop"}),
         ]
-        return _sse_stream(head, content, tail, call.markers.break_after, call.headers)
+        return head, content, tail
 
     # -- control --------------------------------------------------------------------------------------------
 
@@ -894,7 +1166,7 @@ class FakeProvider:
     async def post_control(self, request: Request) -> Response:
         try:
             body = await self._read_json(request)
-            unknown = set(body) - {"latency_ms", "fail_rate", "fail_status"}
+            unknown = set(body) - {"latency_ms", "fail_rate", "fail_status", "context_windows"}
             if unknown:
                 raise _BadRequest(f"unknown fields: {sorted(unknown)}")
             self.configure(body)
@@ -917,9 +1189,16 @@ class FakeProvider:
 # Public API
 
 
-def create_app(latency_ms: int = 0, fail_rate: float = 0.0, fail_status: int = 500) -> Starlette:
+def create_app(
+    latency_ms: int = 0,
+    fail_rate: float = 0.0,
+    fail_status: int = 500,
+    context_windows: Mapping[str, int] | None = None,
+) -> Starlette:
     """Builds the fake provider ASGI app. Its state is reachable as ``app.state.fake`` (a FakeProvider)."""
-    fake = FakeProvider(latency_ms=latency_ms, fail_rate=fail_rate, fail_status=fail_status)
+    fake = FakeProvider(
+        latency_ms=latency_ms, fail_rate=fail_rate, fail_status=fail_status, context_windows=context_windows
+    )
     _install_log_filter()
 
     @contextlib.asynccontextmanager
@@ -927,12 +1206,23 @@ def create_app(latency_ms: int = 0, fail_rate: float = 0.0, fail_status: int = 5
         _install_log_filter()  # again, after the server configured logging
         yield
 
+    azure = "/openai/deployments/{deployment}"
+    vertex = "/projects/{project}/locations/{region}/publishers/anthropic/models/{target}"
     routes = [
         Route("/v1/chat/completions", fake.chat_completions, methods=["POST"]),
         Route("/v1/embeddings", fake.embeddings, methods=["POST"]),
         Route("/v1/moderations", fake.moderations, methods=["POST"]),
         Route("/v1/messages", fake.messages, methods=["POST"]),
         Route("/v1/models", fake.models, methods=["GET"]),
+        Route(f"{azure}/chat/completions", fake.azure_chat_completions, methods=["POST"]),
+        Route(f"{azure}/embeddings", fake.azure_embeddings, methods=["POST"]),
+        Route(f"{azure}/moderations", fake.azure_moderations, methods=["POST"]),
+        Route("/openai/moderations", fake.azure_moderations, methods=["POST"]),
+        # "path" so that a model id (an inference profile ARN) holding an encoded "/" still matches
+        Route("/model/{model_id:path}/invoke", fake.bedrock_invoke, methods=["POST"]),
+        Route("/model/{model_id:path}/invoke-with-response-stream", fake.bedrock_invoke_stream, methods=["POST"]),
+        Route(f"/v1{vertex}", fake.vertex_predict, methods=["POST"]),
+        Route(vertex, fake.vertex_predict, methods=["POST"]),
         Route("/healthz", fake.healthz, methods=["GET"]),
         Route("/control", fake.get_control, methods=["GET"]),
         Route("/control", fake.post_control, methods=["POST"]),
@@ -950,10 +1240,25 @@ def run(
     latency_ms: int = 0,
     fail_rate: float = 0.0,
     fail_status: int = 500,
+    context_windows: Mapping[str, int] | None = None,
 ) -> None:
     """Serves the fake provider with uvicorn until interrupted."""
-    app = create_app(latency_ms=latency_ms, fail_rate=fail_rate, fail_status=fail_status)
+    app = create_app(
+        latency_ms=latency_ms, fail_rate=fail_rate, fail_status=fail_status, context_windows=context_windows
+    )
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on")
+
+
+def _context_window(value: str) -> tuple[str, int]:
+    """Parses ``MODEL=N``; the split is at the last "=", so a model name may contain one."""
+    model, sep, size = value.rpartition("=")
+    try:
+        tokens = int(size)
+    except ValueError:
+        tokens = 0
+    if not sep or not model or tokens < 1:
+        raise argparse.ArgumentTypeError(f"expected MODEL=N with N a positive integer, got {value!r}")
+    return model, tokens
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -963,6 +1268,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latency-ms", type=int, default=0)
     parser.add_argument("--fail-rate", type=float, default=0.0)
     parser.add_argument("--fail-status", type=int, default=500)
+    parser.add_argument(
+        "--context-window",
+        type=_context_window,
+        action="append",
+        default=[],
+        metavar="MODEL=N",
+        help="context window of MODEL in tokens (repeatable)",
+    )
     args = parser.parse_args(argv)
     run(
         host=args.host,
@@ -970,6 +1283,7 @@ def main(argv: list[str] | None = None) -> None:
         latency_ms=args.latency_ms,
         fail_rate=args.fail_rate,
         fail_status=args.fail_status,
+        context_windows=dict(args.context_window),
     )
 
 
