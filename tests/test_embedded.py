@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import re
 from collections.abc import Iterator
@@ -9,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from websockets.asyncio.client import connect
 
 from tests.support import ROOT, Process, chat, cli, free_port, wait_status, wait_task, wait_until
 
@@ -61,6 +64,35 @@ def test_dev_mode_retries_and_cancels(dev: tuple[str, str]) -> None:
         task = wait_task(client, flaky, timeout=60)
         assert [a["status"] for a in task["attempts"]] == ["failed", "succeeded"]
         assert client.get("/v1/tasks", params={"status": "succeeded"}).json()["data"]
+
+
+def test_dev_mode_delivers_events_by_tailing_the_table(dev: tuple[str, str]) -> None:
+    # No Redis: the relay numbers events by polling and the API's feeds tail the table.
+    url, key = dev
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:
+        task_id = client.post(
+            "/v1/tasks", json={"type": "chat", "model": "chat-default", "input": chat("embedded events")}
+        ).json()["id"]
+        with client.stream("GET", f"/v1/tasks/{task_id}/events") as response:
+            assert response.status_code == 200
+            records = [line for line in response.iter_lines() if line.startswith("event: ")]
+        assert records == ["event: task.queued", "event: task.started", "event: task.succeeded"]
+
+        async def over_websocket() -> list[str]:
+            ws_url = url.replace("http://", "ws://") + f"/v1/ws?api_key={key}"
+            async with connect(ws_url) as ws:
+                await ws.send(json.dumps({"action": "subscribe", "all": True}))
+                assert json.loads(await ws.recv())["type"] == "subscribed"
+                body = {"type": "chat", "model": "chat-default", "input": chat("embedded ws")}
+                other = (await asyncio.to_thread(client.post, "/v1/tasks", json=body)).json()["id"]
+                types: list[str] = []
+                while "task.succeeded" not in types:
+                    frame = json.loads(await asyncio.wait_for(ws.recv(), 30))
+                    assert frame["task_id"] == other
+                    types.append(frame["type"])
+                return types
+
+        assert asyncio.run(over_websocket()) == ["task.queued", "task.started", "task.succeeded"]
 
 
 def test_dev_mode_predicts_with_the_shipped_models(dev: tuple[str, str]) -> None:

@@ -17,6 +17,10 @@ from switchyard.settings import Settings
 
 log = structlog.get_logger(__name__)
 
+# `session.info` key set by `events.log.append_event`: the transaction wrote events, so its commit is worth a
+# nudge to the relay that numbers and publishes them.
+WROTE_EVENTS = "switchyard.wrote_events"
+
 
 def make_engine(settings: Settings, *, pool_size: int | None = None) -> Engine:
     """An engine for the configured database; SQLite gets WAL and a busy timeout so processes can share it."""
@@ -60,9 +64,17 @@ class Tx:
 class Database:
     """Owns the engine and the session factory of one process."""
 
-    def __init__(self, settings: Settings, *, pool_size: int | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        pool_size: int | None = None,
+        on_events_committed: Callable[[], None] | None = None,
+    ) -> None:
         self.engine = make_engine(settings, pool_size=pool_size)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # Called after a commit that wrote events (the relay is woken rather than left to its polling).
+        self.on_events_committed = on_events_committed
 
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
@@ -75,6 +87,9 @@ class Database:
             except BaseException:
                 session.rollback()
                 raise
+            wrote_events = session.info.pop(WROTE_EVENTS, False)
+        if wrote_events and self.on_events_committed is not None:
+            tx._after_commit.append(self.on_events_committed)
         for fn in tx._after_commit:
             try:
                 fn()

@@ -247,11 +247,16 @@ class RunStep(Base):
 
 
 class Event(Base):
-    """The event log: one row per state change, written in the transaction that made the change."""
+    """The event log: one row per state change, written in the transaction that made the change.
+
+    `id` is assigned at insert and so follows no commit order. `seq` is the public event id: the relay
+    (events/relay.py) numbers committed rows one batch at a time, so seq increases in the order events become
+    readable and a reader that has seen seq N will never later find an event below N."""
 
     __tablename__ = "events"
 
     id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    seq: Mapped[int | None] = mapped_column(BigInteger, unique=True)
     tenant_id: Mapped[str] = mapped_column(String(40))
     type: Mapped[str] = mapped_column(String(40))
     task_id: Mapped[str | None] = mapped_column(String(40))
@@ -262,8 +267,17 @@ class Event(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     __table_args__ = (
-        Index("ix_events_task_id_id", "task_id", "id"),
-        Index("ix_events_tenant_id_id", "tenant_id", "id"),
+        Index("ix_events_tenant_id_seq", "tenant_id", "seq"),
+        Index("ix_events_task_id_seq", "task_id", "seq"),
+        Index("ix_events_run_id_seq", "run_id", "seq"),
+        Index("ix_events_batch_id_seq", "batch_id", "seq"),
+        # What the relay has still to number.
+        Index(
+            "ix_events_unsequenced",
+            "id",
+            postgresql_where=text("seq IS NULL"),
+            sqlite_where=text("seq IS NULL"),
+        ),
     )
 
 

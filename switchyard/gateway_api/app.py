@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 import anyio.to_thread
 import redis
@@ -11,10 +12,13 @@ from fastapi import FastAPI
 
 from switchyard.core.config import load_config
 from switchyard.core.db import Database
+from switchyard.events.bus import wake_relay
+from switchyard.events.feed import EventHub
 from switchyard.gateway_api.errors import install_error_handlers
 from switchyard.gateway_api.middleware import BodySizeLimit
-from switchyard.gateway_api.routes import health, models, predict, tasks, workflows
+from switchyard.gateway_api.routes import events, health, models, predict, tasks, workflows
 from switchyard.gateway_api.state import ApiState, KeyCache
+from switchyard.gateway_api.ws_slots import ConnectionSlots
 from switchyard.ml.catalog import model_signatures
 from switchyard.settings import Settings, get_settings
 from switchyard.tasks.completion import Completions
@@ -36,7 +40,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # database connections would only queue on the pool while contending for the GIL.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.db_pool_size + settings.db_max_overflow
         celery = make_celery(settings)
-        db = Database(settings)
+        redis_client = redis.Redis.from_url(settings.redis_url) if settings.redis_url else None
+        db = Database(settings, on_events_committed=partial(wake_relay, redis_client) if redis_client else None)
         dispatcher = CeleryDispatcher(celery)
         # Shared definitions from config/workflows/ (a bad file stops start-up with its problem named).
         with db.transaction() as tx:
@@ -48,17 +53,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             db=db,
             celery=celery,
             dispatcher=dispatcher,
-            redis=redis.Redis.from_url(settings.redis_url) if settings.redis_url else None,
+            redis=redis_client,
             completions=Completions(db, settings.redis_url),
             engine=Engine(config, dispatcher),
             keys=KeyCache(ttl_s=settings.api_key_cache_s),
+            hub=EventHub(db, settings.redis_url, poll_s=settings.feed_poll_s),
+            ws_slots=ConnectionSlots(settings.redis_url, settings.ws_max_connections_per_tenant),
         )
+        await state.hub.start()
         app.state.switchyard = state
         try:
             yield
         finally:
-            await state.completions.close()
-            state.close()
+            await state.aclose()
 
     app = FastAPI(
         title="Switchyard",
@@ -72,5 +79,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models.router)
     app.include_router(predict.router)
     app.include_router(workflows.router)
+    app.include_router(events.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app

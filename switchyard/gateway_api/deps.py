@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import anyio.to_thread
 from fastapi import Depends, Request
+from starlette.requests import HTTPConnection
 
 from switchyard.core.db import Tx
 from switchyard.core.errors import Forbidden, Unauthenticated
@@ -20,8 +21,8 @@ async def get_state(request: Request) -> ApiState:
     return _state(request)
 
 
-def _state(request: Request) -> ApiState:
-    state: ApiState = request.app.state.switchyard
+def _state(conn: HTTPConnection) -> ApiState:
+    state: ApiState = conn.app.state.switchyard
     return state
 
 
@@ -35,13 +36,14 @@ TxDep = Annotated[Tx, Depends(_transaction, scope="function")]
 StateDep = Annotated[ApiState, Depends(get_state)]
 
 
-def bearer_key(request: Request) -> str | None:
-    header = request.headers.get("authorization")
+def bearer_key(conn: HTTPConnection) -> str | None:
+    """The key from `Authorization: Bearer`, else from `?api_key=` (browsers cannot set WebSocket headers)."""
+    header = conn.headers.get("authorization")
     if header:
         scheme, _, value = header.partition(" ")
         if scheme.lower() == "bearer" and value.strip():
             return value.strip()
-    return request.query_params.get("api_key")
+    return conn.query_params.get("api_key")
 
 
 def _lookup(state: ApiState, plain: str) -> Principal | None:
@@ -49,12 +51,12 @@ def _lookup(state: ApiState, plain: str) -> Principal | None:
         return authenticate(session, plain)
 
 
-async def _principal(request: Request) -> Principal:
+async def principal_of(conn: HTTPConnection) -> Principal:
     """The caller, from the key cache; only a miss reads the database (in a worker thread)."""
-    plain = bearer_key(request)
+    plain = bearer_key(conn)
     if plain is None:
         raise Unauthenticated("missing API key: send 'Authorization: Bearer <key>'")
-    state = _state(request)
+    state = _state(conn)
     digest = hash_key(plain)
     principal = state.keys.get(digest)
     if principal is None:
@@ -69,7 +71,7 @@ def require(role: str) -> Callable[[Request], Coroutine[Any, Any, Principal]]:
     """A dependency admitting callers whose role is at least `role` (viewer < member < admin)."""
 
     async def dependency(request: Request) -> Principal:
-        principal = await _principal(request)
+        principal = await principal_of(request)
         if not principal.allows(role):
             raise Forbidden(f"this key's role '{principal.role}' may not do this; '{role}' is needed")
         return principal

@@ -11,6 +11,8 @@ from celery import Celery
 
 from switchyard.core.config import AppConfig
 from switchyard.core.db import Database
+from switchyard.events.feed import EventHub
+from switchyard.gateway_api.ws_slots import ConnectionSlots
 from switchyard.ml.signature import Signature
 from switchyard.settings import Settings
 from switchyard.tasks.completion import Completions
@@ -53,8 +55,13 @@ class ApiState:
     completions: Completions
     engine: Engine
     keys: KeyCache
+    hub: EventHub
+    ws_slots: ConnectionSlots
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
+        await self.hub.close()
+        await self.ws_slots.close()
+        await self.completions.close()
         self.db.dispose()
         if self.redis is not None:
             self.redis.close()

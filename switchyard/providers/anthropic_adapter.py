@@ -12,7 +12,7 @@ import httpx2
 
 from switchyard.core.config import ProviderConfig
 from switchyard.core.errors import ProviderError
-from switchyard.providers.base import CallResult, Usage, unsupported
+from switchyard.providers.base import CallResult, OnDelta, Usage, unsupported
 from switchyard.providers.errors import connection_error, status_error, timeout_error
 from switchyard.providers.shards import ClientShards
 
@@ -41,6 +41,8 @@ def _translated_errors() -> Iterator[None]:
         raise status_error(exc.status_code, exc.message, exc.response.headers) from exc
     except anthropic.AnthropicError as exc:
         raise ProviderError("provider_error", str(exc), retryable=False) from exc
+    except httpx2.TransportError as exc:  # a stream that breaks while it is read
+        raise connection_error(f"{type(exc).__name__}: {exc}") from exc
 
 
 def _text_of(content: Any) -> str:
@@ -140,6 +142,26 @@ def to_anthropic(request: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
+def _usage(input_tokens: int, output_tokens: int, cache_read: int | None, cache_write: int | None) -> Usage:
+    # Anthropic's input_tokens excludes cache reads and writes; ours counts the whole prompt.
+    read, write = cache_read or 0, cache_write or 0
+    return Usage(
+        input_tokens=input_tokens + read + write,
+        output_tokens=output_tokens,
+        cached_input_tokens=read,
+        cache_write_tokens=write,
+    )
+
+
+def _result(
+    text: str, tool_calls: list[dict[str, Any]], stop_reason: str | None, usage: Usage, provider_model: str
+) -> CallResult:
+    output: dict[str, Any] = {"content": text, "finish_reason": STOP_REASONS.get(stop_reason or "end_turn", "stop")}
+    if tool_calls:
+        output["tool_calls"] = tool_calls
+    return CallResult(output=output, usage=usage, provider_model=provider_model)
+
+
 class AnthropicAdapter:
     """Calls through the official SDK with its own retries off: the gateway owns retries."""
 
@@ -159,32 +181,64 @@ class AnthropicAdapter:
 
         self._clients = ClientShards(make, config.client_shards)
 
-    def chat(self, model: str, request: dict[str, Any], timeout_s: float) -> CallResult:
+    def chat(
+        self, model: str, request: dict[str, Any], timeout_s: float, on_delta: OnDelta | None = None
+    ) -> CallResult:
+        params = to_anthropic(request)
+        if on_delta is not None:
+            return self._chat_streamed(model, params, timeout_s, on_delta)
         with _translated_errors():
-            message = self._clients.get().messages.create(model=model, timeout=timeout_s, **to_anthropic(request))
+            message = self._clients.get().messages.create(model=model, timeout=timeout_s, **params)
         text = "".join(block.text for block in message.content if block.type == "text")
-        output: dict[str, Any] = {
-            "content": text,
-            "finish_reason": STOP_REASONS.get(message.stop_reason or "end_turn", "stop"),
-        }
         tool_calls = [
             {"id": block.id, "type": "function", "function": {"name": block.name, "arguments": json.dumps(block.input)}}
             for block in message.content
             if block.type == "tool_use"
         ]
-        if tool_calls:
-            output["tool_calls"] = tool_calls
         u = message.usage
-        cache_read = u.cache_read_input_tokens or 0
-        cache_write = u.cache_creation_input_tokens or 0
-        # Anthropic's input_tokens excludes cache reads and writes; ours counts the whole prompt.
-        usage = Usage(
-            input_tokens=u.input_tokens + cache_read + cache_write,
-            output_tokens=u.output_tokens,
-            cached_input_tokens=cache_read,
-            cache_write_tokens=cache_write,
-        )
-        return CallResult(output=output, usage=usage, provider_model=message.model or model)
+        usage = _usage(u.input_tokens, u.output_tokens, u.cache_read_input_tokens, u.cache_creation_input_tokens)
+        return _result(text, tool_calls, message.stop_reason, usage, message.model or model)
+
+    def _chat_streamed(self, model: str, params: dict[str, Any], timeout_s: float, on_delta: OnDelta) -> CallResult:
+        text: list[str] = []
+        blocks: dict[int, dict[str, Any]] = {}  # tool_use blocks by index, their JSON input in fragments
+        stop_reason: str | None = None
+        counts = {"input": 0, "output": 0, "cache_read": 0, "cache_write": 0}
+        provider_model = model
+        finished = False
+        with _translated_errors():
+            stream = self._clients.get().messages.create(model=model, timeout=timeout_s, stream=True, **params)
+            with stream:
+                for event in stream:
+                    if event.type == "message_start":
+                        provider_model = event.message.model or model
+                        u = event.message.usage
+                        counts["input"] = u.input_tokens
+                        counts["output"] = u.output_tokens
+                        counts["cache_read"] = u.cache_read_input_tokens or 0
+                        counts["cache_write"] = u.cache_creation_input_tokens or 0
+                    elif event.type == "content_block_start" and event.content_block.type == "tool_use":
+                        block = event.content_block
+                        blocks[event.index] = {"id": block.id, "name": block.name, "json": ""}
+                    elif event.type == "content_block_delta":
+                        if event.delta.type == "text_delta":
+                            text.append(event.delta.text)
+                            on_delta(event.delta.text)
+                        elif event.delta.type == "input_json_delta" and event.index in blocks:
+                            blocks[event.index]["json"] += event.delta.partial_json
+                    elif event.type == "message_delta":
+                        stop_reason = event.delta.stop_reason or stop_reason
+                        counts["output"] = event.usage.output_tokens
+                    elif event.type == "message_stop":
+                        finished = True
+        if not finished:
+            raise connection_error("the stream ended before the answer was complete")
+        tool_calls = [
+            {"id": b["id"], "type": "function", "function": {"name": b["name"], "arguments": b["json"] or "{}"}}
+            for _, b in sorted(blocks.items())
+        ]
+        usage = _usage(counts["input"], counts["output"], counts["cache_read"], counts["cache_write"])
+        return _result("".join(text), tool_calls, stop_reason, usage, provider_model)
 
     def embed(self, model: str, request: dict[str, Any], timeout_s: float) -> CallResult:
         raise unsupported("anthropic", "embed")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -48,10 +49,19 @@ def unsupported(kind: str, task_type: str) -> ProviderError:
     return ProviderError("invalid_request", f"{kind} providers do not serve {task_type} tasks", retryable=False)
 
 
-class ProviderAdapter(Protocol):
-    """One provider account. Methods block (worker threads run them) and raise ProviderError on failure."""
+# Receives each chunk of streamed text as the provider produces it.
+OnDelta = Callable[[str], None]
 
-    def chat(self, model: str, request: dict[str, Any], timeout_s: float) -> CallResult: ...
+
+class ProviderAdapter(Protocol):
+    """One provider account. Methods block (worker threads run them) and raise ProviderError on failure.
+
+    `chat` with `on_delta` streams: text chunks go to `on_delta` as they arrive, and the whole result is
+    returned at the end as without it."""
+
+    def chat(
+        self, model: str, request: dict[str, Any], timeout_s: float, on_delta: OnDelta | None = None
+    ) -> CallResult: ...
 
     def embed(self, model: str, request: dict[str, Any], timeout_s: float) -> CallResult: ...
 

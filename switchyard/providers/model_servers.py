@@ -14,7 +14,7 @@ import numpy as np
 
 from switchyard.core.config import ProviderConfig
 from switchyard.core.errors import ProviderError
-from switchyard.providers.base import CallResult, Usage, unsupported
+from switchyard.providers.base import CallResult, OnDelta, Usage, unsupported
 from switchyard.providers.errors import connection_error, status_error, timeout_error
 
 _KSERVE_TYPES = {"float32": "FP32", "float64": "FP64", "int64": "INT64", "int32": "INT32", "bool": "BOOL"}
@@ -66,7 +66,9 @@ class _HttpModelServer:
             raise ProviderError("provider_error", "model server answered non-JSON", retryable=True) from None
         return data
 
-    def chat(self, model: str, request: dict[str, Any], timeout_s: float) -> CallResult:
+    def chat(
+        self, model: str, request: dict[str, Any], timeout_s: float, on_delta: OnDelta | None = None
+    ) -> CallResult:
         raise unsupported(self.kind, "chat")
 
     def embed(self, model: str, request: dict[str, Any], timeout_s: float) -> CallResult:

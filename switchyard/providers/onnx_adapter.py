@@ -9,7 +9,7 @@ from switchyard.core.config import ProviderConfig
 from switchyard.core.errors import AppError, ProviderError
 from switchyard.ml.batching import BatchedSession
 from switchyard.ml.signature import check_inputs
-from switchyard.providers.base import CallResult, Usage, unsupported
+from switchyard.providers.base import CallResult, OnDelta, Usage, unsupported
 
 
 class OnnxAdapter:
@@ -55,7 +55,9 @@ class OnnxAdapter:
             provider_model=session.path.rsplit("/", 1)[-1],
         )
 
-    def chat(self, model: str, request: dict[str, Any], timeout_s: float) -> CallResult:
+    def chat(
+        self, model: str, request: dict[str, Any], timeout_s: float, on_delta: OnDelta | None = None
+    ) -> CallResult:
         raise unsupported("onnx", "chat")
 
     def embed(self, model: str, request: dict[str, Any], timeout_s: float) -> CallResult:

@@ -13,7 +13,7 @@ import openai
 
 from switchyard.core.config import ProviderConfig
 from switchyard.core.errors import ProviderError
-from switchyard.providers.base import CallResult, Usage, unsupported
+from switchyard.providers.base import CallResult, OnDelta, Usage, unsupported
 from switchyard.providers.errors import connection_error, status_error, timeout_error
 from switchyard.providers.shards import ClientShards
 
@@ -34,6 +34,8 @@ def _translated_errors() -> Iterator[None]:
         raise status_error(exc.status_code, exc.message, exc.response.headers) from exc
     except openai.OpenAIError as exc:
         raise ProviderError("provider_error", str(exc), retryable=False) from exc
+    except httpx2.TransportError as exc:  # a stream that breaks while it is read
+        raise connection_error(f"{type(exc).__name__}: {exc}") from exc
 
 
 class OpenAIAdapter:
@@ -55,8 +57,12 @@ class OpenAIAdapter:
 
         self._clients = ClientShards(make, config.client_shards)
 
-    def chat(self, model: str, request: dict[str, Any], timeout_s: float) -> CallResult:
+    def chat(
+        self, model: str, request: dict[str, Any], timeout_s: float, on_delta: OnDelta | None = None
+    ) -> CallResult:
         extra = {k: v for k, v in request.items() if k not in _OWN_FIELDS and v is not None}
+        if on_delta is not None:
+            return self._chat_streamed(model, request["messages"], extra, timeout_s, on_delta)
         with _translated_errors():
             completion = self._clients.get().chat.completions.create(
                 model=model, messages=request["messages"], timeout=timeout_s, **extra
@@ -70,13 +76,50 @@ class OpenAIAdapter:
             output["tool_calls"] = [call.model_dump(mode="json") for call in choice.message.tool_calls]
         usage = Usage()
         if completion.usage is not None:
-            details = completion.usage.prompt_tokens_details
-            usage = Usage(
-                input_tokens=completion.usage.prompt_tokens,
-                output_tokens=completion.usage.completion_tokens,
-                cached_input_tokens=(details.cached_tokens or 0) if details else 0,
-            )
+            usage = _usage(completion.usage)
         return CallResult(output=output, usage=usage, provider_model=completion.model or model)
+
+    def _chat_streamed(
+        self, model: str, messages: Any, extra: dict[str, Any], timeout_s: float, on_delta: OnDelta
+    ) -> CallResult:
+        text: list[str] = []
+        calls: dict[int, dict[str, Any]] = {}
+        finish_reason: str | None = None
+        usage = Usage()
+        provider_model = model
+        with _translated_errors():
+            stream = self._clients.get().chat.completions.create(
+                model=model,
+                messages=messages,
+                stream=True,
+                stream_options={"include_usage": True},
+                timeout=timeout_s,
+                **extra,
+            )
+            with stream:
+                for chunk in stream:
+                    provider_model = chunk.model or provider_model
+                    if chunk.usage is not None:
+                        usage = _usage(chunk.usage)
+                    for choice in chunk.choices:
+                        delta = choice.delta
+                        if delta.content:
+                            text.append(delta.content)
+                            on_delta(delta.content)
+                        for call in delta.tool_calls or ():
+                            _merge_tool_call(calls, call.model_dump(mode="json", exclude_none=True))
+                        if choice.finish_reason:
+                            finish_reason = choice.finish_reason
+        if finish_reason is None:
+            # The stream ended without saying why: the server hung up mid-answer.
+            raise connection_error("the stream ended before the answer was complete")
+        output: dict[str, Any] = {
+            "content": "".join(text) if text or not calls else None,
+            "finish_reason": finish_reason,
+        }
+        if calls:
+            output["tool_calls"] = [calls[i] for i in sorted(calls)]
+        return CallResult(output=output, usage=usage, provider_model=provider_model)
 
     def embed(self, model: str, request: dict[str, Any], timeout_s: float) -> CallResult:
         texts = request["input"]
@@ -113,6 +156,28 @@ class OpenAIAdapter:
 
     def close(self) -> None:
         self._clients.close()
+
+
+def _usage(raw: Any) -> Usage:
+    details = raw.prompt_tokens_details
+    return Usage(
+        input_tokens=raw.prompt_tokens,
+        output_tokens=raw.completion_tokens,
+        cached_input_tokens=(details.cached_tokens or 0) if details else 0,
+    )
+
+
+def _merge_tool_call(calls: dict[int, dict[str, Any]], part: dict[str, Any]) -> None:
+    """Streamed tool calls come in pieces keyed by index: the id and name once, the arguments in fragments."""
+    call = calls.setdefault(
+        part.get("index", 0), {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
+    )
+    if part.get("id"):
+        call["id"] = part["id"]
+    function = part.get("function") or {}
+    if function.get("name"):
+        call["function"]["name"] = function["name"]
+    call["function"]["arguments"] += function.get("arguments") or ""
 
 
 def _decode_embedding(value: list[float] | str) -> list[float]:

@@ -20,9 +20,10 @@ from sqlalchemy.orm import Session
 from switchyard.core.config import AppConfig, Deployment
 from switchyard.core.db import Database
 from switchyard.core.errors import ProviderError
-from switchyard.core.events import append_event
 from switchyard.core.ids import new_id
 from switchyard.core.models import ATTEMPTS, Attempt, Task, utcnow
+from switchyard.events.bus import delta_event
+from switchyard.events.log import append_event
 from switchyard.providers.base import CallResult, Usage
 from switchyard.providers.pricing import cost_usd
 from switchyard.providers.registry import ProviderSet
@@ -32,6 +33,9 @@ from switchyard.tasks.service import RunAdvancer
 from switchyard.tasks.views import task_view
 
 log = structlog.get_logger(__name__)
+
+# Publishes an event that is not stored (a `task.delta`) to the listeners of a tenant.
+DeltaSink = Callable[[str, dict[str, Any]], None]
 
 
 @dataclass
@@ -46,6 +50,8 @@ class Claim:
     input: dict[str, Any]
     options: dict[str, Any]
     attempt_count: int
+    run_id: str | None = None
+    step_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,7 @@ class Executor:
         providers: ProviderSet,
         dispatcher: RunAdvancer | None = None,
         on_finished: Callable[[str], None] | None = None,
+        deltas: DeltaSink | None = None,
     ) -> None:
         self.settings = settings
         self.config = config
@@ -84,6 +91,8 @@ class Executor:
         self.dispatcher = dispatcher
         # Told (after the commit) when a task reaches its final state: synchronous callers wait on it.
         self.on_finished = on_finished
+        # Where a streaming chat task's text chunks go as they arrive (None: nobody can listen, do not stream).
+        self.deltas = deltas
 
     # --- the whole run ----------------------------------------------------------------------------------------
 
@@ -129,11 +138,33 @@ class Executor:
         }.get(claim.type)
         started_at = utcnow()
         t0 = time.perf_counter()
+        chunks = 0
+
+        def on_delta(text: str) -> None:
+            nonlocal chunks
+            assert self.deltas is not None
+            event = delta_event(
+                task_id=claim.task_id, run_id=claim.run_id, step_id=claim.step_id, index=chunks, content=text
+            )
+            self.deltas(claim.tenant_id, event)
+            chunks += 1
+
         try:
             if method is None:
                 raise ProviderError("invalid_request", f"{claim.type} tasks are not served yet", retryable=False)
-            result = method(deployment.model, claim.input, timeout_s)
+            if claim.type == "chat" and claim.options.get("stream") and self.deltas is not None:
+                result = adapter.chat(deployment.model, claim.input, timeout_s, on_delta)
+            else:
+                result = method(deployment.model, claim.input, timeout_s)
         except ProviderError as exc:
+            if chunks:
+                # Listeners have text already: another attempt would send it again. The task fails instead.
+                exc = ProviderError(
+                    "stream_interrupted",
+                    f"the stream broke after {chunks} chunks were sent: {exc.message}",
+                    retryable=False,
+                    status_code=exc.status_code,
+                )
             return Outcome(deployment, n, started_at, _ms_since(t0), error=exc)
         except Exception as exc:  # an adapter bug must fail the attempt, not kill the worker thread
             log.exception("adapter_crashed", task_id=claim.task_id, provider=deployment.provider)
@@ -163,12 +194,30 @@ class Executor:
                     started_at=now,
                     due_at=None,
                 )
-                .returning(Task.tenant_id, Task.type, Task.model, Task.input, Task.options, Task.attempt_count)
+                .returning(
+                    Task.tenant_id,
+                    Task.type,
+                    Task.model,
+                    Task.input,
+                    Task.options,
+                    Task.attempt_count,
+                    Task.run_id,
+                    Task.step_id,
+                )
             ).first()
             if row is None:
                 return None
             claim = Claim(
-                task_id, claim_id, row.tenant_id, row.type, row.model, row.input, row.options, row.attempt_count
+                task_id,
+                claim_id,
+                row.tenant_id,
+                row.type,
+                row.model,
+                row.input,
+                row.options,
+                row.attempt_count,
+                row.run_id,
+                row.step_id,
             )
             # A per-task timeout longer than the default needs a longer lease.
             if claim.options.get("timeout_s", self.settings.default_timeout_s) != self.settings.default_timeout_s:
@@ -182,6 +231,8 @@ class Executor:
                 tenant_id=claim.tenant_id,
                 type="task.started",
                 task_id=task_id,
+                run_id=claim.run_id,
+                step_id=claim.step_id,
                 data={"id": task_id, "status": "running", "attempt": claim.attempt_count + 1},
             )
         return claim
@@ -220,6 +271,8 @@ class Executor:
                 tenant_id=claim.tenant_id,
                 type="task.retrying",
                 task_id=claim.task_id,
+                run_id=claim.run_id,
+                step_id=claim.step_id,
                 data={
                     "id": claim.task_id,
                     "attempt": outcome.n,
@@ -323,6 +376,8 @@ class Executor:
                 tenant_id=claim.tenant_id,
                 type=f"task.{task.status}",
                 task_id=claim.task_id,
+                run_id=claim.run_id,
+                step_id=claim.step_id,
                 data=task_view(task, attempts),
             )
 
@@ -346,6 +401,8 @@ class Executor:
                     tenant_id=claim.tenant_id,
                     type="task.canceled",
                     task_id=claim.task_id,
+                    run_id=claim.run_id,
+                    step_id=claim.step_id,
                     data=task_view(task, attempts),
                 )
 

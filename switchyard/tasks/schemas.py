@@ -17,6 +17,8 @@ class TaskOptions(_Strict):
     provider: Annotated[str, Field(min_length=1, max_length=100)] | None = None
     max_attempts: Annotated[int, Field(ge=1, le=20)] | None = None
     timeout_s: Annotated[float, Field(gt=0, le=3600)] | None = None
+    # chat: stream the answer, as `task.delta` events, while the provider produces it.
+    stream: bool | None = None
 
 
 class WebhookTarget(_Strict):

@@ -16,10 +16,10 @@ from sqlalchemy.exc import IntegrityError
 from switchyard.core.config import AppConfig
 from switchyard.core.db import Tx
 from switchyard.core.errors import Conflict, InvalidRequest, NotFound
-from switchyard.core.events import append_event
 from switchyard.core.ids import new_id
 from switchyard.core.models import Task, utcnow
 from switchyard.core.validation import invalid_request
+from switchyard.events.log import append_event
 from switchyard.ml.signature import Signature, check_inputs
 from switchyard.providers.router import candidates
 from switchyard.tasks import repository
@@ -72,6 +72,8 @@ def validate_input(
             f"model '{body.model}' has no deployment on provider '{pinned}' (it has: {', '.join(providers)})",
             param="options.provider",
         )
+    if body.options.stream and body.type != "chat":
+        raise InvalidRequest("only chat tasks can stream", param="options.stream")
     try:
         parsed = INPUT_MODELS[body.type].model_validate(body.input)
     except ValidationError as exc:
@@ -257,7 +259,15 @@ def cancel_task(tx: Tx, tenant_id: str, task_id: str) -> dict[str, Any]:
         raise NotFound(f"no task '{task_id}'", param="id")
     view = task_view(task, repository.attempts_of(session, [task.id])[task.id])
     if canceled is not None:
-        append_event(session, tenant_id=tenant_id, type="task.canceled", task_id=task.id, data=view)
+        append_event(
+            session,
+            tenant_id=tenant_id,
+            type="task.canceled",
+            task_id=task.id,
+            run_id=task.run_id,
+            step_id=task.step_id,
+            data=view,
+        )
     elif task.status in TERMINAL:
         raise Conflict(f"task '{task_id}' already {task.status}", param="id")
     return view

@@ -11,8 +11,8 @@ import structlog
 from sqlalchemy import select, update
 
 from switchyard.core.db import Database, Tx
-from switchyard.core.events import append_event
 from switchyard.core.models import Run, Task, utcnow
+from switchyard.events.log import append_event
 from switchyard.settings import Settings
 from switchyard.tasks.service import Dispatcher, RunDispatcher
 
@@ -41,7 +41,7 @@ def sweep(db: Database, dispatcher: RunDispatcher, settings: Settings) -> SweepR
         session = tx.session
         expired = list(
             session.execute(
-                select(Task.id, Task.type, Task.tenant_id, Task.reclaim_count)
+                select(Task.id, Task.type, Task.tenant_id, Task.reclaim_count, Task.run_id, Task.step_id)
                 .where(Task.status == "running", Task.lease_expires_at < now)
                 .limit(BATCH)
                 .with_for_update(skip_locked=True)
@@ -67,6 +67,8 @@ def sweep(db: Database, dispatcher: RunDispatcher, settings: Settings) -> SweepR
                     tenant_id=row.tenant_id,
                     type="task.failed",
                     task_id=row.id,
+                    run_id=row.run_id,
+                    step_id=row.step_id,
                     data={"id": row.id, "status": "failed", "error": error},
                 )
                 report.abandoned.append(row.id)
@@ -87,6 +89,8 @@ def sweep(db: Database, dispatcher: RunDispatcher, settings: Settings) -> SweepR
                 tenant_id=row.tenant_id,
                 type="task.retrying",
                 task_id=row.id,
+                run_id=row.run_id,
+                step_id=row.step_id,
                 data={"id": row.id, "reason": "worker lease expired"},
             )
             report.reclaimed.append(row.id)

@@ -12,11 +12,14 @@ from celery import signals
 
 from switchyard.core.config import load_config
 from switchyard.core.db import Database
+from switchyard.events.bus import publish_delta, wake_relay
+from switchyard.events.relay import EventRelay
 from switchyard.providers.registry import ProviderSet
 from switchyard.settings import Settings, get_settings
 from switchyard.tasks.completion import signal_done
 from switchyard.tasks.execution import Executor
 from switchyard.workers.dispatch import CeleryDispatcher
+from switchyard.workers.queues import CONTROL
 from switchyard.workflows.engine import Engine
 
 log = structlog.get_logger(__name__)
@@ -31,8 +34,23 @@ class WorkerResources:
     engine: Engine
     dispatcher: CeleryDispatcher
     redis: redis.Redis | None
+    relay: EventRelay | None = None
+
+    def start_relay(self) -> None:
+        """Run an event relay thread in this process (it numbers events while it holds the leadership)."""
+        if self.relay is None:
+            embedded = self.settings.embedded
+            self.relay = EventRelay(
+                self.db,
+                redis_url=self.settings.redis_url,
+                lock_dir=self.settings.data_dir,
+                poll_s=min(self.settings.relay_poll_s, 0.05) if embedded else self.settings.relay_poll_s,
+            )
+            self.relay.start()
 
     def close(self) -> None:
+        if self.relay is not None:
+            self.relay.stop()
         self.providers.close()
         self.db.dispose()
         if self.redis is not None:
@@ -52,16 +70,24 @@ def init_resources() -> WorkerResources:
 
             settings = get_settings()
             config = load_config(settings.config)
-            db = Database(settings)
-            providers = ProviderSet(config)
             redis_client = redis.Redis.from_url(settings.redis_url) if settings.redis_url else None
+            db = Database(settings, on_events_committed=partial(wake_relay, redis_client) if redis_client else None)
+            providers = ProviderSet(config)
             on_finished = partial(signal_done, redis_client) if redis_client is not None else None
             dispatcher = CeleryDispatcher(app)
             _resources = WorkerResources(
                 settings=settings,
                 db=db,
                 providers=providers,
-                executor=Executor(settings, config, db, providers, dispatcher, on_finished=on_finished),
+                executor=Executor(
+                    settings,
+                    config,
+                    db,
+                    providers,
+                    dispatcher,
+                    on_finished=on_finished,
+                    deltas=partial(publish_delta, redis_client) if redis_client is not None else None,
+                ),
                 engine=Engine(config, dispatcher),
                 dispatcher=dispatcher,
                 redis=redis_client,
@@ -88,7 +114,11 @@ def _on_worker_ready(sender: object = None, **_: object) -> None:
     pool = getattr(sender, "pool", None)
     if pool is not None and type(pool).__module__.endswith("prefork"):
         return
-    init_resources()
+    resources = init_resources()
+    app = getattr(sender, "app", None)
+    if app is not None and CONTROL in app.amqp.queues.consume_from:
+        # Control workers carry the event relay (one leads at a time; the others stand by).
+        resources.start_relay()
 
 
 @signals.worker_shutdown.connect

@@ -1,0 +1,180 @@
+"""Events: `GET /v1/events` (a page of the tenant's log), `GET /v1/{tasks|runs}/{id}/events` (Server-Sent
+Events, resumable with `Last-Event-ID`, ending after the object's terminal event) and `GET /v1/ws`."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+import anyio.to_thread
+from fastapi import APIRouter, Header, Query, WebSocket
+from sqlalchemy import select
+from starlette.responses import StreamingResponse
+
+from switchyard.core.errors import AppError, InvalidRequest, NotFound, ServiceUnavailable
+from switchyard.core.models import EVENTS, Run, Task
+from switchyard.events.feed import FeedEvent, follow, object_key
+from switchyard.events.log import TERMINAL_TYPES, event_view, events_after
+from switchyard.gateway_api.deps import StateDep, Viewer, principal_of
+from switchyard.gateway_api.responses import FastJSONResponse, error_response
+from switchyard.gateway_api.state import ApiState
+from switchyard.gateway_api.websocket import CLOSE_POLICY, CLOSE_TRY_LATER, WebSocketSession
+
+router = APIRouter(tags=["events"])
+
+# A comment line now and then keeps proxies from closing a quiet stream.
+SSE_KEEPALIVE_S = 15.0
+
+
+@router.get("/v1/events")
+def list_events(
+    principal: Viewer,
+    state: StateDep,
+    since: Annotated[int, Query(ge=0)] = 0,
+    task_id: Annotated[str | None, Query(max_length=40)] = None,
+    run_id: Annotated[str | None, Query(max_length=40)] = None,
+    batch_id: Annotated[str | None, Query(max_length=40)] = None,
+    type: Annotated[list[str] | None, Query(max_length=20)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> FastJSONResponse:
+    """The tenant's events after `since`, oldest first; `next` is the `since` of the following page."""
+    with state.db.sessions() as session:
+        rows = events_after(
+            session,
+            principal.tenant_id,
+            since,
+            task_id=task_id,
+            run_id=run_id,
+            batch_id=batch_id,
+            types=type,
+            limit=limit,
+        )
+    data = [event_view(row) for row in rows]
+    return FastJSONResponse({"data": data, "next": data[-1]["id"] if len(data) == limit else None})
+
+
+@router.get("/v1/tasks/{task_id}/events", response_class=StreamingResponse)
+async def task_events(
+    task_id: str,
+    principal: Viewer,
+    state: StateDep,
+    last_event_id: Annotated[str | None, Header()] = None,
+    since: Annotated[int | None, Query(ge=0)] = None,
+) -> StreamingResponse:
+    return await _event_stream(state, principal.tenant_id, "task", task_id, _since(last_event_id, since))
+
+
+@router.get("/v1/runs/{run_id}/events", response_class=StreamingResponse)
+async def run_events(
+    run_id: str,
+    principal: Viewer,
+    state: StateDep,
+    last_event_id: Annotated[str | None, Header()] = None,
+    since: Annotated[int | None, Query(ge=0)] = None,
+) -> StreamingResponse:
+    return await _event_stream(state, principal.tenant_id, "run", run_id, _since(last_event_id, since))
+
+
+def _since(last_event_id: str | None, since: int | None) -> int:
+    if last_event_id is not None and last_event_id.strip():
+        try:
+            value = int(last_event_id)
+        except ValueError:
+            raise InvalidRequest("Last-Event-ID must be an event id", param="Last-Event-ID") from None
+        if value < 0:
+            raise InvalidRequest("Last-Event-ID must be an event id", param="Last-Event-ID")
+        return value
+    return since or 0
+
+
+async def _event_stream(state: ApiState, tenant_id: str, kind: str, object_id: str, since: int) -> StreamingResponse:
+    model: type[Task] | type[Run] = Task if kind == "task" else Run
+
+    def finished_before() -> bool | None:
+        """None: no such object; True: it is finished and its last terminal event is at or before `since`."""
+        with state.db.sessions() as session:
+            status = session.scalar(select(model.status).where(model.id == object_id, model.tenant_id == tenant_id))
+            if status is None:
+                return None
+            if status not in ("succeeded", "failed", "canceled"):
+                return False
+            column = EVENTS.c[f"{kind}_id"]
+            latest = session.execute(
+                select(EVENTS.c.seq, EVENTS.c.type)
+                .where(column == object_id, EVENTS.c.seq.is_not(None))
+                .order_by(EVENTS.c.seq.desc())
+                .limit(1)
+            ).first()
+            return latest is not None and latest.type in TERMINAL_TYPES and latest.seq <= since
+
+    done = await anyio.to_thread.run_sync(finished_before)
+    if done is None:
+        raise NotFound(f"no {kind} '{object_id}'", param="id")
+
+    async def stream() -> AsyncIterator[bytes]:
+        if done:
+            return
+        events = follow(
+            state.hub, tenant_id, object_key(kind, object_id), since=since, max_queue=state.settings.ws_max_queue
+        )
+        try:
+            while True:
+                try:
+                    event = await asyncio.wait_for(anext(events), SSE_KEEPALIVE_S)
+                except TimeoutError:
+                    yield b": keep-alive\n\n"
+                    continue
+                yield _sse(event)
+                if event.terminal and event.view.get(f"{kind}_id") == object_id and event.type.startswith(kind):
+                    return
+        finally:
+            await events.aclose()
+
+    return StreamingResponse(
+        stream(), media_type="text/event-stream", headers={"cache-control": "no-cache", "x-accel-buffering": "no"}
+    )
+
+
+def _sse(event: FeedEvent) -> bytes:
+    head = f"id: {event.seq}\n" if event.seq is not None else ""
+    return f"{head}event: {event.type}\ndata: {event.text}\n\n".encode()
+
+
+@router.websocket("/v1/ws")
+async def websocket(websocket: WebSocket) -> None:
+    state: ApiState = websocket.app.state.switchyard
+    try:
+        principal = await principal_of(websocket)
+    except AppError as exc:
+        await _refuse(websocket, exc, CLOSE_POLICY)
+        return
+    slot = await state.ws_slots.acquire(principal.tenant_id)
+    if slot is None:
+        limit = state.settings.ws_max_connections_per_tenant
+        await _refuse(
+            websocket, _TooManyConnections(f"this tenant has {limit} WebSocket connections open"), CLOSE_TRY_LATER
+        )
+        return
+    try:
+        await websocket.accept()
+        feed = await state.hub.acquire(principal.tenant_id)
+        try:
+            await WebSocketSession(websocket, state, principal, feed).serve()
+        finally:
+            state.hub.release(feed)
+    finally:
+        await state.ws_slots.release(principal.tenant_id, slot)
+
+
+class _TooManyConnections(ServiceUnavailable):
+    status = 429
+    type = "rate_limit_error"
+
+
+async def _refuse(websocket: WebSocket, exc: AppError, code: int) -> None:
+    """Refuse the handshake with the error as an HTTP response where the server can send one."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(error_response(exc))
+    else:
+        await websocket.close(code=code, reason=exc.message[:120])

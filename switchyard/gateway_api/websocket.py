@@ -1,0 +1,172 @@
+"""`GET /v1/ws`: subscriptions to tasks, runs, batches or a whole tenant over one WebSocket.
+
+One loop per connection takes, in order, the client's commands and the live events of its subscriptions
+from one queue (events.feed.Listener), so a subscription's replay (`since`) is sent before any live event
+that follows it, and the stored events up to the position the feed had when it subscribed are exactly the
+ones it has not seen live. A live event goes out once per connection, however many of its subscriptions
+match it; a replay is per subscription.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import anyio.to_thread
+import orjson
+import structlog
+from sqlalchemy import select
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from switchyard.core.models import Run, Task
+from switchyard.events.feed import ALL, FeedEvent, Key, Listener, SlowConsumer, TenantFeed, object_key, replay
+from switchyard.gateway_api.state import ApiState
+from switchyard.tenancy.service import Principal
+
+log = structlog.get_logger(__name__)
+
+# Close codes: 1008 policy (bad key), 1013 try again later (slow consumer, too many connections).
+CLOSE_POLICY = 1008
+CLOSE_TRY_LATER = 1013
+_TARGETS = ("task_id", "run_id", "batch_id")
+
+
+@dataclass
+class Subscription:
+    key: Key
+    start: int  # the feed's position when it subscribed: live events after it are sent
+
+
+@dataclass(frozen=True)
+class _Command:
+    frame: Any  # a parsed client frame, or None when the client has gone
+
+
+class WebSocketSession:
+    def __init__(self, websocket: WebSocket, state: ApiState, principal: Principal, feed: TenantFeed) -> None:
+        self.ws = websocket
+        self.state = state
+        self.principal = principal
+        self.feed = feed
+        self.listener = Listener(state.settings.ws_max_queue)
+        self.subs: dict[Key, Subscription] = {}
+
+    async def serve(self) -> None:
+        receiver = asyncio.create_task(self._receive())
+        try:
+            while True:
+                item = await self.listener.next()
+                if isinstance(item, FeedEvent):
+                    if self._wanted(item):
+                        await self.ws.send_text(item.text)
+                elif not await self._command(item):
+                    return
+        except SlowConsumer as exc:
+            await self._send({"type": "error", "message": str(exc)})
+            await self.ws.close(code=CLOSE_TRY_LATER, reason=str(exc)[:120])
+        except WebSocketDisconnect:
+            pass
+        finally:
+            receiver.cancel()
+            self.feed.detach(self.listener)
+
+    def _wanted(self, event: FeedEvent) -> bool:
+        for key in event.keys():
+            sub = self.subs.get(key)
+            if sub is not None and (event.seq is None or event.seq > sub.start):
+                return True
+        return False
+
+    async def _receive(self) -> None:
+        """Client frames, handed to the main loop through the listener's queue (so they keep their place)."""
+        try:
+            while True:
+                text = await self.ws.receive_text()
+                try:
+                    frame = orjson.loads(text)
+                except orjson.JSONDecodeError:
+                    frame = {"action": "__invalid__"}
+                self.listener.post(_Command(frame))
+        except (WebSocketDisconnect, RuntimeError):
+            self.listener.post(_Command(None))
+
+    async def _command(self, item: Any) -> bool:
+        """Handle a client frame; False when the connection is over."""
+        frame = item.frame
+        if frame is None:
+            return False
+        action = frame.get("action") if isinstance(frame, dict) else None
+        if action == "ping":
+            await self._send({"type": "pong"})
+        elif action == "subscribe":
+            await self._subscribe(frame)
+        elif action == "unsubscribe":
+            key = await self._target(frame)
+            if key is not None:
+                self.subs.pop(key, None)
+                self.feed.unsubscribe(self.listener, key)
+                await self._send({"type": "unsubscribed", **_target_fields(key)})
+        elif action == "__invalid__":
+            await self._send({"type": "error", "message": "frames must be JSON objects"})
+        else:
+            await self._send(
+                {"type": "error", "message": "action must be one of subscribe, unsubscribe, ping", "param": "action"}
+            )
+        return True
+
+    async def _subscribe(self, frame: dict[str, Any]) -> None:
+        since = frame.get("since")
+        if since is not None and (isinstance(since, bool) or not isinstance(since, int) or since < 0):
+            await self._send(
+                {"type": "error", "message": "since must be an event id (an integer >= 0)", "param": "since"}
+            )
+            return
+        key = await self._target(frame)
+        if key is None:
+            return
+        start = self.feed.subscribe(self.listener, key)
+        self.subs[key] = Subscription(key, start)
+        await self._send({"type": "subscribed", **_target_fields(key), "since": since, "position": start})
+        if since is not None:
+            async for event in replay(self.state.hub.reader, self.principal.tenant_id, key, since, start):
+                await self.ws.send_text(event.text)
+
+    async def _target(self, frame: dict[str, Any]) -> Key | None:
+        """The key a frame names (checked to be the caller's), or None after telling the client why not."""
+        named = [field for field in _TARGETS if frame.get(field) is not None]
+        if frame.get("all") is True and not named:
+            return ALL
+        if len(named) != 1 or not isinstance(frame[named[0]], str):
+            await self._send(
+                {
+                    "type": "error",
+                    "message": "name exactly one of task_id, run_id, batch_id, or all: true",
+                    "param": named[0] if len(named) == 1 else "task_id",
+                }
+            )
+            return None
+        field, object_id = named[0], frame[named[0]]
+        if not await anyio.to_thread.run_sync(self._owned, field, object_id):
+            await self._send({"type": "error", "message": f"no {field[:-3]} '{object_id}'", "param": field})
+            return None
+        return object_key(field[:-3], object_id)
+
+    def _owned(self, field: str, object_id: str) -> bool:
+        """Whether the object exists and is the caller's (another tenant's ids look unknown)."""
+        if field == "batch_id":
+            return False  # batches come with the batch API
+        model: type[Task] | type[Run] = Task if field == "task_id" else Run
+        with self.state.db.sessions() as session:
+            found = session.scalar(
+                select(model.id).where(model.id == object_id, model.tenant_id == self.principal.tenant_id)
+            )
+        return found is not None
+
+    async def _send(self, frame: dict[str, Any]) -> None:
+        await self.ws.send_text(orjson.dumps(frame).decode())
+
+
+def _target_fields(key: Key) -> dict[str, Any]:
+    kind, object_id = key
+    return {"all": True} if kind == "all" else {f"{kind}_id": object_id}
