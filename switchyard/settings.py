@@ -51,12 +51,22 @@ class Settings(BaseSettings):
     ws_max_connections_per_tenant: int = Field(default=1000, ge=1)
     ws_max_queue: int = Field(default=1000, ge=10)
 
+    # Webhooks. Deliveries to loopback, private and link-local addresses are refused unless allowed (cloud
+    # metadata addresses always are). A failed attempt is retried after each wait of the schedule in turn
+    # (a JSON list of seconds), never sooner than the receiver's Retry-After; then the delivery has failed.
     webhook_allow_private: bool = False
+    webhook_retry_schedule_s: list[float] = Field(
+        default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 50400.0, 72000.0, 86400.0], max_length=50
+    )
+    webhook_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    webhook_max_response_bytes: int = Field(default=64 * 1024, ge=0)
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.retry_base_s > self.retry_max_s:
             raise ValueError("SWITCHYARD_RETRY_BASE_S must not exceed SWITCHYARD_RETRY_MAX_S")
+        if any(wait < 0 for wait in self.webhook_retry_schedule_s):
+            raise ValueError("SWITCHYARD_WEBHOOK_RETRY_SCHEDULE_S must list waits of zero seconds or more")
         if not self.database_url.startswith(("postgresql", "sqlite")):
             raise ValueError("SWITCHYARD_DATABASE_URL must be a postgresql:// or sqlite:// URL")
         return self

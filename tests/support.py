@@ -89,7 +89,15 @@ models:
 class Stack:
     """One complete deployment for tests: its own database, Redis DB, fake provider, API and workers."""
 
-    def __init__(self, tmp: Path, redis_db: int, *, provider_worker: bool = True, ml: bool = True) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        redis_db: int,
+        *,
+        provider_worker: bool = True,
+        ml: bool = True,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.tmp = tmp
         self.processes: list[Process] = []
         self.db_name, self.database_url = create_database(PG_ADMIN_URL, "switchyard_test")
@@ -122,6 +130,7 @@ class Stack:
             "SWITCHYARD_API_KEY_CACHE_S": "1",
             "SWITCHYARD_DB_POOL_SIZE": "5",
             "SWITCHYARD_DB_MAX_OVERFLOW": "5",
+            **(env or {}),
         }
         try:
             self.run_cli("migrate")

@@ -71,6 +71,8 @@ class Tenant(Base):
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
+    # Signs the deliveries of per-object webhooks (a task's, a run's); made when first needed.
+    webhook_secret: Mapped[str | None] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -279,6 +281,86 @@ class Event(Base):
             sqlite_where=text("seq IS NULL"),
         ),
     )
+
+
+class Webhook(Base):
+    """Where events are delivered: a tenant's subscription (`object_id` NULL: every event of the tenant its
+    patterns match), or the `webhook` of one task, run or batch (`object_id` set: that object's events,
+    signed with the tenant's secret)."""
+
+    __tablename__ = "webhooks"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    url: Mapped[str] = mapped_column(Text)
+    events: Mapped[list[str]] = mapped_column(JSONType)
+    description: Mapped[str | None] = mapped_column(String(500))
+    secret: Mapped[str | None] = mapped_column(String(100))
+    object_id: Mapped[str | None] = mapped_column(String(40))
+    # enabled | disabled (by hand, or by a receiver answering 410 Gone)
+    status: Mapped[str] = mapped_column(String(16))
+    disabled_reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (
+        Index("ix_webhooks_tenant_id_object_id", "tenant_id", "object_id"),
+        Index("ix_webhooks_object_id", "object_id"),
+    )
+
+
+class WebhookDelivery(Base):
+    """One event to one webhook, delivered durably. Its id is the `webhook-id` header, the same on every
+    attempt, so receivers can drop duplicates."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(40))
+    webhook_id: Mapped[str] = mapped_column(ForeignKey("webhooks.id", ondelete="CASCADE"))
+    event_seq: Mapped[int] = mapped_column(BigInteger)
+    event_type: Mapped[str] = mapped_column(String(40))
+    # pending | delivering | succeeded | failed
+    status: Mapped[str] = mapped_column(String(16))
+    attempt_count: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None]
+    published_at: Mapped[datetime | None]
+    claim_id: Mapped[str | None] = mapped_column(String(40))
+    lease_expires_at: Mapped[datetime | None]
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        # An event is derived into a delivery once per webhook, even if the relay runs a batch again.
+        UniqueConstraint("webhook_id", "event_seq", name="uq_webhook_deliveries_webhook_event"),
+        Index("ix_webhook_deliveries_webhook_id_id", "webhook_id", "id"),
+        Index(
+            "ix_webhook_deliveries_live",
+            "status",
+            "next_attempt_at",
+            postgresql_where=text("status IN ('pending', 'delivering')"),
+            sqlite_where=text("status IN ('pending', 'delivering')"),
+        ),
+    )
+
+
+class WebhookAttempt(Base):
+    """One POST of a delivery: what the receiver answered, or why nothing came back."""
+
+    __tablename__ = "webhook_attempts"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[str] = mapped_column(ForeignKey("webhook_deliveries.id", ondelete="CASCADE"))
+    n: Mapped[int] = mapped_column(Integer)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    response_excerpt: Mapped[str | None] = mapped_column(Text)
+    latency_ms: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime]
+
+    __table_args__ = (Index("ix_webhook_attempts_delivery_id_n", "delivery_id", "n"),)
 
 
 # The tables themselves, for hot-path Core inserts that skip the ORM's unit of work.

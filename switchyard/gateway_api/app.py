@@ -16,7 +16,7 @@ from switchyard.events.bus import wake_relay
 from switchyard.events.feed import EventHub
 from switchyard.gateway_api.errors import install_error_handlers
 from switchyard.gateway_api.middleware import BodySizeLimit
-from switchyard.gateway_api.routes import events, health, models, predict, tasks, workflows
+from switchyard.gateway_api.routes import events, health, models, predict, tasks, webhooks, workflows
 from switchyard.gateway_api.state import ApiState, KeyCache
 from switchyard.gateway_api.ws_slots import ConnectionSlots
 from switchyard.ml.catalog import model_signatures
@@ -80,5 +80,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(predict.router)
     app.include_router(workflows.router)
     app.include_router(events.router)
+    app.include_router(webhooks.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
+
+from switchyard.webhooks.service import WebhookTarget
 
 JsonScalar = str | int | float | bool | None
 
@@ -19,11 +21,6 @@ class TaskOptions(_Strict):
     timeout_s: Annotated[float, Field(gt=0, le=3600)] | None = None
     # chat: stream the answer, as `task.delta` events, while the provider produces it.
     stream: bool | None = None
-
-
-class WebhookTarget(_Strict):
-    url: AnyHttpUrl
-    events: list[Annotated[str, Field(min_length=1, max_length=60)]] = Field(default_factory=list, max_length=50)
 
 
 class TaskCreate(_Strict):

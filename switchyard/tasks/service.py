@@ -25,6 +25,7 @@ from switchyard.providers.router import candidates
 from switchyard.tasks import repository
 from switchyard.tasks.schemas import INPUT_MODELS, TaskCreate
 from switchyard.tasks.views import task_view
+from switchyard.webhooks.service import object_webhook
 
 TERMINAL = frozenset({"succeeded", "failed", "canceled"})
 
@@ -96,6 +97,7 @@ def create_task(
     pinned_provider: str | None,
     idempotency_key: str | None,
     idempotency_ttl_s: float,
+    allow_private_webhooks: bool = False,
 ) -> Created:
     """Insert the task and its `task.queued` event; publish its id once the transaction commits."""
     pinned = body.options.provider or pinned_provider
@@ -121,10 +123,13 @@ def create_task(
         input=normalised_input,
         options=options,
         metadata=body.metadata,
-        webhook=body.webhook.model_dump(mode="json") if body.webhook else None,
         idempotency_key=idempotency_key,
         request_hash=request_hash,
     )
+    if body.webhook is not None:
+        task.webhook = object_webhook(
+            tx, tenant_id, task.id, body.webhook, allow_private=allow_private_webhooks, param="webhook"
+        )
     if idempotency_key is not None:
         # Two requests with one key can race; the unique constraint picks the winner, the loser replays it.
         try:

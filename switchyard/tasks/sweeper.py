@@ -5,16 +5,18 @@ Several sweepers may run at once: rows are picked with SKIP LOCKED and changed b
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Protocol
 
 import structlog
 from sqlalchemy import select, update
 
 from switchyard.core.db import Database, Tx
-from switchyard.core.models import Run, Task, utcnow
+from switchyard.core.models import Run, Task, WebhookDelivery, utcnow
 from switchyard.events.log import append_event
 from switchyard.settings import Settings
 from switchyard.tasks.service import Dispatcher, RunDispatcher
+from switchyard.webhooks.delivery import DeliveryDispatcher
 
 log = structlog.get_logger(__name__)
 
@@ -31,9 +33,14 @@ class SweepReport:
     republished: list[str] = field(default_factory=list)
     abandoned: list[str] = field(default_factory=list)
     advanced: list[str] = field(default_factory=list)
+    deliveries: list[str] = field(default_factory=list)
 
 
-def sweep(db: Database, dispatcher: RunDispatcher, settings: Settings) -> SweepReport:
+class SweepDispatcher(RunDispatcher, DeliveryDispatcher, Protocol):
+    """Everything the sweeper may have to publish again."""
+
+
+def sweep(db: Database, dispatcher: SweepDispatcher, settings: Settings) -> SweepReport:
     """One pass; returns what it did."""
     report = SweepReport()
     now = utcnow()
@@ -131,14 +138,59 @@ def sweep(db: Database, dispatcher: RunDispatcher, settings: Settings) -> SweepR
         for run_id in still:
             report.advanced.append(run_id)
             _advance_after_commit(tx, dispatcher, run_id)
-    if report.reclaimed or report.republished or report.abandoned or report.advanced:
+
+        _sweep_deliveries(tx, dispatcher, now, stale, report)
+    if report.reclaimed or report.republished or report.abandoned or report.advanced or report.deliveries:
         log.info(
             "swept",
             reclaimed=len(report.reclaimed),
             republished=len(report.republished),
             abandoned=len(report.abandoned),
+            deliveries=len(report.deliveries),
         )
     return report
+
+
+def _sweep_deliveries(tx: Tx, dispatcher: SweepDispatcher, now: datetime, stale: datetime, report: SweepReport) -> None:
+    """Webhook deliveries: publish those that fell due (or whose message was lost), and take back the
+    ones whose worker stopped holding its lease (the receiver may have had that attempt: the webhook-id
+    stays the same, so it can tell)."""
+    session = tx.session
+    lapsed = list(
+        session.scalars(
+            select(WebhookDelivery.id)
+            .where(WebhookDelivery.status == "delivering", WebhookDelivery.lease_expires_at < now)
+            .limit(BATCH)
+            .with_for_update(skip_locked=True)
+        )
+    )
+    if lapsed:
+        session.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.id.in_(lapsed), WebhookDelivery.status == "delivering")
+            .values(status="pending", claim_id=None, lease_expires_at=None, next_attempt_at=now, published_at=now)
+        )
+    due = list(
+        session.scalars(
+            select(WebhookDelivery.id)
+            .where(
+                WebhookDelivery.status == "pending",
+                WebhookDelivery.next_attempt_at <= now,
+                (WebhookDelivery.published_at.is_(None)) | (WebhookDelivery.published_at < stale),
+            )
+            .limit(BATCH)
+            .with_for_update(skip_locked=True)
+        )
+    )
+    if due:
+        session.execute(update(WebhookDelivery).where(WebhookDelivery.id.in_(due)).values(published_at=now))
+    for delivery_id in [*lapsed, *due]:
+        report.deliveries.append(delivery_id)
+        _deliver_after_commit(tx, dispatcher, delivery_id)
+
+
+def _deliver_after_commit(tx: Tx, dispatcher: DeliveryDispatcher, delivery_id: str) -> None:
+    tx.after_commit(lambda: dispatcher.publish_delivery(delivery_id))
 
 
 def _advance_after_commit(tx: Tx, dispatcher: RunDispatcher, run_id: str) -> None:

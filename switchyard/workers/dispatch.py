@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from switchyard.workers.queues import ADVANCE_RUN, CONTROL, EXECUTE_TASK, queue_for
+from switchyard.workers.queues import ADVANCE_RUN, CONTROL, DELIVER_WEBHOOK, EXECUTE_TASK, WEBHOOKS, queue_for
 
 
 class CeleryDispatcher:
@@ -19,3 +19,7 @@ class CeleryDispatcher:
     def publish_advance(self, run_id: str) -> None:
         """Ask the control workers to advance a workflow run."""
         self._app.send_task(ADVANCE_RUN, args=[run_id], queue=CONTROL)
+
+    def publish_delivery(self, delivery_id: str) -> None:
+        """Ask the webhook workers to attempt a delivery."""
+        self._app.send_task(DELIVER_WEBHOOK, args=[delivery_id], queue=WEBHOOKS)

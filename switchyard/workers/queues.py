@@ -11,6 +11,7 @@ ALL = (PROVIDER, ML, CONTROL, WEBHOOKS)
 EXECUTE_TASK = "switchyard.execute_task"
 SWEEP = "switchyard.sweep"
 ADVANCE_RUN = "switchyard.advance_run"
+DELIVER_WEBHOOK = "switchyard.deliver_webhook"
 
 
 def queue_for(task_type: str) -> str:

@@ -18,6 +18,8 @@ from switchyard.providers.registry import ProviderSet
 from switchyard.settings import Settings, get_settings
 from switchyard.tasks.completion import signal_done
 from switchyard.tasks.execution import Executor
+from switchyard.webhooks.delivery import Deliverer, derive_deliveries
+from switchyard.webhooks.sender import WebhookSender
 from switchyard.workers.dispatch import CeleryDispatcher
 from switchyard.workers.queues import CONTROL
 from switchyard.workflows.engine import Engine
@@ -34,6 +36,8 @@ class WorkerResources:
     engine: Engine
     dispatcher: CeleryDispatcher
     redis: redis.Redis | None
+    sender: WebhookSender
+    deliverer: Deliverer
     relay: EventRelay | None = None
 
     def start_relay(self) -> None:
@@ -45,6 +49,7 @@ class WorkerResources:
                 redis_url=self.settings.redis_url,
                 lock_dir=self.settings.data_dir,
                 poll_s=min(self.settings.relay_poll_s, 0.05) if embedded else self.settings.relay_poll_s,
+                derive=partial(derive_deliveries, self.dispatcher),
             )
             self.relay.start()
 
@@ -52,6 +57,7 @@ class WorkerResources:
         if self.relay is not None:
             self.relay.stop()
         self.providers.close()
+        self.sender.close()
         self.db.dispose()
         if self.redis is not None:
             self.redis.close()
@@ -75,6 +81,11 @@ def init_resources() -> WorkerResources:
             providers = ProviderSet(config)
             on_finished = partial(signal_done, redis_client) if redis_client is not None else None
             dispatcher = CeleryDispatcher(app)
+            sender = WebhookSender(
+                timeout_s=settings.webhook_timeout_s,
+                max_response_bytes=settings.webhook_max_response_bytes,
+                allow_private=settings.webhook_allow_private,
+            )
             _resources = WorkerResources(
                 settings=settings,
                 db=db,
@@ -91,6 +102,8 @@ def init_resources() -> WorkerResources:
                 engine=Engine(config, dispatcher),
                 dispatcher=dispatcher,
                 redis=redis_client,
+                sender=sender,
+                deliverer=Deliverer(db, sender, settings),
             )
         return _resources
 

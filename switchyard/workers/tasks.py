@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from switchyard.tasks.sweeper import sweep
 from switchyard.workers.celery_app import app
-from switchyard.workers.queues import ADVANCE_RUN, EXECUTE_TASK, SWEEP
+from switchyard.workers.queues import ADVANCE_RUN, DELIVER_WEBHOOK, EXECUTE_TASK, SWEEP
 from switchyard.workers.resources import get_resources
 from switchyard.workflows.runner import advance_with_retry
 
@@ -21,6 +21,12 @@ def advance_run(run_id: str) -> None:
     """Settle a workflow run's finished steps and start the ones that became ready."""
     res = get_resources()
     advance_with_retry(res.db, res.engine, run_id)
+
+
+@app.task(name=DELIVER_WEBHOOK, acks_late=True, reject_on_worker_lost=True)
+def deliver_webhook(delivery_id: str) -> None:
+    """One attempt of a webhook delivery (the retries are due times in the database)."""
+    get_resources().deliverer.deliver(delivery_id)
 
 
 @app.task(name=SWEEP, acks_late=True)

@@ -20,6 +20,7 @@ from switchyard.core.errors import ConfigError, Conflict, InvalidRequest, NotFou
 from switchyard.core.ids import new_id
 from switchyard.core.models import Run, RunStep, Task, Workflow
 from switchyard.core.validation import invalid_request
+from switchyard.webhooks.service import WebhookTarget, object_webhook
 from switchyard.workflows.engine import RUN_TERMINAL, Engine
 from switchyard.workflows.spec import WorkflowSpec
 from switchyard.workflows.validation import ensure_valid
@@ -133,13 +134,15 @@ def start_run(
     name: str,
     version: int | None,
     input: dict[str, Any],
-    webhook: dict[str, Any] | None,
+    webhook: WebhookTarget | None,
     idempotency_key: str | None,
+    allow_private_webhooks: bool = False,
 ) -> tuple[Run, bool]:
     """A queued run and its pending steps; the first advance is published after commit. Replays by key."""
     workflow = find(tx, tenant_id, name, version)
+    target = webhook.model_dump(mode="json") if webhook is not None else None
     request_hash = hashlib.sha256(
-        orjson.dumps({"w": workflow.id, "input": input, "webhook": webhook}, option=orjson.OPT_SORT_KEYS)
+        orjson.dumps({"w": workflow.id, "input": input, "webhook": target}, option=orjson.OPT_SORT_KEYS)
     ).hexdigest()
     if idempotency_key is not None:
         existing = tx.session.scalar(
@@ -158,10 +161,13 @@ def start_run(
         status="queued",
         input=input,
         cost_usd=0.0,
-        webhook=webhook,
         idempotency_key=idempotency_key,
         request_hash=request_hash,
     )
+    if webhook is not None:
+        run.webhook = object_webhook(
+            tx, tenant_id, run.id, webhook, allow_private=allow_private_webhooks, param="webhook"
+        )
     tx.session.add(run)
     tx.session.flush()
     engine.start(tx, run, workflow)
@@ -218,6 +224,7 @@ def run_view(tx: Tx, run: Run) -> dict[str, Any]:
         "created_at": _iso(run.created_at),
         "started_at": _iso(run.started_at),
         "finished_at": _iso(run.finished_at),
+        "webhook": run.webhook,
     }
 
 

@@ -37,6 +37,7 @@ def create_task(
         pinned_provider=x_provider,
         idempotency_key=idempotency_key,
         idempotency_ttl_s=state.settings.idempotency_ttl_s,
+        allow_private_webhooks=state.settings.webhook_allow_private,
     )
     headers = {"Idempotent-Replayed": "true"} if created.replayed else None
     return FastJSONResponse(task_created_view(created.task), status_code=202, headers=headers)

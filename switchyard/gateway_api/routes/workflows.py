@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+import anyio.to_thread
 import orjson
 from fastapi import APIRouter, Header, Query, Request
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from switchyard.core.errors import MalformedRequest
 from switchyard.core.validation import invalid_request
 from switchyard.gateway_api.deps import Member, StateDep, TxDep, Viewer
 from switchyard.gateway_api.responses import FastJSONResponse
+from switchyard.webhooks.service import WebhookTarget
 from switchyard.workflows import service
 
 router = APIRouter(tags=["workflows"])
@@ -19,17 +21,11 @@ router = APIRouter(tags=["workflows"])
 RunStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
 
 
-class _Webhook(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    url: AnyHttpUrl
-    events: list[str] = Field(default_factory=list)
-
-
 class RunCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     input: dict[str, Any] = Field(default_factory=dict)
     version: Annotated[int, Field(ge=1)] | None = None
-    webhook: _Webhook | None = None
+    webhook: WebhookTarget | None = None
 
 
 @router.post("/v1/workflows", status_code=201)
@@ -77,18 +73,25 @@ async def start_run(
         if any(e["type"] == "json_invalid" for e in exc.errors()):
             raise MalformedRequest("request body is not valid JSON", param="body") from None
         raise invalid_request(exc) from None
-    run, replayed = service.start_run(
-        tx,
-        state.engine,
-        tenant_id=principal.tenant_id,
-        name=name,
-        version=body.version,
-        input=body.input,
-        webhook=body.webhook.model_dump(mode="json") if body.webhook else None,
-        idempotency_key=idempotency_key,
-    )
+
+    def start() -> tuple[dict[str, Any], bool]:
+        run, replayed = service.start_run(
+            tx,
+            state.engine,
+            tenant_id=principal.tenant_id,
+            name=name,
+            version=body.version,
+            input=body.input,
+            webhook=body.webhook,
+            idempotency_key=idempotency_key,
+            allow_private_webhooks=state.settings.webhook_allow_private,
+        )
+        return service.run_view(tx, run), replayed
+
+    # The database work (and a webhook host's name lookup) blocks: off the event loop.
+    view, replayed = await anyio.to_thread.run_sync(start)
     headers = {"Idempotent-Replayed": "true"} if replayed else None
-    return FastJSONResponse(service.run_view(tx, run), status_code=202, headers=headers)
+    return FastJSONResponse(view, status_code=202, headers=headers)
 
 
 @router.get("/v1/runs")
