@@ -40,6 +40,12 @@ class Settings(BaseSettings):
     retry_base_s: float = Field(default=0.5, gt=0)
     retry_max_s: float = Field(default=30.0, gt=0)
     idempotency_ttl_s: float = Field(default=24 * 3600, gt=0)
+    # How long the synchronous endpoints (/v1/chat/completions, /v1/embeddings, ...) wait for their task
+    # before answering 504 (the task goes on and can be polled).
+    sync_wait_s: float = Field(default=300.0, gt=0)
+    # A task no deployment can take (breakers open, rpm/tpm limits reached) waits in the database; it fails
+    # as unavailable once it is this old.
+    unavailable_timeout_s: float = Field(default=600.0, gt=0)
 
     # Events. The relay numbers committed events (woken by each commit; it also looks every relay_poll_s);
     # API processes look at the table every feed_poll_s in case a Redis message was lost (embedded mode, with

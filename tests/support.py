@@ -33,8 +33,13 @@ REDIS_BASE = os.environ.get("SWITCHYARD_TEST_REDIS", "redis://127.0.0.1:6379")
 
 
 TEST_CONFIG = """
+# The shared stack's tests fail calls on purpose all the time; its breakers open only in tests that say so
+# (their models set their own).
+routing:
+  breaker: {{min_requests: 100000}}
 providers:
   fake:           {{kind: openai,    base_url: "{fake}/v1", api_key: fake}}
+  fake-b:         {{kind: openai,    base_url: "{fake_b}/v1", api_key: fake}}
   fake-anthropic: {{kind: anthropic, base_url: "{fake}",    api_key: fake}}
   onnx:           {{kind: onnx, max_batch_size: 32, max_batch_wait_ms: 5}}
   kserve:         {{kind: kserve,    base_url: "{kserve}"}}
@@ -97,6 +102,9 @@ class Stack:
         provider_worker: bool = True,
         ml: bool = True,
         env: dict[str, str] | None = None,
+        second_fake: bool = False,
+        extra_models: str = "",
+        provider_workers: int = 1,
     ) -> None:
         self.tmp = tmp
         self.processes: list[Process] = []
@@ -106,14 +114,22 @@ class Stack:
         self.redis.flushdb()
         fake_port, api_port, kserve_port, tfserving_port = free_port(), free_port(), free_port(), free_port()
         self.fake_url = f"http://127.0.0.1:{fake_port}"
+        # A second fake server (provider `fake-b`), for routing between providers that fail independently.
+        fake_b_port = free_port()
+        self.fake_b_url = f"http://127.0.0.1:{fake_b_port}"
         self.url = f"http://127.0.0.1:{api_port}"
         self.kserve_url = f"http://127.0.0.1:{kserve_port}"
         self.tfserving_url = f"http://127.0.0.1:{tfserving_port}"
         config = tmp / "switchyard.yaml"
         config.write_text(
             TEST_CONFIG.format(
-                fake=self.fake_url, kserve=self.kserve_url, tfserving=self.tfserving_url, models=ROOT / "models"
+                fake=self.fake_url,
+                fake_b=self.fake_b_url,
+                kserve=self.kserve_url,
+                tfserving=self.tfserving_url,
+                models=ROOT / "models",
             )
+            + extra_models
         )
         self.env = {
             **os.environ,
@@ -136,6 +152,9 @@ class Stack:
             self.run_cli("migrate")
             self.fake = self.start("fake", cli("fake-provider", "--port", str(fake_port)))
             wait_http(f"{self.fake_url}/healthz", self.fake)
+            if second_fake:
+                self.fake_b = self.start("fake-b", cli("fake-provider", "--port", str(fake_b_port)))
+                wait_http(f"{self.fake_b_url}/healthz", self.fake_b)
             if ml:
                 for protocol, port in (("kserve", kserve_port), ("tfserving", tfserving_port)):
                     server = self.start(
@@ -157,6 +176,7 @@ class Stack:
             # Control work and the sweeper (beat) in one worker; provider calls in their own.
             self.control = self.start_worker("control,webhooks", beat=True)
             self.provider: Process | None = self.start_worker("provider") if provider_worker else None
+            self.more_providers = [self.start_worker("provider") for _ in range(provider_workers - 1)]
             self.ml: Process | None = self.start_worker("ml", concurrency=32) if ml else None
             wait_http(f"{self.url}/healthz", self.api)
         except BaseException:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -47,11 +48,22 @@ class Price(_Strict):
 
 
 class ProviderConfig(_Strict):
-    """A named provider account."""
+    """A named provider account. `platform` picks the SDK's client for a cloud that hosts the models:
+    `azure` (openai kind: `base_url` is the resource endpoint, `api_version` is needed), `bedrock` and
+    `vertex` (anthropic kind: `region`, and for Vertex `project_id`)."""
 
     kind: ProviderKind
+    platform: Literal["azure", "bedrock", "vertex"] | None = None
     api_key: str | None = None
     base_url: str | None = None
+    api_version: str | None = None
+    region: str | None = None
+    project_id: str | None = None
+    # Bedrock: explicit credentials (else the AWS default chain); Vertex: a token (else Google's default).
+    aws_access_key: str | None = None
+    aws_secret_key: str | None = None
+    aws_session_token: str | None = None
+    access_token: str | None = None
     timeout_s: float | None = Field(default=None, gt=0)
     max_connections: int = Field(default=1000, ge=1)
     # onnx only: dynamic micro-batching (1 turns it off) and ONNX Runtime's intra-op threads
@@ -72,6 +84,9 @@ class Deployment(_Strict):
     price: Price = Price()
     rpm: int | None = Field(default=None, ge=1)
     tpm: int | None = Field(default=None, ge=1)
+    # The prompt tokens the model accepts; a prompt estimated larger is routed elsewhere (default: the
+    # catalog's figure for well-known models, else no limit).
+    max_input_tokens: int | None = Field(default=None, ge=1)
 
     @property
     def name(self) -> str:
@@ -79,13 +94,33 @@ class Deployment(_Strict):
         return f"{self.provider}/{self.model}"
 
 
+class BreakerConfig(_Strict):
+    """A deployment's circuit breaker: it opens when at least `min_requests` calls ended in the last
+    `window_s` and `failure_rate` of them failed; after `cooldown_s` one probe call is let through
+    (half-open), whose success closes it and whose failure opens it again."""
+
+    window_s: float = Field(default=30.0, gt=0)
+    min_requests: int = Field(default=5, ge=1)
+    failure_rate: float = Field(default=0.5, gt=0, le=1)
+    cooldown_s: float = Field(default=30.0, gt=0)
+
+
+class RoutingConfig(_Strict):
+    breaker: BreakerConfig = BreakerConfig()
+
+
 class ModelConfig(_Strict):
-    """A logical model that requests name."""
+    """A logical model that requests name. When every deployment failed or is unavailable, `fallbacks`
+    are tried in order; a prompt too long for the model (or a provider's context-length error) goes to
+    `context_window_fallbacks`, a content-policy refusal to `content_policy_fallbacks`."""
 
     type: TaskType
     strategy: Strategy = "ordered"
     deployments: list[Deployment] = Field(min_length=1)
     fallbacks: list[str] = Field(default_factory=list)
+    context_window_fallbacks: list[str] = Field(default_factory=list)
+    content_policy_fallbacks: list[str] = Field(default_factory=list)
+    breaker: BreakerConfig | None = None
 
 
 class AppConfig(_Strict):
@@ -93,13 +128,17 @@ class AppConfig(_Strict):
 
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
     models: dict[str, ModelConfig] = Field(default_factory=dict)
+    routing: RoutingConfig = RoutingConfig()
+
+    def breaker_for(self, model: str) -> BreakerConfig:
+        own = self.models[model].breaker if model in self.models else None
+        return own or self.routing.breaker
 
     @model_validator(mode="after")
     def _check_references(self) -> AppConfig:
         problems: list[str] = []
         for name, account in self.providers.items():
-            if account.kind in NEEDS_BASE_URL and not account.base_url:
-                problems.append(f"providers.{name}.base_url: a {account.kind} provider needs the server's base_url")
+            problems.extend(f"providers.{name}.{p}" for p in _platform_problems(account))
         for name, model in self.models.items():
             for i, dep in enumerate(model.deployments):
                 where = f"models.{name}.deployments[{i}].provider"
@@ -110,18 +149,35 @@ class AppConfig(_Strict):
                     problems.append(
                         f"{where}: provider '{dep.provider}' (kind {provider.kind}) cannot serve {model.type}"
                     )
-            for i, fallback in enumerate(model.fallbacks):
-                where = f"models.{name}.fallbacks[{i}]"
-                other = self.models.get(fallback)
-                if other is None:
-                    problems.append(f"{where}: unknown model '{fallback}'")
-                elif other.type != model.type:
-                    problems.append(f"{where}: '{fallback}' is a {other.type} model, not {model.type}")
-                elif fallback == name:
-                    problems.append(f"{where}: a model cannot fall back to itself")
+            for key in ("fallbacks", "context_window_fallbacks", "content_policy_fallbacks"):
+                for i, fallback in enumerate(getattr(model, key)):
+                    where = f"models.{name}.{key}[{i}]"
+                    other = self.models.get(fallback)
+                    if other is None:
+                        problems.append(f"{where}: unknown model '{fallback}'")
+                    elif other.type != model.type:
+                        problems.append(f"{where}: '{fallback}' is a {other.type} model, not {model.type}")
+                    elif fallback == name:
+                        problems.append(f"{where}: a model cannot fall back to itself")
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+
+def _platform_problems(account: ProviderConfig) -> list[str]:
+    """What a provider account lacks for its kind and platform."""
+    if account.kind in NEEDS_BASE_URL and not account.base_url:
+        return [f"base_url: a {account.kind} provider needs the server's base_url"]
+    platforms = {"openai": {"azure"}, "anthropic": {"bedrock", "vertex"}}.get(account.kind, set())
+    if account.platform is not None and account.platform not in platforms:
+        return [f"platform: a {account.kind} provider cannot run on {account.platform}"]
+    if account.platform == "azure" and not (account.base_url and account.api_version):
+        return ["base_url: an Azure OpenAI provider needs base_url (the resource endpoint) and api_version"]
+    if account.platform == "bedrock" and not account.region:
+        return ["region: a Bedrock provider needs its AWS region"]
+    if account.platform == "vertex" and not (account.region and account.project_id):
+        return ["region: a Vertex provider needs region and project_id"]
+    return []
 
 
 def _substitute_env(node: Any, path: str, problems: list[str]) -> Any:
@@ -180,7 +236,7 @@ def load_config(path: Path) -> AppConfig:
                 msg = "unknown key"
             lines.extend(f"{path}: {m}" if not loc else f"{path}: {loc}: {m}" for m in msg.split("; "))
         raise ConfigError("\n".join(lines)) from None
-    return _resolve_model_files(config, path)
+    return resolve_catalog(_resolve_model_files(config, path))
 
 
 def _resolve_model_files(config: AppConfig, path: Path) -> AppConfig:
@@ -202,4 +258,52 @@ def _resolve_model_files(config: AppConfig, path: Path) -> AppConfig:
         models[name] = model.model_copy(update={"deployments": deployments})
     if problems:
         raise ConfigError("\n".join(problems))
+    return config.model_copy(update={"models": models})
+
+
+# --- the catalog of well-known models ------------------------------------------------------------------------
+
+CATALOG = Path(__file__).resolve().parent.parent / "providers" / "catalog.yaml"
+_SUFFIXES = (
+    re.compile(r"-v\d+(:\d+)?$"),  # Bedrock: anthropic.claude-3-5-haiku-20241022-v1:0
+    re.compile(r"@.*$"),  # Vertex: claude-3-5-haiku@20241022
+    re.compile(r"-\d{8}$|-\d{4}-\d{2}-\d{2}$"),  # dated snapshots
+    re.compile(r"-latest$"),
+)
+
+
+@lru_cache(maxsize=1)
+def catalog() -> tuple[str, dict[str, dict[str, float]]]:
+    """(as_of, {model: {price fields and max_input_tokens}}) from the shipped catalog."""
+    raw = yaml.safe_load(CATALOG.read_text())
+    return str(raw["as_of"]), {str(k): dict(v) for k, v in raw["models"].items()}
+
+
+def catalog_entry(provider_model: str) -> dict[str, float] | None:
+    """The catalog's figures for a provider's model name (router prefixes, versions and dates dropped)."""
+    _, models = catalog()
+    name = provider_model.lower().rsplit("/", 1)[-1]
+    name = re.sub(r"^([a-z]{2}\.)?anthropic\.", "", name)
+    for pattern in (None, *_SUFFIXES):
+        if pattern is not None:
+            name = pattern.sub("", name)
+        if name in models:
+            return models[name]
+    return None
+
+
+def resolve_catalog(config: AppConfig) -> AppConfig:
+    """Deployments without a `price` (or `max_input_tokens`) take the catalog's, when it knows the model."""
+    models = dict(config.models)
+    for name, model in config.models.items():
+        deployments = []
+        for dep in model.deployments:
+            entry = catalog_entry(dep.model) if config.providers[dep.provider].kind in ("openai", "anthropic") else None
+            update: dict[str, Any] = {}
+            if entry is not None and "price" not in dep.model_fields_set:
+                update["price"] = Price(**{k: v for k, v in entry.items() if k != "max_input_tokens"})
+            if entry is not None and dep.max_input_tokens is None and "max_input_tokens" in entry:
+                update["max_input_tokens"] = int(entry["max_input_tokens"])
+            deployments.append(dep.model_copy(update=update) if update else dep)
+        models[name] = model.model_copy(update={"deployments": deployments})
     return config.model_copy(update={"models": models})

@@ -153,6 +153,8 @@ class Attempt(Base):
     id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
     task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"))
     n: Mapped[int] = mapped_column(Integer)
+    # The logical model the attempt was made for: the task's own, or a fallback.
+    model: Mapped[str | None] = mapped_column(String(200))
     provider: Mapped[str] = mapped_column(String(100))
     deployment: Mapped[str] = mapped_column(String(300))
     provider_model: Mapped[str] = mapped_column(String(200))
@@ -171,7 +173,11 @@ class Attempt(Base):
     started_at: Mapped[datetime]
     finished_at: Mapped[datetime]
 
-    __table_args__ = (Index("ix_attempts_task_id_n", "task_id", "n"),)
+    __table_args__ = (
+        Index("ix_attempts_task_id_n", "task_id", "n"),
+        # GET /v1/usage reads a span of time.
+        Index("ix_attempts_started_at", "started_at"),
+    )
 
 
 class Workflow(Base):

@@ -369,23 +369,44 @@ class EventHub:
                 feed.inbox.put_nowait(message["data"])
 
 
+class Following:
+    """A listener on one key of a tenant's feed, attached on entry: every event after `start` reaches it.
+    Entering before the object's first event is published (a task made with an id chosen beforehand)
+    means none is missed, not even the first streamed chunk."""
+
+    def __init__(self, hub: EventHub, tenant_id: str, key: Key, *, max_queue: int) -> None:
+        self.hub, self.tenant_id, self.key = hub, tenant_id, key
+        self.listener = Listener(max_queue)
+        self.start = 0
+        self._feed: TenantFeed | None = None
+
+    async def __aenter__(self) -> Following:
+        self._feed = await self.hub.acquire(self.tenant_id)
+        self.start = self._feed.subscribe(self.listener, self.key)
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        if self._feed is not None:
+            self._feed.detach(self.listener)
+            self.hub.release(self._feed)
+
+    async def events(self, since: int | None) -> AsyncIterator[FeedEvent]:
+        """The stored events after `since` (none when None) up to `start`, then live ones, in order."""
+        if since is not None:
+            async for stored in replay(self.hub.reader, self.tenant_id, self.key, since, self.start):
+                yield stored
+        while True:
+            live: FeedEvent = await self.listener.next()
+            yield live
+
+
 async def follow(
     hub: EventHub, tenant_id: str, key: Key, *, since: int | None, max_queue: int
 ) -> AsyncGenerator[FeedEvent]:
     """The events of one key: the stored ones after `since` (none when None), then live ones, in order."""
-    feed = await hub.acquire(tenant_id)
-    listener = Listener(max_queue)
-    start = feed.subscribe(listener, key)
-    try:
-        if since is not None:
-            async for stored in replay(hub.reader, tenant_id, key, since, start):
-                yield stored
-        while True:
-            live: FeedEvent = await listener.next()
-            yield live
-    finally:
-        feed.detach(listener)
-        hub.release(feed)
+    async with Following(hub, tenant_id, key, max_queue=max_queue) as following:
+        async for event in following.events(since):
+            yield event
 
 
 async def replay(reader: EventReader, tenant_id: str, key: Key, since: int, until: int) -> AsyncIterator[FeedEvent]:

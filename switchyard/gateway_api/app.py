@@ -16,10 +16,23 @@ from switchyard.events.bus import wake_relay
 from switchyard.events.feed import EventHub
 from switchyard.gateway_api.errors import install_error_handlers
 from switchyard.gateway_api.middleware import BodySizeLimit
-from switchyard.gateway_api.routes import events, health, models, predict, tasks, webhooks, workflows
+from switchyard.gateway_api.routes import (
+    events,
+    health,
+    models,
+    openai,
+    predict,
+    providers,
+    tasks,
+    usage,
+    webhooks,
+    workflows,
+)
 from switchyard.gateway_api.state import ApiState, KeyCache
 from switchyard.gateway_api.ws_slots import ConnectionSlots
 from switchyard.ml.catalog import model_signatures
+from switchyard.providers.health import DeploymentHealth, health_store
+from switchyard.providers.limits import RateLimits
 from switchyard.settings import Settings, get_settings
 from switchyard.tasks.completion import Completions
 from switchyard.workers.celery_app import make_celery
@@ -59,6 +72,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             keys=KeyCache(ttl_s=settings.api_key_cache_s),
             hub=EventHub(db, settings.redis_url, poll_s=settings.feed_poll_s),
             ws_slots=ConnectionSlots(settings.redis_url, settings.ws_max_connections_per_tenant),
+            health=DeploymentHealth(health_store(redis_client)),
+            limits=RateLimits(settings.redis_url),
         )
         await state.hub.start()
         app.state.switchyard = state
@@ -81,5 +96,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(workflows.router)
     app.include_router(events.router)
     app.include_router(webhooks.router)
+    app.include_router(providers.router)
+    app.include_router(openai.router)
+    app.include_router(usage.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app

@@ -14,6 +14,8 @@ from switchyard.core.db import Database
 from switchyard.events.feed import EventHub
 from switchyard.gateway_api.ws_slots import ConnectionSlots
 from switchyard.ml.signature import Signature
+from switchyard.providers.health import DeploymentHealth
+from switchyard.providers.limits import RateLimits
 from switchyard.settings import Settings
 from switchyard.tasks.completion import Completions
 from switchyard.tenancy.service import Principal
@@ -57,6 +59,8 @@ class ApiState:
     keys: KeyCache
     hub: EventHub
     ws_slots: ConnectionSlots
+    health: DeploymentHealth
+    limits: RateLimits
 
     async def aclose(self) -> None:
         await self.hub.close()

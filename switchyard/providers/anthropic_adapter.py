@@ -139,7 +139,48 @@ def to_anthropic(request: dict[str, Any]) -> dict[str, Any]:
         params["tool_choice"] = {"type": "tool", "name": choice["function"]["name"]}
     if request.get("user"):
         params["metadata"] = {"user_id": str(request["user"])}
+    _json_mode(request, params)
     return params
+
+
+# The tool that carries an answer to a JSON schema (Anthropic has no response_format: a forced tool call
+# whose input is the answer is its way to get JSON that fits a schema).
+JSON_TOOL = "json_response"
+
+
+def _json_mode(request: dict[str, Any], params: dict[str, Any]) -> None:
+    """OpenAI's response_format in Anthropic's terms: a schema becomes a forced tool; plain JSON mode an
+    instruction in the system prompt."""
+    fmt = request.get("response_format") or {}
+    if fmt.get("type") == "json_schema":
+        spec = fmt.get("json_schema") or {}
+        params["tools"] = [
+            *params.get("tools", []),
+            {
+                "name": JSON_TOOL,
+                "description": spec.get("description") or f"Respond with {spec.get('name') or 'the answer'}.",
+                "input_schema": spec.get("schema") or {"type": "object"},
+            },
+        ]
+        params["tool_choice"] = {"type": "tool", "name": JSON_TOOL}
+    elif fmt.get("type") == "json_object":
+        instruction = "Respond with a single JSON object and nothing else."
+        params["system"] = f"{params['system']}\n\n{instruction}" if params.get("system") else instruction
+
+
+def _from_json_tool(output: dict[str, Any]) -> dict[str, Any]:
+    """The forced JSON tool call as the JSON text an OpenAI caller expects in `content`."""
+    calls = output.get("tool_calls") or []
+    answer = next((c for c in calls if c["function"]["name"] == JSON_TOOL), None)
+    if answer is None:
+        return output
+    rest = [c for c in calls if c is not answer]
+    output = {**output, "content": answer["function"]["arguments"], "finish_reason": "stop"}
+    if rest:
+        output["tool_calls"] = rest
+    else:
+        output.pop("tool_calls", None)
+    return output
 
 
 def _usage(input_tokens: int, output_tokens: int, cache_read: int | None, cache_write: int | None) -> Usage:
@@ -159,7 +200,7 @@ def _result(
     output: dict[str, Any] = {"content": text, "finish_reason": STOP_REASONS.get(stop_reason or "end_turn", "stop")}
     if tool_calls:
         output["tool_calls"] = tool_calls
-    return CallResult(output=output, usage=usage, provider_model=provider_model)
+    return CallResult(output=_from_json_tool(output), usage=usage, provider_model=provider_model)
 
 
 class AnthropicAdapter:

@@ -27,17 +27,25 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
     return None
 
 
-def status_error(status: int, message: str, headers: Mapping[str, str]) -> ProviderError:
+# How providers word a prompt too long for the model (OpenAI, Anthropic, vLLM and others).
+_CONTEXT_WORDS = ("context_length_exceeded", "maximum context length", "prompt is too long", "context window")
+
+
+def status_error(status: int, message: str, headers: Mapping[str, str], code: str | None = None) -> ProviderError:
     """A ProviderError for an HTTP status answered by a provider."""
     retryable = status in RETRYABLE_STATUS or status >= 500
+    lowered = f"{code or ''} {message}".lower()
     if status == 429:
         error_type = "rate_limited"
     elif status == 408:
         error_type = "timeout"
     elif status in (400, 404, 413, 422):
-        error_type = (
-            "content_blocked" if "content" in message.lower() and "policy" in message.lower() else ("invalid_request")
-        )
+        if any(words in lowered for words in _CONTEXT_WORDS):
+            error_type = "context_length_exceeded"
+        elif "content_policy" in lowered or ("content" in lowered and "policy" in lowered):
+            error_type = "content_blocked"
+        else:
+            error_type = "invalid_request"
     else:
         error_type = "provider_error"
     return ProviderError(

@@ -31,7 +31,7 @@ def _translated_errors() -> Iterator[None]:
     except openai.APIConnectionError as exc:
         raise connection_error(str(exc)) from exc
     except openai.APIStatusError as exc:
-        raise status_error(exc.status_code, exc.message, exc.response.headers) from exc
+        raise status_error(exc.status_code, exc.message, exc.response.headers, exc.code) from exc
     except openai.OpenAIError as exc:
         raise ProviderError("provider_error", str(exc), retryable=False) from exc
     except httpx2.TransportError as exc:  # a stream that breaks while it is read

@@ -27,7 +27,7 @@ from switchyard.events.log import append_event
 from switchyard.providers.base import CallResult, Usage
 from switchyard.providers.pricing import cost_usd
 from switchyard.providers.registry import ProviderSet
-from switchyard.providers.router import backoff_s, deployment_for_attempt
+from switchyard.providers.router import Choice, Earlier, Router, Unavailable, backoff_s
 from switchyard.settings import Settings
 from switchyard.tasks.service import RunAdvancer
 from switchyard.tasks.views import task_view
@@ -52,6 +52,7 @@ class Claim:
     attempt_count: int
     run_id: str | None = None
     step_id: str | None = None
+    created_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class Outcome:
     """One finished provider call, successful or not."""
 
     deployment: Deployment
+    model: str  # the logical model it was made for (a fallback's, maybe)
     n: int
     started_at: datetime
     latency_ms: int
@@ -79,6 +81,7 @@ class Executor:
         config: AppConfig,
         db: Database,
         providers: ProviderSet,
+        router: Router,
         dispatcher: RunAdvancer | None = None,
         on_finished: Callable[[str], None] | None = None,
         deltas: DeltaSink | None = None,
@@ -87,6 +90,7 @@ class Executor:
         self.config = config
         self.db = db
         self.providers = providers
+        self.router = router
         # Asked to advance a workflow run when one of its tasks finishes.
         self.dispatcher = dispatcher
         # Told (after the commit) when a task reaches its final state: synchronous callers wait on it.
@@ -100,35 +104,48 @@ class Executor:
         claim = self.claim(task_id)
         if claim is None:
             return  # a duplicate delivery, a canceled task, or not yet due: someone else owns it or nobody should
-        model = self.config.models.get(claim.model)
-        if model is None:
+        if claim.model not in self.config.models:
             self.finish_failed(
                 claim, None, {"type": "invalid_request", "message": f"model '{claim.model}' is no longer configured"}
             )
             return
         max_attempts = int(claim.options.get("max_attempts") or self.settings.default_max_attempts)
         timeout_s = float(claim.options.get("timeout_s") or self.settings.default_timeout_s)
-        pinned = claim.options.get("provider")
+        earlier = self._earlier(claim) if claim.attempt_count else []
+        route = self.router.route(claim.type, claim.model, claim.input, claim.options.get("provider"), earlier)
         while True:
             n = claim.attempt_count + 1
-            deployment = deployment_for_attempt(model, pinned, n)
-            outcome = self.call(claim, deployment, n, timeout_s)
+            choice = self.router.choose(route, lease_s=self._lease_s(timeout_s))
+            if isinstance(choice, Unavailable):
+                self.wait_for_deployment(claim, choice)
+                return
+            outcome = self.call(claim, choice, n, timeout_s)
+            usage = outcome.result.usage if outcome.result else Usage()
+            self.router.finish(
+                choice, _health_outcome(outcome), outcome.latency_ms, usage.input_tokens + usage.output_tokens
+            )
             if outcome.error is None:
                 self.finish_succeeded(claim, outcome)
                 return
             error = outcome.error
-            if not error.retryable or n >= max_attempts:
+            route.failed_on(self.config, choice.model, choice.deployment.name, error.error_type)
+            # A context-length or content-policy error fails the task unless the route found a fallback for it.
+            moved_on = route.model != choice.model
+            if (not error.retryable and not moved_on) or n >= max_attempts:
                 self.finish_failed(claim, outcome, {"type": error.error_type, "message": error.message})
                 return
-            wait = backoff_s(
-                n, base_s=self.settings.retry_base_s, max_s=self.settings.retry_max_s, retry_after_s=error.retry_after_s
-            )
+            wait = 0.0
+            if not self.router.fails_over_at_once(route):
+                # Only the deployments that failed are left: give them time (and what they asked for).
+                base, cap = self.settings.retry_base_s, self.settings.retry_max_s
+                wait = backoff_s(n, base_s=base, max_s=cap, retry_after_s=error.retry_after_s)
             keep_going = self.record_retry(claim, outcome, wait, timeout_s)
             if not keep_going:
                 return
             time.sleep(wait)
 
-    def call(self, claim: Claim, deployment: Deployment, n: int, timeout_s: float) -> Outcome:
+    def call(self, claim: Claim, choice: Choice, n: int, timeout_s: float) -> Outcome:
+        deployment, model = choice.deployment, choice.model
         adapter = self.providers.get(deployment.provider)
         method = {
             "chat": adapter.chat,
@@ -165,12 +182,12 @@ class Executor:
                     retryable=False,
                     status_code=exc.status_code,
                 )
-            return Outcome(deployment, n, started_at, _ms_since(t0), error=exc)
+            return Outcome(deployment, model, n, started_at, _ms_since(t0), error=exc)
         except Exception as exc:  # an adapter bug must fail the attempt, not kill the worker thread
             log.exception("adapter_crashed", task_id=claim.task_id, provider=deployment.provider)
             err = ProviderError("provider_error", f"{type(exc).__name__}: {exc}", retryable=False)
-            return Outcome(deployment, n, started_at, _ms_since(t0), error=err)
-        return Outcome(deployment, n, started_at, _ms_since(t0), result=result)
+            return Outcome(deployment, model, n, started_at, _ms_since(t0), error=err)
+        return Outcome(deployment, model, n, started_at, _ms_since(t0), result=result)
 
     # --- transactions -----------------------------------------------------------------------------------------
 
@@ -203,6 +220,7 @@ class Executor:
                     Task.attempt_count,
                     Task.run_id,
                     Task.step_id,
+                    Task.created_at,
                 )
             ).first()
             if row is None:
@@ -218,6 +236,7 @@ class Executor:
                 row.attempt_count,
                 row.run_id,
                 row.step_id,
+                row.created_at,
             )
             # A per-task timeout longer than the default needs a longer lease.
             if claim.options.get("timeout_s", self.settings.default_timeout_s) != self.settings.default_timeout_s:
@@ -290,10 +309,60 @@ class Executor:
             return False
         return not durable
 
+    def wait_for_deployment(self, claim: Claim, unavailable: Unavailable) -> None:
+        """No deployment can take the call now (breakers open, limits reached): hand the task back with a due
+        time, no attempt made, or fail it once it has waited longer than allowed."""
+        now = utcnow()
+        if (
+            claim.created_at is not None
+            and (now - claim.created_at).total_seconds() > self.settings.unavailable_timeout_s
+        ):
+            error = {
+                "type": "unavailable",
+                "message": f"{unavailable.reason} (waited {self.settings.unavailable_timeout_s:.0f}s)",
+            }
+            self.finish_failed(claim, None, error)
+            return
+        with self.db.transaction() as tx:
+            row = tx.session.execute(
+                _task_update()
+                .where(Task.id == claim.task_id, Task.claim_id == claim.claim_id, Task.status == "running")
+                .values(
+                    status="queued",
+                    claim_id=None,
+                    lease_expires_at=None,
+                    due_at=now + timedelta(seconds=unavailable.wait_s),
+                    published_at=None,
+                )
+                .returning(Task.id)
+            ).first()
+            if row is None:
+                return
+            append_event(
+                tx.session,
+                tenant_id=claim.tenant_id,
+                type="task.retrying",
+                task_id=claim.task_id,
+                run_id=claim.run_id,
+                step_id=claim.step_id,
+                data={"id": claim.task_id, "wait_s": round(unavailable.wait_s, 3), "reason": unavailable.reason},
+            )
+
+    def _earlier(self, claim: Claim) -> list[Earlier]:
+        """The task's recorded attempts, to pick its route up where it was."""
+        with self.db.sessions() as session:
+            rows = session.execute(
+                select(Attempt.model, Attempt.deployment, Attempt.status, Attempt.error_type)
+                .where(Attempt.task_id == claim.task_id)
+                .order_by(Attempt.n)
+            )
+            return [Earlier(r.model or claim.model, r.deployment, r.status == "succeeded", r.error_type) for r in rows]
+
     def finish_succeeded(self, claim: Claim, outcome: Outcome) -> None:
         assert outcome.result is not None
         usage = outcome.result.usage.as_dict()
         result = dict(outcome.result.output)
+        result["model"] = outcome.model
         result["provider"] = outcome.deployment.provider
         result["provider_model"] = outcome.result.provider_model or outcome.deployment.model
         self._finish(claim, outcome, status="succeeded", result=result, error=None, usage=usage)
@@ -418,6 +487,7 @@ class Executor:
         values = dict(
             task_id=claim.task_id,
             n=outcome.n,
+            model=outcome.model,
             provider=outcome.deployment.provider,
             deployment=outcome.deployment.name,
             provider_model=(outcome.result.provider_model if outcome.result else "") or outcome.deployment.model,
@@ -457,6 +527,16 @@ def _task_update() -> Update:
     """A conditional UPDATE of tasks. The executor's session holds no Task objects that need keeping in step,
     so the ORM's session synchronisation is skipped."""
     return update(Task).execution_options(synchronize_session=False)
+
+
+def _health_outcome(outcome: Outcome) -> str | None:
+    """What an attempt says of its deployment: failures another try could fix count against it; the
+    caller's own mistakes (a 400, a prompt too long) do not."""
+    if outcome.error is None:
+        return "ok"
+    if outcome.error.retryable or outcome.error.error_type == "stream_interrupted":
+        return "fail"
+    return None
 
 
 def _ms_since(t0: float) -> int:

@@ -98,8 +98,10 @@ def create_task(
     idempotency_key: str | None,
     idempotency_ttl_s: float,
     allow_private_webhooks: bool = False,
+    task_id: str | None = None,
 ) -> Created:
-    """Insert the task and its `task.queued` event; publish its id once the transaction commits."""
+    """Insert the task and its `task.queued` event; publish its id once the transaction commits. `task_id`
+    gives the new task an id chosen beforehand (a caller that listens to its events from the start)."""
     pinned = body.options.provider or pinned_provider
     normalised_input = validate_input(config, signatures, body, pinned)
     session = tx.session
@@ -117,6 +119,7 @@ def create_task(
     if pinned is not None:
         options["provider"] = pinned
     task = new_task(
+        task_id=task_id,
         tenant_id=tenant_id,
         type=body.type,
         model=body.model,
@@ -148,6 +151,7 @@ def create_task(
 
 def new_task(
     *,
+    task_id: str | None = None,
     tenant_id: str,
     type: str,
     model: str,
@@ -165,7 +169,7 @@ def new_task(
     """A queued task row, not yet added to a session (inputs already checked by the caller)."""
     now = utcnow()
     return Task(
-        id=new_id("task"),
+        id=task_id or new_id("task"),
         tenant_id=tenant_id,
         type=type,
         model=model,

@@ -19,6 +19,7 @@ def attempt_view(attempt: Attempt) -> dict[str, Any]:
         error = {"type": attempt.error_type, "message": attempt.error_message, "status_code": attempt.status_code}
     return {
         "n": attempt.n,
+        "model": attempt.model,
         "provider": attempt.provider,
         "deployment": attempt.deployment,
         "provider_model": attempt.provider_model,

@@ -14,7 +14,10 @@ from switchyard.core.config import load_config
 from switchyard.core.db import Database
 from switchyard.events.bus import publish_delta, wake_relay
 from switchyard.events.relay import EventRelay
+from switchyard.providers.health import DeploymentHealth, health_store
+from switchyard.providers.limits import RateLimits
 from switchyard.providers.registry import ProviderSet
+from switchyard.providers.router import Router
 from switchyard.settings import Settings, get_settings
 from switchyard.tasks.completion import signal_done
 from switchyard.tasks.execution import Executor
@@ -95,6 +98,7 @@ def init_resources() -> WorkerResources:
                     config,
                     db,
                     providers,
+                    Router(config, DeploymentHealth(health_store(redis_client)), RateLimits(settings.redis_url)),
                     dispatcher,
                     on_finished=on_finished,
                     deltas=partial(publish_delta, redis_client) if redis_client is not None else None,

@@ -8,24 +8,21 @@ import io
 import time
 from typing import Any
 
-import anyio.to_thread
 import orjson
 from fastapi import APIRouter, Request
 from pydantic import ValidationError
 
-from switchyard.core.errors import GatewayTimeout, InvalidRequest, MalformedRequest, UpstreamFailed
+from switchyard.core.errors import InvalidRequest, MalformedRequest
 from switchyard.core.validation import invalid_request
+from switchyard.gateway_api import sync
 from switchyard.gateway_api.deps import Member, StateDep
 from switchyard.gateway_api.responses import FastJSONResponse
 from switchyard.gateway_api.state import ApiState
-from switchyard.tasks import service
 from switchyard.tasks.schemas import TaskCreate
 
 router = APIRouter(prefix="/v1/predict", tags=["predict"])
 
 DEFAULT_WAIT_S = 30.0
-# A failed task's error type, as the status of the synchronous answer.
-_FAILED_STATUS = {"invalid_request": InvalidRequest, "timeout": GatewayTimeout}
 
 
 @router.post("/{model}")
@@ -37,34 +34,10 @@ async def predict(model: str, request: Request, principal: Member, state: StateD
     except ValidationError as exc:
         raise invalid_request(exc) from None
 
-    def create() -> str:
-        with state.db.transaction() as tx:
-            created = service.create_task(
-                tx,
-                state.config,
-                state.signatures,
-                state.dispatcher,
-                tenant_id=principal.tenant_id,
-                body=body,
-                pinned_provider=request.headers.get("x-provider"),
-                idempotency_key=request.headers.get("idempotency-key"),
-                idempotency_ttl_s=state.settings.idempotency_ttl_s,
-            )
-            return created.task.id
-
-    task_id = await anyio.to_thread.run_sync(create)
-    wait_s = float(options.get("timeout_s") or DEFAULT_WAIT_S)
-    if not await state.completions.wait(task_id, wait_s):
-        raise GatewayTimeout(f"task {task_id} is still running after {wait_s:.0f}s; poll GET /v1/tasks/{task_id}")
-
-    def read() -> dict[str, Any]:
-        with state.db.transaction() as tx:
-            return service.get_task(tx, principal.tenant_id, task_id)
-
-    task = await anyio.to_thread.run_sync(read)
+    task_id = await sync.create(state, principal, body, request)
+    task = await sync.wait_for(state, principal, task_id, float(options.get("timeout_s") or DEFAULT_WAIT_S))
     if task["status"] != "succeeded":
-        error = task["error"] or {"type": "provider_error", "message": task["status"]}
-        raise _FAILED_STATUS.get(error["type"], UpstreamFailed)(f"task {task_id} {task['status']}: {error['message']}")
+        raise sync.failure(task)
     result = task["result"]
     return FastJSONResponse(
         {
@@ -76,7 +49,7 @@ async def predict(model: str, request: Request, principal: Member, state: StateD
             "batch_size": result.get("batch_size"),
             "cost_usd": task["cost_usd"],
         },
-        headers={"x-switchyard-task-id": task_id, "x-switchyard-cost-usd": f"{task['cost_usd']:.10f}"},
+        headers=sync.task_headers(task),
     )
 
 

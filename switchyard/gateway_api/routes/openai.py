@@ -1,0 +1,320 @@
+"""OpenAI-compatible endpoints: `/v1/chat/completions` (also streamed), `/v1/embeddings`, `/v1/moderations`.
+
+Existing code and the official SDK work by changing `base_url`. Each request runs as a task through the
+workers like any other (routed, retried, failed over, costed and recorded); the response is OpenAI's shape
+with `x-switchyard-task-id` and `x-switchyard-cost-usd`. A streamed answer's chunks come from the worker
+over Redis as the provider produces them: a provider failing before the first chunk is failed over out of
+sight; a stream that breaks after chunks were sent ends with an error event, never with `[DONE]`.
+"""
+
+from __future__ import annotations
+
+import base64
+import struct
+import time
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from pydantic import ValidationError
+from starlette.responses import Response, StreamingResponse
+
+from switchyard.core.errors import AppError, InvalidRequest, MalformedRequest
+from switchyard.core.ids import new_id
+from switchyard.core.validation import invalid_request
+from switchyard.events.feed import FeedEvent, Following, object_key
+from switchyard.gateway_api import sync
+from switchyard.gateway_api.deps import Member, StateDep
+from switchyard.gateway_api.responses import FastJSONResponse, error_response
+from switchyard.gateway_api.state import ApiState
+from switchyard.tasks.schemas import TaskCreate
+from switchyard.tenancy.service import Principal
+
+router = APIRouter(tags=["openai"])
+
+# Request fields of OpenAI's that are about the exchange rather than the model call.
+_EXCHANGE_FIELDS = ("model", "stream", "stream_options", "metadata", "store", "service_tier")
+
+
+async def _json_object(request: Request) -> dict[str, Any]:
+    try:
+        body = orjson.loads(await request.body())
+    except orjson.JSONDecodeError:
+        raise MalformedRequest("request body is not valid JSON", param="body") from None
+    if not isinstance(body, dict):
+        raise MalformedRequest("request body must be a JSON object", param="body")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise MalformedRequest("model is required", param="model")
+    return body
+
+
+def _task(
+    task_type: str, model: str, task_input: dict[str, Any], *, metadata: dict[str, Any] | None = None, **options: Any
+) -> TaskCreate:
+    try:
+        return TaskCreate.model_validate(
+            {
+                "type": task_type,
+                "model": model,
+                "input": task_input,
+                "options": {k: v for k, v in options.items() if v is not None},
+                "metadata": metadata or {},
+            }
+        )
+    except ValidationError as exc:
+        raise sync.openai_style(invalid_request(exc)) from None
+
+
+async def _submit(
+    state: ApiState, principal: Principal, body: TaskCreate, request: Request, task_id: str | None = None
+) -> str:
+    try:
+        return await sync.create(state, principal, body, request, task_id=task_id)
+    except InvalidRequest as exc:
+        raise sync.openai_style(exc) from None
+
+
+async def _finished(state: ApiState, principal: Principal, task_id: str) -> dict[str, Any]:
+    task = await sync.wait_for(state, principal, task_id, state.settings.sync_wait_s)
+    if task["status"] != "succeeded":
+        raise sync.failure(task, invalid=MalformedRequest)
+    return task
+
+
+# --- chat ---------------------------------------------------------------------------------------------------------
+
+
+def _chat_request(body: dict[str, Any]) -> tuple[dict[str, Any], bool, bool, dict[str, Any]]:
+    """(the task input, stream?, include usage?, metadata) of a chat completions request."""
+    for field, value in (("logprobs", body.get("logprobs")), ("top_logprobs", body.get("top_logprobs"))):
+        if value:
+            raise MalformedRequest(f"{field} is not supported", param=field)
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict):
+        raise MalformedRequest("stream_options must be an object", param="stream_options")
+    metadata = body.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        raise MalformedRequest("metadata must be an object", param="metadata")
+    task_input = {k: v for k, v in body.items() if k not in _EXCHANGE_FIELDS and k not in ("logprobs", "top_logprobs")}
+    return task_input, bool(body.get("stream")), bool(options.get("include_usage")), metadata
+
+
+def _usage(task: dict[str, Any]) -> dict[str, Any]:
+    usage = task.get("usage") or {}
+    prompt, completion = int(usage.get("input_tokens", 0)), int(usage.get("output_tokens", 0))
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": int(usage.get("cached_input_tokens", 0))},
+    }
+
+
+def _created(task: dict[str, Any]) -> int:
+    return int(datetime.fromisoformat(task["created_at"]).timestamp()) if task.get("created_at") else int(time.time())
+
+
+def _completion(task: dict[str, Any], model: str) -> dict[str, Any]:
+    result = task["result"]
+    message: dict[str, Any] = {"role": "assistant", "content": result.get("content"), "refusal": None}
+    if result.get("tool_calls"):
+        message["tool_calls"] = result["tool_calls"]
+    return {
+        "id": f"chatcmpl-{task['id']}",
+        "object": "chat.completion",
+        "created": _created(task),
+        "model": model,
+        "choices": [{"index": 0, "message": message, "finish_reason": result.get("finish_reason"), "logprobs": None}],
+        "usage": _usage(task),
+        "system_fingerprint": None,
+    }
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request, principal: Member, state: StateDep) -> Response:
+    body = await _json_object(request)
+    task_input, stream, include_usage, metadata = _chat_request(body)
+    model = body["model"]
+    task_body = _task("chat", model, task_input, metadata=metadata, stream=True if stream else None)
+    if not stream:
+        task = await _finished(state, principal, await _submit(state, principal, task_body, request))
+        return FastJSONResponse(_completion(task, model), headers=sync.task_headers(task))
+    return await _stream(request, principal, state, task_body, model, include_usage)
+
+
+async def _stream(
+    request: Request, principal: Principal, state: ApiState, body: TaskCreate, model: str, include_usage: bool
+) -> Response:
+    task_id = new_id("task")
+    following = Following(state.hub, principal.tenant_id, object_key("task", task_id), max_queue=100_000)
+    await following.__aenter__()  # listening before the task exists: its first chunk cannot be missed
+    try:
+        created = await _submit(state, principal, body, request, task_id=task_id)
+        replayed = created != task_id
+        if replayed:  # an Idempotency-Key replay: follow that task from its start
+            await following.__aexit__()
+            task_id = created
+            following = Following(state.hub, principal.tenant_id, object_key("task", task_id), max_queue=100_000)
+            await following.__aenter__()
+        events = following.events(since=0 if replayed else None)
+        chunks = _chunks(state, principal, task_id, model, include_usage, events)
+        # Nothing is sent until the first chunk is known: a task that fails before any text answers with
+        # its error status, like a non-streamed request.
+        try:
+            first = await anext(chunks)
+        except _FailedBeforeText as failed:
+            await following.__aexit__()
+            return error_response(failed.error)
+    except BaseException:
+        await following.__aexit__()
+        raise
+
+    async def body_stream() -> AsyncIterator[bytes]:
+        try:
+            yield first
+            async for chunk in chunks:
+                yield chunk
+        finally:
+            await following.__aexit__()
+
+    headers = {"x-switchyard-task-id": task_id, "cache-control": "no-cache", "x-accel-buffering": "no"}
+    return StreamingResponse(body_stream(), media_type="text/event-stream", headers=headers)
+
+
+class _FailedBeforeText(Exception):
+    def __init__(self, error: AppError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+def _sse(payload: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+async def _chunks(
+    state: ApiState,
+    principal: Principal,
+    task_id: str,
+    model: str,
+    include_usage: bool,
+    events: AsyncIterator[FeedEvent],
+) -> AsyncIterator[bytes]:
+    """The task's events as chat.completion.chunk events."""
+    base = {"id": f"chatcmpl-{task_id}", "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
+
+    def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+        return _sse(
+            {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}]}
+        )
+
+    sent: list[str] = []
+    async for event in events:
+        if event.seq is None:  # a text chunk
+            if not sent:
+                yield chunk({"role": "assistant", "content": ""})
+            text = str(event.view["data"]["content"])
+            sent.append(text)
+            yield chunk({"content": text})
+            continue
+        if not event.terminal:
+            continue
+        task = event.view["data"]
+        if "status" not in task or "result" not in task:  # a minimal terminal event: read the task whole
+            task = await sync.read(state, principal, task_id)
+        if task["status"] != "succeeded":
+            error = sync.failure(task, invalid=MalformedRequest)
+            if not sent:
+                raise _FailedBeforeText(error)
+            # Text went out already: the client must learn that the answer is cut short, not see it end.
+            yield _sse({"error": {"type": error.type, "message": error.message, "param": None, "code": error.code}})
+            return
+        result = task["result"]
+        content = result.get("content") or ""
+        if not sent:
+            yield chunk({"role": "assistant", "content": ""})
+        # Chunks lost on the way (or never streamed, in embedded mode) are made up from the final text.
+        streamed = "".join(sent)
+        if content != streamed:
+            rest = content[len(streamed) :] if content.startswith(streamed) else content
+            if rest:
+                yield chunk({"content": rest})
+        if result.get("tool_calls"):
+            calls = [{"index": i, **call} for i, call in enumerate(result["tool_calls"])]
+            yield chunk({"tool_calls": calls})
+        yield chunk({}, result.get("finish_reason") or "stop")
+        if include_usage:
+            yield _sse({**base, "choices": [], "usage": _usage(task)})
+        yield b"data: [DONE]\n\n"
+        return
+
+
+# --- embeddings and moderations -------------------------------------------------------------------------------
+
+
+def _text_input(body: dict[str, Any]) -> str | list[str]:
+    value = body.get("input")
+    if isinstance(value, str) or (isinstance(value, list) and value and all(isinstance(v, str) for v in value)):
+        return value
+    if isinstance(value, list) and value and all(isinstance(v, int | list) for v in value):
+        raise MalformedRequest("token arrays are not supported: send the text", param="input")
+    raise MalformedRequest("input must be a string or a non-empty list of strings", param="input")
+
+
+@router.post("/v1/embeddings")
+async def embeddings(request: Request, principal: Member, state: StateDep) -> Response:
+    body = await _json_object(request)
+    encoding = body.get("encoding_format") or "float"
+    if encoding not in ("float", "base64"):
+        raise MalformedRequest("encoding_format must be 'float' or 'base64'", param="encoding_format")
+    unknown = sorted(set(body) - {"model", "input", "encoding_format", "dimensions", "user"})
+    if unknown:
+        raise MalformedRequest("unknown field", param=unknown[0])
+    task_input: dict[str, Any] = {"input": _text_input(body)}
+    if body.get("dimensions") is not None:
+        task_input["dimensions"] = body["dimensions"]
+    task_body = _task("embed", body["model"], task_input)
+    task = await _finished(state, principal, await _submit(state, principal, task_body, request))
+    vectors = task["result"]["embeddings"]
+    data = [
+        {"object": "embedding", "index": i, "embedding": _encode(vector) if encoding == "base64" else vector}
+        for i, vector in enumerate(vectors)
+    ]
+    tokens = int((task.get("usage") or {}).get("input_tokens", 0))
+    payload = {
+        "object": "list",
+        "data": data,
+        "model": body["model"],
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+    return FastJSONResponse(payload, headers=sync.task_headers(task))
+
+
+def _encode(vector: list[float]) -> str:
+    """OpenAI's base64 encoding: little-endian float32."""
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+
+
+@router.post("/v1/moderations")
+async def moderations(request: Request, principal: Member, state: StateDep) -> Response:
+    try:
+        raw = orjson.loads(await request.body())
+    except orjson.JSONDecodeError:
+        raise MalformedRequest("request body is not valid JSON", param="body") from None
+    if not isinstance(raw, dict):
+        raise MalformedRequest("request body must be a JSON object", param="body")
+    # OpenAI's `model` is optional here: the first moderation model of the config stands in.
+    model = raw.get("model") or next((n for n, m in state.config.models.items() if m.type == "moderate"), None)
+    if model is None:
+        raise MalformedRequest("no moderation model is configured", param="model")
+    task_body = _task("moderate", model, {"input": _text_input(raw)})
+    task = await _finished(state, principal, await _submit(state, principal, task_body, request))
+    result = task["result"]
+    results = result.get("results") or [
+        {"flagged": result["flagged"], "categories": result["categories"], "category_scores": result["category_scores"]}
+    ]
+    return FastJSONResponse(
+        {"id": f"modr-{task['id']}", "model": model, "results": results}, headers=sync.task_headers(task)
+    )

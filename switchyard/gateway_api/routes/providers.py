@@ -1,0 +1,16 @@
+"""`GET /v1/providers`: the health of every deployment, as the workers see it (shared through Redis)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from switchyard.gateway_api.deps import StateDep, Viewer
+from switchyard.gateway_api.responses import FastJSONResponse
+from switchyard.providers.status import deployment_status
+
+router = APIRouter(prefix="/v1/providers", tags=["providers"])
+
+
+@router.get("")
+def list_providers(principal: Viewer, state: StateDep) -> FastJSONResponse:
+    return FastJSONResponse({"data": deployment_status(state.config, state.health, state.limits)})

@@ -1,0 +1,115 @@
+"""Synchronous endpoints over tasks (`/v1/predict`, `/v1/chat/completions`, `/v1/embeddings`,
+`/v1/moderations`): submit a task like `POST /v1/tasks` does, wait for the workers to finish it, answer
+with its outcome. The task is recorded, routed, retried and costed like any other; a caller that stops
+waiting can still poll it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio.to_thread
+from fastapi import Request
+
+from switchyard.core.errors import (
+    AppError,
+    GatewayTimeout,
+    InvalidRequest,
+    MalformedRequest,
+    NotFound,
+    ServiceUnavailable,
+    UpstreamFailed,
+)
+from switchyard.gateway_api.state import ApiState
+from switchyard.tasks import service
+from switchyard.tasks.schemas import TaskCreate
+from switchyard.tenancy.service import Principal
+
+
+class RateLimited(AppError):
+    status = 429
+    type = "rate_limit_error"
+
+
+class Canceled(AppError):
+    status = 409
+    type = "conflict_error"
+
+
+async def create(
+    state: ApiState, principal: Principal, body: TaskCreate, request: Request, *, task_id: str | None = None
+) -> str:
+    """Submit the task (committed and published before this returns); its id (a replay's, for a repeated
+    Idempotency-Key)."""
+
+    def insert() -> str:
+        with state.db.transaction() as tx:
+            created = service.create_task(
+                tx,
+                state.config,
+                state.signatures,
+                state.dispatcher,
+                tenant_id=principal.tenant_id,
+                body=body,
+                pinned_provider=request.headers.get("x-provider"),
+                idempotency_key=request.headers.get("idempotency-key"),
+                idempotency_ttl_s=state.settings.idempotency_ttl_s,
+                task_id=task_id,
+            )
+            return created.task.id
+
+    return await anyio.to_thread.run_sync(insert)
+
+
+async def read(state: ApiState, principal: Principal, task_id: str) -> dict[str, Any]:
+    def get() -> dict[str, Any]:
+        with state.db.transaction() as tx:
+            return service.get_task(tx, principal.tenant_id, task_id)
+
+    return await anyio.to_thread.run_sync(get)
+
+
+async def wait_for(state: ApiState, principal: Principal, task_id: str, wait_s: float) -> dict[str, Any]:
+    """The finished task, or GatewayTimeout (the task goes on) after `wait_s`."""
+    if not await state.completions.wait(task_id, wait_s):
+        raise GatewayTimeout(f"task {task_id} is still running after {wait_s:.0f}s; poll GET /v1/tasks/{task_id}")
+    return await read(state, principal, task_id)
+
+
+def failure(task: dict[str, Any], *, invalid: type[AppError] = InvalidRequest) -> AppError:
+    """A finished task that did not succeed, as the error a synchronous caller gets."""
+    error = task["error"] or {"type": "provider_error", "message": task["status"]}
+    kind = error["type"]
+    message = f"task {task['id']} {task['status']}: {error['message']}"
+    exc: AppError
+    if kind in ("invalid_request", "context_length_exceeded", "content_blocked"):
+        exc = invalid(message)
+    elif kind == "rate_limited":
+        exc = RateLimited(message)
+    elif kind == "timeout":
+        exc = GatewayTimeout(message)
+    elif kind == "unavailable":
+        exc = ServiceUnavailable(message)
+    elif kind == "canceled":
+        exc = Canceled(message)
+    else:
+        exc = UpstreamFailed(message)
+    exc.code = kind
+    exc.headers["x-switchyard-task-id"] = task["id"]
+    return exc
+
+
+def openai_style(exc: InvalidRequest) -> AppError:
+    """Our 422 for a bad task input, as OpenAI's endpoints say it: a 400 naming the request's own field
+    (`messages[0].role`, not `input.messages[0].role`), a 404 for an unknown model."""
+    param = (exc.param or "").removeprefix("input.")
+    message = exc.message.replace("input.", "")
+    if exc.param == "model":
+        return NotFound(message, param="model", code="model_not_found")
+    return MalformedRequest(message, param=param or None)
+
+
+def task_headers(task: dict[str, Any]) -> dict[str, str]:
+    headers = {"x-switchyard-task-id": task["id"], "x-switchyard-cost-usd": f"{task['cost_usd']:.10f}"}
+    if task.get("result") and task["result"].get("provider"):
+        headers["x-switchyard-provider"] = task["result"]["provider"]
+    return headers
