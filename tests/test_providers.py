@@ -164,3 +164,100 @@ def test_cost_prices_cached_and_cache_write_tokens_separately() -> None:
     assert cost_usd(usage, price) == pytest.approx(300_000 * 3e-6 + 600_000 * 0.3e-6 + 100_000 * 3.75e-6 + 1.5)
     # Without a cached price, cached tokens pay the input price.
     assert cost_usd(Usage(input_tokens=10, cached_input_tokens=10), Price(input=1.0)) == pytest.approx(10e-6)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        pytest.param(
+            {"platform": "bedrock", "region": "us-east-1", "aws_access_key": "x", "aws_secret_key": "y"}, id="bedrock"
+        ),
+        pytest.param(
+            {"platform": "vertex", "region": "europe-west1", "project_id": "p", "access_token": "t"}, id="vertex"
+        ),
+    ],
+)
+def test_anthropic_on_cloud_platforms(stack: Stack, config: dict[str, str]) -> None:
+    # The SDK's own Bedrock and Vertex clients, against the fake's Bedrock and Vertex routes.
+    base = stack.fake_url + ("/v1" if config["platform"] == "vertex" else "")
+    adapter = AnthropicAdapter(ProviderConfig(kind="anthropic", base_url=base, **config))  # type: ignore[arg-type]
+    try:
+        request = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi cloud"}]}
+        result = adapter.chat("anthropic.claude-3-5-haiku-20241022-v1:0", request, 5)
+        assert result.output["content"] == "echo: hi cloud"
+        assert result.usage.input_tokens == math.ceil(len("Be brief.hi cloud") / 4)
+        chunks: list[str] = []
+        streamed = adapter.chat(
+            "claude-3-5-haiku@20241022", {"messages": [{"role": "user", "content": "a b c d e f"}]}, 5, chunks.append
+        )
+        assert "".join(chunks) == streamed.output["content"] == "echo: a b c d e f"
+        assert len(chunks) > 1
+        with pytest.raises(ProviderError) as info:
+            adapter.chat("m", {"messages": [{"role": "user", "content": "[[fail:529]]"}]}, 5)
+        assert info.value.retryable
+    finally:
+        adapter.close()
+
+
+def test_openai_on_azure(stack: Stack) -> None:
+    config = ProviderConfig(
+        kind="openai", platform="azure", base_url=stack.fake_url, api_version="2024-10-21", api_key="k"
+    )
+    adapter = OpenAIAdapter(config)
+    try:
+        result = adapter.chat("my-gpt-deployment", {"messages": [{"role": "user", "content": "hi azure"}]}, 5)
+        assert result.output["content"] == "echo: hi azure"
+        assert result.provider_model == "my-gpt-deployment"
+        assert len(adapter.embed("my-embedding", {"input": ["x"]}, 5).output["embeddings"][0]) == 64
+    finally:
+        adapter.close()
+    before = stack.fake_stats()["requests"]
+    assert "/openai/deployments/my-gpt-deployment/chat/completions" in before
+
+
+def test_platforms_need_their_settings() -> None:
+    from switchyard.core.config import AppConfig
+
+    with pytest.raises(ValueError, match="api_version"):
+        AppConfig.model_validate(
+            {"providers": {"az": {"kind": "openai", "platform": "azure", "base_url": "https://x"}}}
+        )
+    with pytest.raises(ValueError, match="region"):
+        AppConfig.model_validate({"providers": {"br": {"kind": "anthropic", "platform": "bedrock"}}})
+    with pytest.raises(ValueError, match="cannot run on"):
+        AppConfig.model_validate({"providers": {"v": {"kind": "openai", "platform": "vertex"}}})
+
+
+def test_catalog_prices_deployments_without_their_own() -> None:
+    from switchyard.core.config import AppConfig, catalog, resolve_catalog
+
+    config = resolve_catalog(
+        AppConfig.model_validate(
+            {
+                "providers": {
+                    "o": {"kind": "openai"},
+                    "b": {"kind": "anthropic", "platform": "bedrock", "region": "r"},
+                },
+                "models": {
+                    "m": {
+                        "type": "chat",
+                        "deployments": [
+                            {"provider": "o", "model": "gpt-4o-mini-2024-07-18"},
+                            {"provider": "b", "model": "us.anthropic.claude-haiku-4-5-20251001-v1:0"},
+                            {"provider": "o", "model": "gpt-4o", "price": {"input": 9.0}},
+                            {"provider": "o", "model": "my-finetune"},
+                        ],
+                    }
+                },
+            }
+        )
+    )
+    mini, haiku, own, unknown = config.models["m"].deployments
+    assert (mini.price.input, mini.price.cached_input, mini.price.output) == (0.15, 0.075, 0.60)
+    assert mini.max_input_tokens == 128000
+    assert (haiku.price.cache_write, haiku.price.cached_input) == (1.25, 0.10)
+    assert own.price.input == 9.0  # a deployment's own price wins
+    assert own.max_input_tokens == 128000
+    assert unknown.price.input == 0.0
+    assert unknown.max_input_tokens is None
+    assert catalog()[0] >= "2025-01-01"

@@ -1,4 +1,5 @@
-"""`anthropic` kind: Anthropic's Messages API through the official SDK, mapped to and from OpenAI's shapes."""
+"""`anthropic` kind: Anthropic's Messages API through the official SDK, mapped to and from OpenAI's shapes;
+on Anthropic itself, Amazon Bedrock or Google Vertex AI (`platform`), with the SDK's client for each."""
 
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ from switchyard.providers.errors import connection_error, status_error, timeout_
 from switchyard.providers.shards import ClientShards
 
 DEFAULT_MAX_TOKENS = 1024
+
+# The SDK's clients for Anthropic's own API, Amazon Bedrock and Google Vertex AI: one Messages API.
+AnthropicClient = anthropic.Anthropic | anthropic.AnthropicBedrock | anthropic.AnthropicVertex
 
 STOP_REASONS = {
     "end_turn": "stop",
@@ -209,16 +213,33 @@ class AnthropicAdapter:
     def __init__(self, config: ProviderConfig) -> None:
         per_shard = max(1, config.max_connections // config.client_shards)
 
-        def make() -> anthropic.Anthropic:
-            return anthropic.Anthropic(
-                api_key=config.api_key or "none",
-                base_url=config.base_url,
-                max_retries=0,
-                timeout=config.timeout_s or 60.0,
-                http_client=anthropic.DefaultHttpxClient(
+        def make() -> AnthropicClient:
+            common: dict[str, Any] = {
+                "base_url": config.base_url,
+                "max_retries": 0,
+                "timeout": config.timeout_s or 60.0,
+                "http_client": anthropic.DefaultHttpxClient(
                     limits=httpx2.Limits(max_connections=per_shard, max_keepalive_connections=per_shard)
                 ),
-            )
+            }
+            if config.platform == "bedrock":
+                # Credentials from the config, else the AWS default chain (environment, profile, role).
+                return anthropic.AnthropicBedrock(
+                    aws_region=config.region,
+                    aws_access_key=config.aws_access_key,
+                    aws_secret_key=config.aws_secret_key,
+                    aws_session_token=config.aws_session_token,
+                    **common,
+                )
+            if config.platform == "vertex":
+                # A token from the config, else Google's application default credentials.
+                return anthropic.AnthropicVertex(
+                    region=config.region or "",
+                    project_id=config.project_id or "",
+                    access_token=config.access_token,
+                    **common,
+                )
+            return anthropic.Anthropic(api_key=config.api_key or "none", **common)
 
         self._clients = ClientShards(make, config.client_shards)
 

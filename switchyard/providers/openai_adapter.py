@@ -1,4 +1,5 @@
-"""`openai` kind: OpenAI and every OpenAI-compatible server (vLLM, OpenRouter, Azure's v1 endpoint, the fake)."""
+"""`openai` kind: OpenAI and every OpenAI-compatible server (vLLM, OpenRouter, Gemini's OpenAI endpoint, the
+fake), and Azure OpenAI (`platform: azure`) through the SDK's Azure client."""
 
 from __future__ import annotations
 
@@ -45,14 +46,26 @@ class OpenAIAdapter:
         per_shard = max(1, config.max_connections // config.client_shards)
 
         def make() -> openai.OpenAI:
+            http_client = openai.DefaultHttpxClient(
+                limits=httpx2.Limits(max_connections=per_shard, max_keepalive_connections=per_shard)
+            )
+            timeout = config.timeout_s or 60.0
+            if config.platform == "azure":
+                # Deployments name Azure deployments as their `model`; the SDK puts them in the path.
+                return openai.AzureOpenAI(
+                    azure_endpoint=config.base_url or "",
+                    api_version=config.api_version,
+                    api_key=config.api_key or "none",
+                    max_retries=0,
+                    timeout=timeout,
+                    http_client=http_client,
+                )
             return openai.OpenAI(
                 api_key=config.api_key or "none",
                 base_url=config.base_url,
                 max_retries=0,
-                timeout=config.timeout_s or 60.0,
-                http_client=openai.DefaultHttpxClient(
-                    limits=httpx2.Limits(max_connections=per_shard, max_keepalive_connections=per_shard)
-                ),
+                timeout=timeout,
+                http_client=http_client,
             )
 
         self._clients = ClientShards(make, config.client_shards)
