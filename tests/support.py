@@ -146,6 +146,8 @@ class Stack:
             "SWITCHYARD_API_KEY_CACHE_S": "1",
             "SWITCHYARD_DB_POOL_SIZE": "5",
             "SWITCHYARD_DB_MAX_OVERFLOW": "5",
+            # Low enough for a test to reach, high enough for the 200-listener test.
+            "SWITCHYARD_WS_MAX_CONNECTIONS_PER_TENANT": "250",
             **(env or {}),
         }
         try:

@@ -15,6 +15,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from switchyard.events.feed import FeedEvent, Listener, SlowConsumer
 from tests.support import Stack, chat, wait_task, wait_until
 
 TERMINAL = {"task.succeeded", "task.failed", "task.canceled"}
@@ -364,3 +365,40 @@ def test_events_list_pages_with_a_cursor(client: httpx.Client) -> None:
     rest = client.get("/v1/events", params={"task_id": task_id, "since": first["next"]}).json()
     assert [e["type"] for e in rest["data"]] == ["task.succeeded"]
     assert rest["next"] is None
+
+
+def test_connections_per_tenant_are_limited(stack: Stack) -> None:
+    key = stack.new_key(f"crowd-{secrets.token_hex(3)}", "viewer")
+    headers = {"Authorization": f"Bearer {key}"}
+
+    async def scenario() -> int:
+        sockets = [await connect(ws_url(stack), additional_headers=headers) for _ in range(250)]
+        try:
+            with pytest.raises(InvalidStatus) as refused:
+                await connect(ws_url(stack), additional_headers=headers)
+            await sockets.pop().close()
+            # A closed connection frees its slot.
+            async with connect(ws_url(stack), additional_headers=headers) as again:
+                await again.send(json.dumps({"action": "ping"}))
+                assert json.loads(await again.recv()) == {"type": "pong"}
+            status: int = refused.value.response.status_code
+            return status
+        finally:
+            await asyncio.gather(*(ws.close() for ws in sockets))
+
+    assert asyncio.run(scenario()) == 429
+
+
+def test_a_listener_that_falls_behind_is_cut_off() -> None:
+    # The feed's Listener itself (no stack needed): a full queue turns into a slow-consumer error, and the
+    # backlog is dropped rather than kept.
+    listener = Listener(max_queue=10)
+    for seq in range(1, 12):
+        listener.offer(FeedEvent(seq, {"id": seq, "type": "task.queued"}, "{}"))
+    assert listener.queue.qsize() == 1
+
+    async def drain() -> None:
+        await listener.next()
+
+    with pytest.raises(SlowConsumer, match="more than 10 events behind"):
+        asyncio.run(drain())
