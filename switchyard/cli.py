@@ -158,11 +158,33 @@ def keys_create(tenant: str, role: str) -> None:
 @click.option("--latency-ms", default=0, show_default=True, type=int)
 @click.option("--fail-rate", default=0.0, show_default=True, type=float)
 @click.option("--fail-status", default=500, show_default=True, type=int)
-def fake_provider(host: str, port: int, latency_ms: int, fail_rate: float, fail_status: int) -> None:
-    """The deterministic fake model server (OpenAI and Anthropic APIs)."""
+@click.option(
+    "--context-window",
+    "context_windows",
+    multiple=True,
+    metavar="MODEL=N",
+    help="a model's context window in tokens: longer prompts get a context-length error (repeatable)",
+)
+def fake_provider(
+    host: str, port: int, latency_ms: int, fail_rate: float, fail_status: int, context_windows: tuple[str, ...]
+) -> None:
+    """The deterministic fake model server (OpenAI, Azure OpenAI and Anthropic APIs, Bedrock and Vertex)."""
     from switchyard.fake_provider.app import run
 
-    run(host=host, port=port, latency_ms=latency_ms, fail_rate=fail_rate, fail_status=fail_status)
+    windows: dict[str, int] = {}
+    for spec in context_windows:
+        model, _, tokens = spec.rpartition("=")
+        if not model or not tokens.isdigit():
+            raise click.BadParameter(f"'{spec}' is not MODEL=N", param_hint="--context-window")
+        windows[model] = int(tokens)
+    run(
+        host=host,
+        port=port,
+        latency_ms=latency_ms,
+        fail_rate=fail_rate,
+        fail_status=fail_status,
+        context_windows=windows,
+    )
 
 
 @main.command()

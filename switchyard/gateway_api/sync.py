@@ -70,8 +70,11 @@ async def read(state: ApiState, principal: Principal, task_id: str) -> dict[str,
 
 async def wait_for(state: ApiState, principal: Principal, task_id: str, wait_s: float) -> dict[str, Any]:
     """The finished task, or GatewayTimeout (the task goes on) after `wait_s`."""
-    if not await state.completions.wait(task_id, wait_s):
+    finished = await state.completions.wait(task_id, wait_s)
+    if not finished:
         raise GatewayTimeout(f"task {task_id} is still running after {wait_s:.0f}s; poll GET /v1/tasks/{task_id}")
+    if isinstance(finished, dict):
+        return finished  # pushed by the worker that finished it (for this tenant's request: it made the task)
     return await read(state, principal, task_id)
 
 

@@ -1,16 +1,19 @@
 """Waiting for a task to finish, for the synchronous endpoints.
 
-The worker pushes to a per-task Redis key after the commit that finished the task; the API blocks on that
-key (BLPOP) in short slices and checks the row between slices, so a lost signal costs a second, not a
-request. Embedded mode has no Redis and polls the row.
+The worker pushes the finished task (as the API shows it) to a per-task Redis key after the commit that
+finished it; the API blocks on that key (BLPOP) in short slices and checks the row between slices, so a
+lost signal costs a second, not a request. The pushed task spares the API reading it back; a task too big
+to push is pushed as a bare signal and read from the table. Embedded mode has no Redis and polls the row.
 """
 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import anyio
 import anyio.to_thread
+import orjson
 import redis
 import redis.asyncio
 from sqlalchemy import select
@@ -21,16 +24,19 @@ from switchyard.core.models import Task
 TERMINAL = ("succeeded", "failed", "canceled")
 _TTL_S = 300
 MAX_WAITERS = 1000
+# A finished task bigger than this (many embeddings, say) is signalled, not pushed.
+MAX_PUSHED_BYTES = 512 * 1024
 
 
 def done_key(task_id: str) -> str:
     return f"switchyard:done:{task_id}"
 
 
-def signal_done(client: redis.Redis, task_id: str) -> None:
+def signal_done(client: redis.Redis, task_id: str, view: dict[str, Any]) -> None:
     """Called by the worker once the finishing transaction has committed."""
+    payload = orjson.dumps(view, option=orjson.OPT_SERIALIZE_NUMPY)
     pipe = client.pipeline(transaction=False)
-    pipe.lpush(done_key(task_id), 1)
+    pipe.lpush(done_key(task_id), payload if len(payload) <= MAX_PUSHED_BYTES else b"1")
     pipe.expire(done_key(task_id), _TTL_S)
     pipe.execute()
 
@@ -52,16 +58,19 @@ class Completions:
             else None
         )
 
-    async def wait(self, task_id: str, timeout_s: float) -> bool:
-        """True once the task is finished; False when `timeout_s` passed first."""
+    async def wait(self, task_id: str, timeout_s: float) -> dict[str, Any] | bool:
+        """The finished task when the worker pushed it, True when it is finished (read it from the table),
+        False when `timeout_s` passed first."""
         deadline = time.monotonic() + timeout_s
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return await self._finished(task_id)
             if self._redis is not None:
-                if await self._redis.blpop([done_key(task_id)], timeout=min(1.0, remaining)):
-                    return True
+                popped = await self._redis.blpop([done_key(task_id)], timeout=min(1.0, remaining))
+                if popped:
+                    _, payload = popped
+                    return True if payload == b"1" else dict(orjson.loads(payload))
             else:
                 await anyio.sleep(min(0.02, remaining))
             if await self._finished(task_id):

@@ -83,7 +83,7 @@ class Executor:
         providers: ProviderSet,
         router: Router,
         dispatcher: RunAdvancer | None = None,
-        on_finished: Callable[[str], None] | None = None,
+        on_finished: Callable[[str, dict[str, Any]], None] | None = None,
         deltas: DeltaSink | None = None,
     ) -> None:
         self.settings = settings
@@ -93,7 +93,8 @@ class Executor:
         self.router = router
         # Asked to advance a workflow run when one of its tasks finishes.
         self.dispatcher = dispatcher
-        # Told (after the commit) when a task reaches its final state: synchronous callers wait on it.
+        # Told (after the commit) when a task reaches its final state, with the task as the API shows it:
+        # synchronous callers wait on it.
         self.on_finished = on_finished
         # Where a streaming chat task's text chunks go as they arrive (None: nobody can listen, do not stream).
         self.deltas = deltas
@@ -434,9 +435,10 @@ class Executor:
                 log.warning("lease_lost", task_id=claim.task_id)
                 session.rollback()
                 return
+            view = task_view(task, attempts)
             if self.on_finished is not None:
                 notify, task_id = self.on_finished, claim.task_id
-                tx.after_commit(lambda: notify(task_id))
+                tx.after_commit(lambda: notify(task_id, view))
             if task.run_id is not None and self.dispatcher is not None:
                 advancer, run_id = self.dispatcher, task.run_id
                 tx.after_commit(lambda: advancer.publish_advance(run_id))
@@ -447,7 +449,7 @@ class Executor:
                 task_id=claim.task_id,
                 run_id=claim.run_id,
                 step_id=claim.step_id,
-                data=task_view(task, attempts),
+                data=view,
             )
 
     def _cancel_released(self, claim: Claim) -> None:
