@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     # API processes look at the table every feed_poll_s in case a Redis message was lost (embedded mode, with
     # no Redis, polls both far more often).
     relay_poll_s: float = Field(default=0.5, gt=0)
-    feed_poll_s: float = Field(default=2.0, gt=0)
+    feed_poll_s: float = Field(default=15.0, gt=0)
     # WebSocket: connections per tenant (across API processes when Redis is shared) and the events a
     # connection may fall behind before it is closed as a slow consumer.
     ws_max_connections_per_tenant: int = Field(default=1000, ge=1)

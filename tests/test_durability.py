@@ -155,3 +155,28 @@ def test_sigkill_of_worker_mid_run_still_completes_each_step_once(own_stack: Sta
         task = api.get(f"/v1/tasks/{step['task_ids'][0]}").json()
         assert [a["status"] for a in task["attempts"]] == ["succeeded"]
     assert run["steps"]["second"]["output"]["content"] == f"echo: after echo: {nonce} first [[sleep:2500]]"
+
+
+def test_events_survive_the_relay_being_killed(own_stack: Stack, api: httpx.Client) -> None:
+    # The relay runs in the control worker. Killed, it leaves committed events unnumbered; the next relay
+    # numbers them, in order, and tells the API processes to look (listeners miss nothing).
+    task_id = api.post("/v1/tasks", json={"type": "chat", "model": "chat-default", "input": chat("x")}).json()["id"]
+    with api.stream("GET", f"/v1/tasks/{task_id}/events") as before:
+        assert next(line for line in before.iter_lines() if line.startswith("event:")) == "event: task.queued"
+    own_stack.control.kill()
+    worker = own_stack.start_worker("provider")
+    try:
+        later = api.post("/v1/tasks", json={"type": "chat", "model": "chat-default", "input": chat("y")}).json()["id"]
+        assert wait_task(api, task_id)["status"] == "succeeded"
+        assert wait_task(api, later)["status"] == "succeeded"
+        # Written, but no relay has numbered them: not readable as events yet.
+        assert api.get("/v1/events", params={"task_id": later}).json()["data"] == []
+        with api.stream("GET", f"/v1/tasks/{later}/events") as stream:
+            own_stack.control = own_stack.start_worker("control,webhooks", beat=True)
+            types = [line.removeprefix("event: ") for line in stream.iter_lines() if line.startswith("event:")]
+    finally:
+        worker.stop()
+    assert types == ["task.queued", "task.started", "task.succeeded"]
+    ids = [e["id"] for e in api.get("/v1/events", params={"task_id": task_id}).json()["data"]]
+    assert len(ids) == 3
+    assert ids == sorted(ids)

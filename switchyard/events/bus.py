@@ -19,6 +19,8 @@ log = structlog.get_logger(__name__)
 
 EVENTS_PREFIX = "switchyard:events:"
 RELAY_WAKE = "switchyard:relay:wake"
+# Told by a relay that starts leading or that could not publish: every feed should look at the table.
+RESYNC = "switchyard:events-resync"
 # An event whose data is larger than this travels without it; listeners read it from the table.
 MAX_INLINE_BYTES = 256 * 1024
 

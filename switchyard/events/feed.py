@@ -6,6 +6,9 @@ pub/sub channel (one connection per process for all feeds) and reads from the ta
 Without Redis (embedded mode) it tails the table. Each event is offered once to every listener subscribed
 to one of its keys: the tenant (`all`), its task, its run, its batch.
 
+A relay that starts leading, or that failed to publish, tells every feed to look at the table (the
+resync channel), so the periodic look is only a last resort.
+
 A listener that subscribes learns the feed's position at that instant; every later event reaches its queue,
 so "the stored events up to the position, then the queue" has no gap and no duplicate (`follow`). A
 listener whose queue is full is a slow consumer: it is told so and should be disconnected, rather than
@@ -28,7 +31,7 @@ import redis.asyncio
 import structlog
 
 from switchyard.core.db import Database
-from switchyard.events.bus import EVENTS_PREFIX, tenant_channel
+from switchyard.events.bus import EVENTS_PREFIX, RESYNC, tenant_channel
 from switchyard.events.log import TERMINAL_TYPES, event_view, events_after, last_seq
 
 log = structlog.get_logger(__name__)
@@ -328,7 +331,7 @@ class EventHub:
         async with self._lock:
             self._pubsub = self._redis.pubsub()
             # A channel of its own keeps the connection subscribed while no tenant is followed.
-            channels = [f"switchyard:hub:{os.getpid()}", *(tenant_channel(t) for t in self.feeds)]
+            channels = [f"switchyard:hub:{os.getpid()}", RESYNC, *(tenant_channel(t) for t in self.feeds)]
             await self._pubsub.subscribe(*channels)
             self._connected = True
             for feed in self.feeds.values():
@@ -358,6 +361,10 @@ class EventHub:
             if message is None:
                 continue
             channel = message["channel"].decode()
+            if channel == RESYNC and message["type"] == "message":
+                for each in list(self.feeds.values()):
+                    each.inbox.put_nowait(_CATCH_UP)
+                continue
             if not channel.startswith(EVENTS_PREFIX):
                 continue
             feed = self.feeds.get(channel[len(EVENTS_PREFIX) :])

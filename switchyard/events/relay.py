@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 
 from switchyard.core.db import Database, Tx
 from switchyard.core.models import EVENTS
-from switchyard.events.bus import RELAY_WAKE, encode_events, tenant_channel
+from switchyard.events.bus import RELAY_WAKE, RESYNC, encode_events, tenant_channel
 from switchyard.events.log import COLUMNS, event_view
 
 log = structlog.get_logger(__name__)
@@ -71,6 +71,7 @@ class EventRelay:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_seq: int | None = None
+        self._resync_due = False
         # The newest seq published per tenant (the `prev` of its next event).
         self._tenant_seq: OrderedDict[str, int] = OrderedDict()
 
@@ -104,9 +105,13 @@ class EventRelay:
     def _lead(self, conn: Connection) -> None:
         self._last_seq = None
         self._tenant_seq.clear()
+        # The leader before may have numbered events it never published.
+        self._resync()
         wake: Any = None
         try:
             while not self._stop.is_set():
+                if self._resync_due:
+                    self._resync()
                 if self.relay_batch(conn) == BATCH:
                     continue  # more are waiting
                 wake = self._wait(wake)
@@ -246,5 +251,15 @@ class EventRelay:
                 pipe.publish(tenant_channel(tenant_id), encode_events(events))
             pipe.execute()
         except redis.RedisError:
-            # Committed and numbered: listeners find them in the table when they next look.
+            # Committed and numbered: listeners find them in the table once told to look.
             log.warning("event_publish_failed", exc_info=True)
+            self._resync_due = True
+
+    def _resync(self) -> None:
+        if self.redis is None:
+            return
+        try:
+            self.redis.publish(RESYNC, b"1")
+            self._resync_due = False
+        except redis.RedisError:
+            self._resync_due = True
