@@ -27,6 +27,7 @@ pytest: $(BIN)/.installed
 test: lint pytest
 
 bench: $(BIN)/.installed
+	$(BIN)/pip install -q -e '.[dev,bench]'
 	scripts/ensure-services.sh
 	$(BIN)/python -m bench.run
 

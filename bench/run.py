@@ -1,6 +1,7 @@
 """Run the benchmarks of DESIGN.md "Performance targets", each against a baseline measured in the same run.
 
-    .venv/bin/python -m bench.run [--only enqueue,end_to_end,in_flight,ml_batching,dag] [--quick] [--profile]
+    .venv/bin/python -m bench.run [--only enqueue,end_to_end,in_flight,ml_batching,dag,ws_fanout,sync_overhead]
+        [--quick] [--profile]
 
 Prints a table of ratios (never asserts on timings) and writes bench/results/latest.json.
 
@@ -17,6 +18,13 @@ Prints a table of ratios (never asserts on timings) and writes bench/results/lat
               16): per-step overhead of a 10-step chain and of a 100-wide for_each plus its fan-in, submit to
               last step done, vs a plain Celery chain / chord of no-op tasks (threads, 64; Redis result
               backend for the chord) (target <= 1.5x, lower is better).
+- ws_fanout:  1,000 WebSocket listeners subscribed to one tenant (2 load-generator processes), chat tasks at
+              1/s: event delivery latency p50/p99 (receive - created_at) vs a bare Redis pub/sub fan-out of
+              the same shape (1,000 redis-py asyncio subscribers, and one) on the same Redis; no target.
+              Supporting: the same at 20 tasks/s (overload on 2 cores: deliveries/s is the capacity).
+- sync_overhead: /v1/chat/completions through the openai SDK, one call at a time, fake at 0 ms: p50 added
+              over calling the fake directly, vs what LiteLLM's Router adds (in this process) (target <= 1.0x,
+              lower is better; bench/sync_overhead.py).
 
 Each benchmark has its own fresh Postgres database and Redis DB (flushed before and after) and stops every
 process it started, also on failure. `--profile` also samples the API and the worker with py-spy (that
@@ -26,11 +34,13 @@ costs CPU on a small machine: do not read the ratios of a profiled run as result
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import json
 import os
 import platform
 import re
+import secrets
 import shutil
 import signal
 import statistics
@@ -39,6 +49,7 @@ import sys
 import tempfile
 import threading
 import time
+from array import array
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -46,10 +57,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import orjson
 import psycopg
 import redis
 
 from bench.harness import (
+    CHAT_BODY,
     FAKE_CONFIG,
     ML_CONFIG,
     PG_ADMIN_URL,
@@ -68,6 +81,7 @@ from bench.harness import (
     wait_log,
     wait_until,
 )
+from bench.sync_overhead import bench_sync_overhead
 from tests.processes import ROOT, Process, cli, free_port
 
 RESULTS_DIR = Path(__file__).with_name("results")
@@ -1140,6 +1154,481 @@ def bench_dag(tmp: Path, quick: bool, profile: bool) -> dict[str, Any]:
             base_redis.close()
 
 
+# --- 6. WebSocket fan-out --------------------------------------------------------------------------------------
+
+# Redis DB of this benchmark (pub/sub channels are server-wide whatever the DB: every channel name here is
+# this run's own). 6-15 are the other benchmarks' and the tests'.
+WS_REDIS_DB = 7
+# Listener processes, for ours and for the baselines alike; with 2 cores there is no room for more.
+WS_LISTENER_PROCS = 2
+WS_EVENTS_PER_TASK = 3  # task.queued, task.started, task.succeeded
+WS_PROVIDER_CONCURRENCY = 64
+WS_WARMUP_TASKS = 10
+# After the last expected event was numbered: how long a listener may go without a message before the
+# missing ones count as lost, and the longest a collection may take.
+WS_QUIET_S = 10.0
+WS_DEADLINE_S = 300.0
+
+
+# phase -> (tasks/s, seconds of submitting), in the order they run, each on fresh listeners.
+# `headline`: a modest steady rate for 1,000 listeners on this 2-core machine: 3 events/s, ~3,000 deliveries/s
+# offered, about a third of what our API delivers when saturated (~9,400/s measured; 2 tasks/s, ~6,000/s, already
+# queues). `overload` (supporting): the rate first asked for, 20 tasks/s = 60 events/s = ~60,000 deliveries/s
+# offered, which neither our API nor the bare Redis fan-out's Python subscribers keep up with on 2 cores: its
+# latencies are mostly backlog, the figure to read there is deliveries/s (the capacity).
+WS_PHASES: dict[str, tuple[float, float]] = {"headline": (1.0, 20.0), "overload": (20.0, 10.0)}
+
+
+def _ws_plan(quick: bool) -> tuple[int, dict[str, tuple[float, float]]]:
+    """(listeners, phases)."""
+    if quick:
+        return 100, {"headline": (1.0, 5.0), "overload": (20.0, 3.0)}
+    return 1000, WS_PHASES
+
+
+def _start_listeners(
+    env: Env, name: str, mode_args: list[str], listeners: int, procs: int
+) -> list[tuple[Process, Path]]:
+    """`procs` load-generator processes sharing `listeners` between them; wait until each has subscribed all."""
+    group: list[tuple[Process, Path]] = []
+    for i in range(procs):
+        count = listeners // procs + (1 if i < listeners % procs else 0)
+        out = env.tmp / f"{name}-{i}"
+        argv = [
+            sys.executable,
+            "-m",
+            "bench.fanout_listeners",
+            *mode_args,
+            "--listeners",
+            str(count),
+            "--out",
+            str(out),
+        ]
+        group.append((env.start(f"{name}-{i}", argv), out))
+    for proc, _ in group:
+        wait_log(proc, "READY", timeout=180, interval=0.1)
+    return group
+
+
+def _ready(group: list[tuple[Process, Path]]) -> list[dict[str, Any]]:
+    return [json.loads(out.with_name(out.name + ".ready.json").read_text()) for _, out in group]
+
+
+def _collect(group: list[tuple[Process, Path]], expected: list[int], *, keep_times: bool = False) -> dict[str, Any]:
+    """Tell the listeners which ids they should all have, wait for their reports, merge them. With keep_times,
+    also the time (epoch s) each event first arrived, in id order."""
+    for _, out in group:
+        tmp_stop = out.with_name(out.name + ".stop.tmp")
+        tmp_stop.write_text(json.dumps({"expected": expected, "quiet_s": WS_QUIET_S, "deadline_s": WS_DEADLINE_S}))
+        tmp_stop.rename(out.with_name(out.name + ".stop"))
+    for proc, out in group:
+
+        def reported(proc: Process = proc, out: Path = out) -> bool:
+            if out.with_name(out.name + ".json").exists():
+                return True
+            if not proc.alive():
+                raise BenchError(f"{proc.name} exited before reporting:\n{proc.log()[-3000:]}")
+            return False
+
+        wait_until(reported, timeout=WS_DEADLINE_S + 60, interval=0.1, what=f"{proc.name}'s report")
+    parts = [json.loads(out.with_name(out.name + ".json").read_text()) for _, out in group]
+
+    def read(path: Path) -> array[float]:
+        values: array[float] = array("d")
+        with path.open("rb") as f:
+            values.frombytes(f.read())
+        return values
+
+    lat: list[float] = sorted(x for _, out in group for x in read(out.with_name(out.name + ".lat")))
+    kinds = sorted({k for p in parts for k in p["by_type"]})
+    by_type: dict[str, dict[str, Any]] = {}
+    for kind in kinds:
+        values = sorted(x for _, out in group for x in read(out.with_name(f"{out.name}.lat.{kind}")))
+        by_type[kind] = {"n": len(values), **_ms_percentiles(values)}
+    # Per event: the first and the last listener to get it, over all processes.
+    spans: dict[str, list[float]] = {}
+    for p in parts:
+        for seq, (origin, first, last) in p["events"].items():
+            have = spans.get(seq)
+            spans[seq] = [origin, first, last] if have is None else [origin, min(have[1], first), max(have[2], last)]
+    first_ms = sorted(1000 * (s[1] - s[0]) for s in spans.values())
+    last_ms = sorted(1000 * (s[2] - s[0]) for s in spans.values())
+    spread_ms = sorted(1000 * (s[2] - s[1]) for s in spans.values())
+    first_receive = min((p["first_receive"] for p in parts if p["first_receive"]), default=0.0)
+    last_receive = max((p["last_receive"] for p in parts), default=0.0)
+    window = last_receive - first_receive
+    totals = {k: sum(p["totals"][k] for p in parts) for k in parts[0]["totals"]}
+    frames = sum(p["frames"] for p in parts)
+    return {
+        "listeners": sum(p["listeners"] for p in parts),
+        "subscribed": sum(p["subscribed"] for p in parts),
+        "processes": len(parts),
+        "open_s": max(p["open_s"] for p in parts),
+        "failure_counts": {k: sum(p["failure_counts"][k] for p in parts) for k in parts[0]["failure_counts"]},
+        "failures_sample": [f for p in parts for v in p["failures"].values() for f in v][:10],
+        "extensions": sorted({e for p in parts for e in p["extensions"]}),
+        "expected_per_listener": max(p["expected_per_listener"] for p in parts),
+        "deliveries": len(lat),
+        "deliveries_per_s": len(lat) / window if window > 0 else None,
+        "receive_window_s": window,
+        "mean_frame_bytes": sum(p["mean_frame_chars"] * p["frames"] for p in parts) / frames if frames else 0.0,
+        **_ms_percentiles(lat),
+        "by_type": by_type,
+        "per_event": {
+            "events": len(spans),
+            "first_listener": _ms_percentiles(first_ms, already_ms=True),
+            "last_listener": _ms_percentiles(last_ms, already_ms=True),
+            "spread": _ms_percentiles(spread_ms, already_ms=True),
+        },
+        "check": {
+            **totals,
+            "listeners_with_problems": sum(p["listeners_with_problems"] for p in parts),
+            "closed_by_server": sum(p["closed_by_server"] for p in parts),
+            "close_reasons": sorted({r for p in parts for r in p["close_reasons"]}),
+            "problem_listeners_sample": [x for p in parts for x in p["problem_listeners_sample"]][:10],
+        },
+        "listener_cpu_s": sum(p["cpu_s_while_receiving"] for p in parts),
+        **({"first_receive_by_event": [spans[k][1] for k in sorted(spans, key=int)]} if keep_times else {}),
+    }
+
+
+def _ms_percentiles(values: list[float], *, already_ms: bool = False) -> dict[str, float | None]:
+    """p50, p99 and max of sorted `values` (seconds, unless already_ms), in ms."""
+    scale = 1.0 if already_ms else 1000.0
+
+    def at(p: float) -> float | None:
+        return scale * values[min(len(values) - 1, int(p * len(values)))] if values else None
+
+    return {"p50_ms": at(0.5), "p99_ms": at(0.99), "max_ms": scale * values[-1] if values else None}
+
+
+async def _submit_paced(url: str, key: str, rate: float, n: int) -> dict[str, Any]:
+    """n POST /v1/tasks, the i-th sent at t0 + i/rate whatever the earlier ones are doing (open loop)."""
+    import httpx
+
+    statuses: dict[str, int] = {}
+    latencies: list[float] = []
+    lag: list[float] = []
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30, limits=limits) as client:
+        t0 = time.perf_counter()
+
+        async def one(i: int) -> None:
+            await asyncio.sleep(max(0.0, t0 + i / rate - time.perf_counter()))
+            start = time.perf_counter()
+            lag.append(start - (t0 + i / rate))
+            try:
+                resp = await client.post("/v1/tasks", content=CHAT_BODY)
+                status = str(resp.status_code)
+            except httpx.HTTPError as exc:
+                status = type(exc).__name__
+            latencies.append(time.perf_counter() - start)
+            statuses[status] = statuses.get(status, 0) + 1
+
+        await asyncio.gather(*(one(i) for i in range(n)))
+        seconds = time.perf_counter() - t0
+    latencies.sort()
+    return {
+        "tasks": n,
+        "rate_asked": rate,
+        "seconds": seconds,
+        "statuses": statuses,
+        "post_latency": _ms_percentiles(latencies),
+        "max_send_lag_ms": 1000 * max(lag) if lag else None,
+    }
+
+
+def _publish_paced(client: redis.Redis, channel: str, offsets: list[float], size: int) -> dict[str, Any]:
+    """The baseline's publisher: one message of `size` bytes per offset, the i-th at t0 + offsets[i], each
+    carrying its seq and time.time() just before PUBLISH; returns how many subscribers Redis said got each."""
+    n = len(offsets)
+    empty = len(orjson.dumps({"seq": n, "t": time.time(), "pad": ""}))
+    pad = "x" * max(0, size - empty)
+    receivers: list[int] = []
+    t0 = time.perf_counter()
+    # Numbered from 1, as event ids are: a listener gets the ids above its position (0 here).
+    for i, offset in enumerate(offsets):
+        wait = t0 + offset - time.perf_counter()
+        if wait > 0:
+            time.sleep(wait)
+        message = orjson.dumps({"seq": i + 1, "t": time.time(), "pad": pad})
+        receivers.append(int(client.publish(channel, message)))
+    seconds = time.perf_counter() - t0
+    return {
+        "messages": n,
+        "seconds": seconds,
+        "rate": n / seconds if seconds > 0 else 0.0,
+        "payload_bytes": len(orjson.dumps({"seq": n, "t": time.time(), "pad": pad})),
+        "receivers_min": min(receivers, default=0),
+        "receivers_max": max(receivers, default=0),
+    }
+
+
+def _publish_schedule(phase: dict[str, Any]) -> tuple[list[float], str]:
+    """When the baseline publishes, relative to its start: when the relay published our events (as the relay
+    probe saw them: bursts of a task's three events included), or evenly at our event rate if the probe missed
+    any."""
+    times: list[float] = phase["relay_probe"].get("first_receive_by_event", [])
+    if len(times) == phase["events"] and times:
+        return [t - times[0] for t in times], "the relay's publish times replayed"
+    return [i / phase["event_rate"] for i in range(phase["events"])], "evenly at our event rate"
+
+
+def _wait_events_numbered(database_url: str, tenant_id: str, after: int, want: int, timeout: float) -> list[int]:
+    """The tenant's event ids after `after`, once `want` of them are numbered and none waits for a number."""
+    query = (
+        "SELECT count(*) FILTER (WHERE seq > %s), count(*) FILTER (WHERE seq IS NULL) FROM events WHERE tenant_id = %s"
+    )
+
+    def numbered() -> bool:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            row = conn.execute(query, (after, tenant_id)).fetchone()
+        assert row is not None
+        return bool(row[0] >= want and row[1] == 0)
+
+    wait_until(numbered, timeout=timeout, interval=0.1, what=f"{want} numbered events")
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT seq FROM events WHERE tenant_id = %s AND seq > %s ORDER BY seq", (tenant_id, after)
+        ).fetchall()
+    return [int(r[0]) for r in rows]
+
+
+def _ws_baseline(
+    env: Env, name: str, listeners: int, procs: int, offsets: list[float], schedule: str, size: int
+) -> dict[str, Any]:
+    """Bare Redis pub/sub of the same shape: `listeners` redis-py asyncio subscribers in `procs` processes,
+    one publisher sending a message of `size` bytes at each offset; stops its processes when done."""
+    channel = f"bench:ws_fanout:{secrets.token_hex(6)}:{name}"
+    group = _start_listeners(
+        env, name, ["redis", "--redis-url", env.redis_url, "--channel", channel, "--format", "bench"], listeners, procs
+    )
+    try:
+        ready = _ready(group)
+        ticks0 = machine_cpu_ticks()
+        published = _publish_paced(env.redis, channel, offsets, size)
+        published["schedule"] = schedule
+        res = _collect(group, list(range(1, len(offsets) + 1)))
+        ticks1 = machine_cpu_ticks()
+        res["machine_busy_pct"] = 100.0 * (ticks1[0] - ticks0[0]) / max(1, ticks1[1] - ticks0[1])
+        res["publisher"] = published
+        res["ready"] = ready
+        log(
+            f"  ws_fanout baseline {name}: {res['subscribed']} subscribers, {res['deliveries']} deliveries, "
+            f"p50 {res['p50_ms']:.2f} ms, p99 {res['p99_ms']:.2f} ms, missing {res['check']['missing']}, "
+            f"duplicates {res['check']['duplicates']}"
+        )
+        return res
+    finally:
+        for proc, _ in group:
+            proc.stop()
+
+
+def _ws_ours_phase(
+    env: Env,
+    ours: Switchyard,
+    procs: dict[str, Process],
+    tenant_id: str,
+    phase: str,
+    listeners: int,
+    rate: float,
+    submit_s: float,
+    after: int,
+    profile: bool,
+) -> dict[str, Any]:
+    """One phase on our stack: fresh listeners (and the relay probe), n tasks POSTed at `rate`, every listener's
+    report; the listener processes are stopped at the end."""
+    from switchyard.events.bus import tenant_channel
+
+    n_tasks = round(rate * submit_s)
+    groups: list[list[tuple[Process, Path]]] = []
+    try:
+        # One plain Redis subscriber on the tenant's channel: when the relay published each event.
+        probe = _start_listeners(
+            env, f"{phase}-relay-probe",
+            ["redis", "--redis-url", env.redis_url, "--channel", tenant_channel(tenant_id), "--format", "relay"], 1, 1,
+        )  # fmt: skip
+        groups.append(probe)
+        ws_url = ours.url.replace("http://", "ws://") + "/v1/ws"
+        t_open = time.monotonic()
+        group = _start_listeners(
+            env, f"{phase}-ws", ["ws", "--url", ws_url, "--key", ours.key], listeners, WS_LISTENER_PROCS
+        )
+        groups.append(group)
+        open_s = time.monotonic() - t_open
+        ready = _ready(group)
+        subscribed = sum(r["subscribed"] for r in ready)
+        log(f"  ws_fanout {phase}: {subscribed}/{listeners} WebSocket listeners subscribed in {open_s:.1f}s "
+            f"({WS_LISTENER_PROCS} processes); submitting {n_tasks} chat tasks at {rate:g}/s")  # fmt: skip
+        if subscribed == 0:
+            raise BenchError(f"no WebSocket listener could subscribe: {ready}")
+        time.sleep(1.0)  # let the handshake burst settle
+
+        cpu0 = {k: cpu_seconds(p.pid) for k, p in procs.items()}
+        ticks0, wall0 = machine_cpu_ticks(), time.monotonic()
+        prof = Profiler(profile, procs["api"].pid, f"ws-fanout-api-{phase}", submit_s + 30)
+        try:
+            submit = asyncio.run(_submit_paced(ours.url, ours.key, rate, n_tasks))
+            expected = _wait_events_numbered(
+                env.database_url, tenant_id, after, WS_EVENTS_PER_TASK * n_tasks, timeout=120
+            )
+            res = _collect(group, expected)
+            relay = _collect(probe, expected, keep_times=True)
+        finally:
+            prof.stop()
+        ticks1, wall = machine_cpu_ticks(), time.monotonic() - wall0
+    finally:
+        for g in groups:
+            for proc, _ in g:
+                proc.stop()
+    cpu = {k: cpu_seconds(p.pid) - cpu0[k] for k, p in procs.items()}
+    # The listener processes exit once they have reported: their own count (from READY to the report).
+    cpu["listeners"] = res["listener_cpu_s"]
+    with psycopg.connect(env.database_url, autocommit=True) as conn:
+        statuses: dict[str, int] = dict(conn.execute("SELECT status, count(*) FROM tasks GROUP BY status").fetchall())
+    log(
+        f"  ws_fanout {phase} ours: {res['deliveries']} deliveries, p50 {res['p50_ms']:.1f} ms, p99 "
+        f"{res['p99_ms']:.1f} ms, {res['deliveries_per_s'] or 0:.0f}/s; missing {res['check']['missing']}, "
+        f"duplicates {res['check']['duplicates']}, closed by server {res['check']['closed_by_server']}; relay "
+        f"probe p50 {relay['p50_ms']:.1f} ms"
+    )
+    return {
+        "listeners": listeners,
+        "tasks": n_tasks,
+        "task_rate": rate,
+        "events": len(expected),
+        "event_rate": len(expected) / submit["seconds"],
+        "last_seq": max(expected),
+        "open_s": open_s,
+        "submit": submit,
+        "task_statuses": statuses,
+        "ours_detail": res,
+        "relay_probe": relay,
+        "measured_s": wall,
+        "cpu_s": cpu,
+        "cpu_cores": {k: v / wall for k, v in cpu.items()},
+        "api_cpu_us_per_delivery": 1e6 * cpu["api"] / max(1, res["deliveries"]),
+        "machine_busy_pct": 100.0 * (ticks1[0] - ticks0[0]) / max(1, ticks1[1] - ticks0[1]),
+    }
+
+
+def _ws_compare(phase: dict[str, Any], single: dict[str, Any], fanout: dict[str, Any]) -> None:
+    """Add the baselines, the ratios and the breakdown to a phase's figures."""
+    res, relay, n = phase["ours_detail"], phase["relay_probe"], phase["listeners"]
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return a / b if a is not None and b else None
+
+    phase["baseline_single"], phase["baseline_fanout"] = single, fanout
+    phase["ratios"] = {
+        f"vs_{n}_subscribers": {p: ratio(res[f"{p}_ms"], fanout[f"{p}_ms"]) for p in ("p50", "p99")},
+        "vs_1_subscriber": {p: ratio(res[f"{p}_ms"], single[f"{p}_ms"]) for p in ("p50", "p99")},
+    }
+    phase["breakdown_ms"] = {
+        "created_to_relay_published_p50": relay["p50_ms"],
+        "created_to_relay_published_p99": relay["p99_ms"],
+        "relay_published_to_listener_p50": (res["p50_ms"] or 0) - (relay["p50_ms"] or 0),
+        "relay_published_to_listener_p99": (res["p99_ms"] or 0) - (relay["p99_ms"] or 0),
+        "first_listener_p50": res["per_event"]["first_listener"]["p50_ms"],
+        "last_listener_p50": res["per_event"]["last_listener"]["p50_ms"],
+        "fanout_spread_p50": res["per_event"]["spread"]["p50_ms"],
+        "fanout_spread_p99": res["per_event"]["spread"]["p99_ms"],
+    }
+
+
+def _redis_parser() -> str:
+    """Which RESP parser redis-py uses in the baseline's subscribers: hiredis (C) when installed."""
+    from importlib.util import find_spec
+
+    return "hiredis" if find_spec("hiredis") else "redis-py's pure-Python one (hiredis is not installed)"
+
+
+def bench_ws_fanout(tmp: Path, quick: bool, profile: bool) -> dict[str, Any]:
+    listeners, phases = _ws_plan(quick)
+    env = Env("ws_fanout", WS_REDIS_DB, tmp / "ws_fanout")
+    try:
+        # Room for every listener (the default limit is 1,000 per tenant, across API processes), and for the
+        # previous phase's connections while the API is still closing them.
+        env.env["SWITCHYARD_WS_MAX_CONNECTIONS_PER_TENANT"] = str(max(4 * listeners, 1000))
+        ours = Switchyard(env, fake_latency_ms=0)
+        assert ours.api is not None
+        assert ours.fake is not None
+        provider = ours.start_worker(WS_PROVIDER_CONCURRENCY)
+        # The control worker runs the event relay (numbering, then publishing on Redis) and the sweeper (beat).
+        control = env.start(
+            "worker-control", cli("worker", "--queues", "control,webhooks", "--beat", "--loglevel", "INFO")
+        )
+        for proc in (provider, control):
+            wait_worker(proc)
+        wait_log(control, "event_relay_leading", timeout=60)
+        tenant_id = str(sql_one(env.database_url, "SELECT id FROM tenants WHERE name = 'bench'"))
+
+        # Warm the path (API, workers, relay) before anyone listens; the listeners then start after its events.
+        import httpx
+
+        with httpx.Client(headers={"Authorization": f"Bearer {ours.key}"}, timeout=30) as client:
+            for _ in range(WS_WARMUP_TASKS):
+                got = client.post(
+                    f"{ours.url}/v1/tasks", content=CHAT_BODY, headers={"Content-Type": "application/json"}
+                )
+                if got.status_code != 202:
+                    raise BenchError(f"POST /v1/tasks answered {got.status_code}: {got.text[:500]}")
+        warm = _wait_events_numbered(env.database_url, tenant_id, 0, WS_EVENTS_PER_TASK * WS_WARMUP_TASKS, 60)
+
+        procs = {"api": ours.api, "control_worker": control, "provider_worker": provider, "fake": ours.fake}
+        results: dict[str, dict[str, Any]] = {}
+        after = max(warm)
+        for phase, (rate, submit_s) in phases.items():
+            results[phase] = _ws_ours_phase(
+                env, ours, procs, tenant_id, phase, listeners, rate, submit_s, after, profile
+            )
+            after = results[phase]["last_seq"]
+            time.sleep(2.0)  # the API closes the phase's connections and releases their slots
+        api_log = ours.api.log()
+        for proc in (ours.api, provider, control, ours.fake):
+            proc.stop()
+
+        # The baselines, with our stack stopped: per phase, as many messages as our events, published when the
+        # relay published them (so at the same rate, in the same bursts), as large as our average frame, to one
+        # subscriber and then to as many as our listeners.
+        for phase, res in results.items():
+            offsets, schedule = _publish_schedule(res)
+            size = round(res["ours_detail"]["mean_frame_bytes"])
+            single = _ws_baseline(env, f"{phase}-redis-1", 1, 1, offsets, schedule, size)
+            fanout = _ws_baseline(
+                env, f"{phase}-redis-{listeners}", listeners, WS_LISTENER_PROCS, offsets, schedule, size
+            )
+            _ws_compare(res, single, fanout)
+
+        head = results["headline"]
+        versus = head["ratios"][f"vs_{listeners}_subscribers"]
+        return {
+            "ours": head["ours_detail"]["p50_ms"],
+            "baseline": head["baseline_fanout"]["p50_ms"],
+            "unit": "ms p50",
+            "ratio": versus["p50"],
+            "target": None,
+            "target_kind": "none: report it",
+            "p99": {
+                "ours": head["ours_detail"]["p99_ms"],
+                "baseline": head["baseline_fanout"]["p99_ms"],
+                "ratio": versus["p99"],
+            },  # fmt: skip
+            "measure": "per (listener, event) delivery: receive time at the listener (time.time() after the client "
+            "library parsed the frame) - the event's created_at (ours) or the publisher's time.time() before "
+            "PUBLISH (baselines); one machine clock",
+            "listeners": listeners,
+            "listener_processes": WS_LISTENER_PROCS,
+            "phases": results,
+            "cores": os.cpu_count(),
+            "redis_parser": _redis_parser(),
+            "api_log_warnings": [ln for ln in api_log.splitlines() if re.search(r"(?i)warn|error|exception", ln)][:20],
+        }
+    finally:
+        env.close()
+
+
 # --- the run ---------------------------------------------------------------------------------------------------
 
 BENCHMARKS: dict[str, Callable[[Path, bool, bool], dict[str, Any]]] = {
@@ -1148,6 +1637,8 @@ BENCHMARKS: dict[str, Callable[[Path, bool, bool], dict[str, Any]]] = {
     "in_flight": bench_in_flight,
     "ml_batching": bench_ml_batching,
     "dag": bench_dag,
+    "ws_fanout": bench_ws_fanout,
+    "sync_overhead": bench_sync_overhead,
 }
 
 
@@ -1220,6 +1711,9 @@ def print_table(results: dict[str, dict[str, Any]]) -> None:
                 sh = res["shapes"][shape]
                 rows.append((label, f"{sh['ours']:.1f} ms/step", f"{sh['baseline']:.2f} ms/step",
                              f"{sh['ratio']:.2f}x", f"<={sh['target']:.1f}x", verdict(sh)))  # fmt: skip
+            continue
+        if name == "ws_fanout":
+            rows.extend(_ws_fanout_rows(res))
             continue
         unit = res["unit"]
         base = f"{res['baseline']:.0f} {unit}" + (" (ideal)" if name == "in_flight" else "")
@@ -1333,6 +1827,144 @@ def print_table(results: dict[str, dict[str, Any]]) -> None:
             )
             print(f"          our Celery tasks: {tasks}")
             print("          ours, ms: " + ", ".join(f"{k} {v:.1f}" for k, v in sh["breakdown_ms"].items()))
+
+    ws = results.get("ws_fanout")
+    if ws and "error" not in ws:
+        _print_ws_fanout(ws)
+
+
+def _ws_offered(ph: dict[str, Any]) -> float:
+    """Deliveries/s a phase offered: the event rate times the listeners subscribed."""
+    o = ph["ours_detail"]
+    return float(o["expected_per_listener"] * o["subscribed"] * ph["event_rate"] / max(1, ph["events"]))
+
+
+def _ws_fanout_rows(res: dict[str, Any]) -> list[tuple[str, ...]]:
+    """The table's rows for ws_fanout, per phase: p50 and p99 against as many bare subscribers as listeners,
+    then (headline only) against one. No target."""
+    n = res["listeners"]
+    rows: list[tuple[str, ...]] = []
+    # The headline first, then the supporting phases.
+    for phase, ph in sorted(res["phases"].items(), key=lambda kv: kv[0] != "headline"):
+        fan, one, o = ph["baseline_fanout"], ph["baseline_single"], ph["ours_detail"]
+        for pct in ("p50", "p99"):
+            if phase == "headline":
+                label, verdict_text = (
+                    f"ws_fanout {n} listeners, {ph['task_rate']:g} tasks/s, {pct}",
+                    "no target: report it",
+                )
+            else:
+                behind = (o["deliveries_per_s"] or 0) < 0.9 * _ws_offered(ph)
+                label = f"  {phase}, {ph['task_rate']:g} tasks/s, {pct}"
+                verdict_text = "supporting: backlog" if behind else "supporting, no target"
+            rows.append((label, f"{o[f'{pct}_ms']:.1f} ms", f"{fan[f'{pct}_ms']:.2f} ms ({n} redis subs)",
+                         f"{ph['ratios'][f'vs_{n}_subscribers'][pct]:.1f}x", "-", verdict_text))  # fmt: skip
+        if phase == "headline":
+            for pct in ("p50", "p99"):
+                rows.append((f"  {pct} vs 1 bare redis subscriber, {ph['task_rate']:g}/s", f"{o[f'{pct}_ms']:.1f} ms",
+                             f"{one[f'{pct}_ms']:.2f} ms (1 redis sub)", f"{ph['ratios']['vs_1_subscriber'][pct]:.1f}x",
+                             "-", "supporting, no target"))  # fmt: skip
+        if phase == "overload":
+            dps = o["deliveries_per_s"] or 0.0
+            fan_dps = fan["deliveries_per_s"] or 0.0
+            capacity = " (capacity)" if dps < 0.9 * _ws_offered(ph) else ""
+            rows.append((f"  {phase}: deliveries/s{capacity}", f"{dps:.0f}/s", f"{fan_dps:.0f}/s ({n} redis subs)",
+                         f"{dps / fan_dps if fan_dps else 0:.2f}x", "-", "supporting, no target"))  # fmt: skip
+    return rows
+
+
+def _print_ws_fanout(res: dict[str, Any]) -> None:
+    n = res["listeners"]
+    print(
+        f"ws_fanout: {n} WebSocket listeners (tenant-wide subscription each) in {res['listener_processes']} "
+        "load-generator processes, fresh ones per phase; latency = receive time at the listener - the event's "
+        "created_at; baselines: bare Redis pub/sub, redis-py asyncio subscribers in the same number of processes "
+        f"(RESP parser: {res['redis_parser']})"
+    )
+    for phase, ph in res["phases"].items():
+        o, fan, one = ph["ours_detail"], ph["baseline_fanout"], ph["baseline_single"]
+        c, b, cores = o["check"], ph["breakdown_ms"], ph["cpu_cores"]
+        sub = ph["submit"]
+        print(
+            f"  [{phase}] {ph['tasks']} chat tasks POSTed at {ph['task_rate']:g}/s (POST p50 "
+            f"{sub['post_latency']['p50_ms']:.0f} ms, p99 {sub['post_latency']['p99_ms']:.0f} ms, statuses "
+            f"{sub['statuses']}) -> {ph['events']} events ({ph['event_rate']:.0f}/s), {o['mean_frame_bytes']:.0f} B "
+            f"per frame on average; {o['subscribed']}/{n} subscribed in {ph['open_s']:.1f}s; WebSocket extensions: "
+            f"{', '.join(o['extensions'])}"
+        )
+        offered = _ws_offered(ph)
+        print(
+            f"    ours: {o['deliveries']} deliveries of {o['expected_per_listener'] * o['subscribed']} expected, "
+            f"{o['deliveries_per_s'] or 0:.0f}/s delivered over {o['receive_window_s']:.1f}s ({offered:.0f}/s "
+            f"offered); p50 {o['p50_ms']:.1f} ms, p99 {o['p99_ms']:.1f} ms, max {o['max_ms']:.0f} ms; by type "
+            "(p50/p99): " + ", ".join(f"{k} {v['p50_ms']:.1f}/{v['p99_ms']:.1f}" for k, v in o["by_type"].items())
+        )
+        if o["deliveries_per_s"] and o["deliveries_per_s"] < 0.9 * offered:
+            print(
+                "    (delivered < offered: the API's fan-out fell behind, so these latencies are mostly backlog; "
+                "deliveries/s is its capacity here)"
+            )
+        reasons = f" {c['close_reasons']}" if c["close_reasons"] else ""
+        print(
+            f"    check: missing {c['missing']}, duplicates {c['duplicates']}, out of order {c['out_of_order']}, "
+            f"unexpected {c['unexpected']}; listeners with a problem {c['listeners_with_problems']}; closed by the "
+            f"server {c['closed_by_server']}{reasons} (slow-consumer limit: SWITCHYARD_WS_MAX_QUEUE, default 1,000 "
+            f"events behind); at connect {o['failure_counts']}"
+        )
+        for label, base in ((f"{n} redis subscribers", fan), ("1 redis subscriber", one)):
+            pub = base["publisher"]
+            print(
+                f"    baseline, {label}: {base['deliveries']} deliveries ({base['subscribed']} subscribed), p50 "
+                f"{base['p50_ms']:.2f} ms, p99 {base['p99_ms']:.2f} ms, max {base['max_ms']:.1f} ms; missing "
+                f"{base['check']['missing']}, duplicates {base['check']['duplicates']}; {pub['messages']} messages "
+                f"of {pub['payload_bytes']} B at {pub['rate']:.0f}/s ({pub['schedule']}), PUBLISH reached "
+                f"{pub['receivers_min']}-{pub['receivers_max']} subscribers"
+            )
+        print(
+            f"    ratios: p50 {ph['ratios'][f'vs_{n}_subscribers']['p50']:.1f}x, p99 "
+            f"{ph['ratios'][f'vs_{n}_subscribers']['p99']:.1f}x against {n} subscribers; p50 "
+            f"{ph['ratios']['vs_1_subscriber']['p50']:.1f}x, p99 {ph['ratios']['vs_1_subscriber']['p99']:.1f}x "
+            "against one"
+        )
+        relay = f"{b['created_to_relay_published_p50']:.1f}/{b['created_to_relay_published_p99']:.1f}"
+        rest = f"{b['relay_published_to_listener_p50']:.1f}/{b['relay_published_to_listener_p99']:.1f}"
+        probe_types = ", ".join(
+            f"{k} {v['p50_ms']:.1f}/{v['p99_ms']:.1f}" for k, v in ph["relay_probe"]["by_type"].items()
+        )
+        print(
+            f"    where ours goes (ms, p50/p99): created_at -> relay published (one plain subscriber on "
+            f"switchyard:events:<tenant>) {relay} ({probe_types}); relay published -> listener (Redis, the API's "
+            f"fan-out, the sockets, the listener) {rest}"
+        )
+        print(
+            f"      per event: first listener {b['first_listener_p50']:.1f}, last listener {b['last_listener_p50']:.1f}"
+            f", spread first->last {b['fanout_spread_p50']:.1f} p50 / {b['fanout_spread_p99']:.1f} p99 (bare "
+            f"redis, {n} subscribers: spread {fan['per_event']['spread']['p50_ms']:.1f} p50)"
+        )
+        print(
+            f"    CPU cores while measured ({ph['measured_s']:.0f}s): API {cores['api']:.2f}, listeners "
+            f"{cores['listeners']:.2f}, control worker {cores['control_worker']:.2f}, provider worker "
+            f"{cores['provider_worker']:.2f}, fake {cores['fake']:.2f} (machine {ph['machine_busy_pct']:.0f}% busy);"
+            f" API CPU {ph['api_cpu_us_per_delivery']:.0f} us per delivery, so "
+            f"{ph['api_cpu_us_per_delivery'] * o['subscribed'] / 1000:.0f} ms of API CPU per event fanned out to all "
+            f"{o['subscribed']}: a task's three events are published within tens of ms of each other (the fake "
+            "answers at once), so the second and the third wait for the first's fan-out (see by type)"
+        )
+    print(
+        "  the path: the writer's commit (API for task.queued, provider worker for started/succeeded) -> the relay"
+        " numbers the rows in its own transaction (one more Postgres commit, fsync) and PUBLISHes -> Redis -> the "
+        f"API's hub -> one queue per listener -> {n} sends (permessage-deflate per socket, one write each) in one "
+        "Python process"
+    )
+    print(
+        f"  machine: {res['cores']} cores shared by everything: Postgres, Redis, the API, both workers, the fake, "
+        f"the {res['listener_processes']} listener processes and this runner; a listener's receive time includes "
+        "its own queueing on those cores (so does a baseline listener's)"
+    )
+    if res["api_log_warnings"]:
+        print(
+            f"  API log: {len(res['api_log_warnings'])} warning/error lines, first: {res['api_log_warnings'][0][:200]}"
+        )
 
 
 def _interrupted(*_: object) -> None:

@@ -55,6 +55,8 @@ def api(host: str, port: int, workers: int) -> None:
         workers=workers,
         log_level="warning",
         access_log=False,
+        # Compressing is done per socket: one event sent to a thousand listeners is compressed a thousand times.
+        ws_per_message_deflate=get_settings().ws_compression,
     )
 
 

@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     # connection may fall behind before it is closed as a slow consumer.
     ws_max_connections_per_tenant: int = Field(default=1000, ge=1)
     ws_max_queue: int = Field(default=1000, ge=10)
+    # permessage-deflate on WebSocket connections: less bandwidth, much more CPU per listener.
+    ws_compression: bool = False
 
     # Webhooks. Deliveries to loopback, private and link-local addresses are refused unless allowed (cloud
     # metadata addresses always are). A failed attempt is retried after each wait of the schedule in turn
