@@ -45,6 +45,13 @@ class Conflict(AppError):
     type = "conflict_error"
 
 
+class RateLimited(AppError):
+    """A rate or budget limit; the provider's own 429 as a synchronous caller meets it."""
+
+    status = 429
+    type = "rate_limit_error"
+
+
 class PayloadTooLarge(AppError):
     status = 413
     type = "request_too_large"

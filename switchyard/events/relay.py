@@ -210,8 +210,9 @@ class EventRelay:
             return []
         if self._last_seq is None:
             self._last_seq = int(session.scalar(select(func.max(EVENTS.c.seq))) or 0)
-        unknown = sorted({r.tenant_id for r in rows} - self._tenant_seq.keys())
-        previous = dict(self._tenant_seq)
+        tenants = {r.tenant_id for r in rows}
+        previous = {t: self._tenant_seq[t] for t in tenants if t in self._tenant_seq}
+        unknown = sorted(tenants - previous.keys())
         if unknown:
             newest = session.execute(
                 select(EVENTS.c.tenant_id, func.max(EVENTS.c.seq))

@@ -12,10 +12,12 @@ from fastapi import Request
 
 from switchyard.core.errors import (
     AppError,
+    Conflict,
     GatewayTimeout,
     InvalidRequest,
     MalformedRequest,
     NotFound,
+    RateLimited,
     ServiceUnavailable,
     UpstreamFailed,
 )
@@ -23,16 +25,6 @@ from switchyard.gateway_api.state import ApiState
 from switchyard.tasks import service
 from switchyard.tasks.schemas import TaskCreate
 from switchyard.tenancy.service import Principal
-
-
-class RateLimited(AppError):
-    status = 429
-    type = "rate_limit_error"
-
-
-class Canceled(AppError):
-    status = 409
-    type = "conflict_error"
 
 
 async def create(
@@ -93,7 +85,7 @@ def failure(task: dict[str, Any], *, invalid: type[AppError] = InvalidRequest) -
     elif kind == "unavailable":
         exc = ServiceUnavailable(message)
     elif kind == "canceled":
-        exc = Canceled(message)
+        exc = Conflict(message)
     else:
         exc = UpstreamFailed(message)
     exc.code = kind

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Header, Query, WebSocket
 from sqlalchemy import select
 from starlette.responses import StreamingResponse
 
-from switchyard.core.errors import AppError, InvalidRequest, NotFound, ServiceUnavailable
+from switchyard.core.errors import AppError, InvalidRequest, NotFound, RateLimited
 from switchyard.core.models import EVENTS, Run, Task
 from switchyard.events.feed import FeedEvent, follow, object_key
 from switchyard.events.log import TERMINAL_TYPES, event_view, events_after
@@ -152,9 +152,9 @@ async def websocket(websocket: WebSocket) -> None:
     slot = await state.ws_slots.acquire(principal.tenant_id)
     if slot is None:
         limit = state.settings.ws_max_connections_per_tenant
-        await _refuse(
-            websocket, _TooManyConnections(f"this tenant has {limit} WebSocket connections open"), CLOSE_TRY_LATER
-        )
+        refusal = RateLimited(f"this tenant has {limit} WebSocket connections open")
+        refusal.headers["Retry-After"] = "5"
+        await _refuse(websocket, refusal, CLOSE_TRY_LATER)
         return
     try:
         await websocket.accept()
@@ -165,11 +165,6 @@ async def websocket(websocket: WebSocket) -> None:
             state.hub.release(feed)
     finally:
         await state.ws_slots.release(principal.tenant_id, slot)
-
-
-class _TooManyConnections(ServiceUnavailable):
-    status = 429
-    type = "rate_limit_error"
 
 
 async def _refuse(websocket: WebSocket, exc: AppError, code: int) -> None:
