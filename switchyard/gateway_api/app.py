@@ -7,11 +7,11 @@ from contextlib import asynccontextmanager
 from functools import partial
 
 import anyio.to_thread
-import redis
 from fastapi import FastAPI
 
 from switchyard.core.config import load_config
 from switchyard.core.db import Database
+from switchyard.core.redis_pool import shared_client
 from switchyard.events.bus import wake_relay
 from switchyard.events.feed import EventHub
 from switchyard.gateway_api.errors import install_error_handlers
@@ -53,7 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # database connections would only queue on the pool while contending for the GIL.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.db_pool_size + settings.db_max_overflow
         celery = make_celery(settings)
-        redis_client = redis.Redis.from_url(settings.redis_url) if settings.redis_url else None
+        redis_client = shared_client(settings.redis_url) if settings.redis_url else None
         db = Database(settings, on_events_committed=partial(wake_relay, redis_client) if redis_client else None)
         dispatcher = CeleryDispatcher(celery)
         # Shared definitions from config/workflows/ (a bad file stops start-up with its problem named).

@@ -16,6 +16,7 @@ embedded mode, where nothing is shared).
 from __future__ import annotations
 
 import math
+import random
 import threading
 import time
 from collections import defaultdict
@@ -23,8 +24,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import redis
+import structlog
 
 from switchyard.core.config import BreakerConfig
+
+log = structlog.get_logger(__name__)
 
 BUCKETS = 10
 LATENCIES_KEPT = 200
@@ -270,8 +274,14 @@ class Admission:
     breaker: BreakerConfig
 
 
+# Shown for a deployment whose health cannot be read (Redis away): traffic goes on as if all were well.
+UNKNOWN = Stats(state="closed", open_until=0.0, in_flight=0, ok=0, failed=0, latencies_ms=())
+
+
 class DeploymentHealth:
-    """The breaker's rules over a store."""
+    """The breaker's rules over a store. When the store cannot be reached (Redis away) calls are let
+    through and not counted: the breakers stop protecting until it is back, but nothing stops or fails
+    for it, and the providers' own answers still drive retries and failover."""
 
     def __init__(self, store: HealthStore) -> None:
         self.store = store
@@ -281,7 +291,17 @@ class DeploymentHealth:
         return breaker.window_s / BUCKETS
 
     def read(self, names: list[str], breaker: BreakerConfig, keep: int = 20) -> list[Stats]:
-        return self.store.read(names, time.time(), self.bucket_s(breaker), keep)
+        try:
+            return self.store.read(names, time.time(), self.bucket_s(breaker), keep)
+        except redis.RedisError:
+            log.warning("deployment_health_unavailable", exc_info=True)
+            return [UNKNOWN] * len(names)
+
+    def next_turn(self, model: str) -> int:
+        try:
+            return self.store.next_turn(model)
+        except redis.RedisError:
+            return random.randrange(1 << 30)
 
     @staticmethod
     def usable(stats: Stats, now: float | None = None) -> bool:
@@ -296,16 +316,25 @@ class DeploymentHealth:
         """Let one call through (the probe, if the breaker is open and cooled down), or None."""
         now = time.time()
         probe = False
-        if stats.state != "closed":
-            if not self.usable(stats, now) or not self.store.take_probe(name, call_id, lease_s):
-                return None
-            probe = True
-        self.store.begin(name, call_id, now + lease_s)
+        try:
+            if stats.state != "closed":
+                if not self.usable(stats, now) or not self.store.take_probe(name, call_id, lease_s):
+                    return None
+                probe = True
+            self.store.begin(name, call_id, now + lease_s)
+        except redis.RedisError:
+            log.warning("deployment_health_unavailable", exc_info=True)
         return Admission(name, call_id, probe, breaker)
 
     def end(self, admission: Admission, outcome: str | None, latency_ms: float) -> None:
         """Count the outcome and move the breaker: "ok", "fail" (the deployment's fault), or None (the
         caller's fault, e.g. a 400: not held against the deployment)."""
+        try:
+            self._end(admission, outcome, latency_ms)
+        except redis.RedisError:
+            log.warning("deployment_health_unavailable", exc_info=True)
+
+    def _end(self, admission: Admission, outcome: str | None, latency_ms: float) -> None:
         now = time.time()
         breaker = admission.breaker
         ended = EndedCall(admission.name, admission.call_id, outcome, latency_ms)

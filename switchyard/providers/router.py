@@ -256,7 +256,7 @@ class Router:
         )
 
     def _turn(self, name: str) -> int:
-        return self.health.store.next_turn(name)
+        return self.health.next_turn(name)
 
     def _wait_hint(self, pool: list[Deployment], stats: dict[str, Stats]) -> float:
         waits = []
