@@ -261,3 +261,19 @@ def test_catalog_prices_deployments_without_their_own() -> None:
     assert unknown.price.input == 0.0
     assert unknown.max_input_tokens is None
     assert catalog()[0] >= "2025-01-01"
+
+
+def test_json_mode_maps_to_anthropic() -> None:
+    messages = [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "x"}]
+    plain = to_anthropic({"messages": messages, "response_format": {"type": "json_object"}})
+    assert plain["system"] == "Be terse.\n\nRespond with a single JSON object and nothing else."
+    assert "tools" not in plain
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}}
+    forced = to_anthropic(
+        {
+            "messages": messages,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": schema}},
+        }
+    )
+    assert forced["tools"][-1]["input_schema"] == schema
+    assert forced["tool_choice"] == {"type": "tool", "name": forced["tools"][-1]["name"]}

@@ -74,6 +74,11 @@ MODELS = """
     deployments:
       - {provider: fake, model: gpt-busy-a}
       - {provider: fake-b, model: gpt-busy-b}
+  route-tpm:
+    type: chat
+    deployments:
+      - {provider: fake, model: gpt-tpm, tpm: 20}
+      - {provider: fake-b, model: gpt-tpm-spill}
   route-cheap:
     type: chat
     strategy: lowest_cost
@@ -281,3 +286,14 @@ def test_providers_endpoint_reports_each_deployment(api: httpx.Client) -> None:
     assert backup["latency_ms"]["p95"] >= backup["latency_ms"]["p50"]
     assert backup["in_flight"] == 0
     assert {d["deployment"] for d in data} >= {"fake/gpt-w-a", "fake-b/gpt-w-b", "fake/gpt-rpm"}
+
+
+def test_tpm_limit_skips_a_deployment_that_used_its_tokens(api: httpx.Client) -> None:
+    # About 7 prompt and 9 reply tokens a call: the first fits gpt-tpm's 20 a minute, the next does not.
+    text = f"tokens {secrets.token_hex(4)} pad pad pad"
+    first = wait_task(api, submit(api, "route-tpm", text))
+    second = wait_task(api, submit(api, "route-tpm", text))
+    assert first["attempts"][0]["provider_model"] == "gpt-tpm"
+    assert first["usage"]["input_tokens"] + first["usage"]["output_tokens"] > 15
+    assert [a["provider_model"] for a in second["attempts"]] == ["gpt-tpm-spill"]
+    assert provider_status(api, "fake/gpt-tpm")["tpm_remaining"] < 7
