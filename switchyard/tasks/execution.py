@@ -246,14 +246,11 @@ class Executor:
                     .where(Task.id == task_id)
                     .values(lease_expires_at=now + timedelta(seconds=self._lease_s(claim.options["timeout_s"])))
                 )
-            append_event(
+            _claim_event(
                 tx.session,
-                tenant_id=claim.tenant_id,
-                type="task.started",
-                task_id=task_id,
-                run_id=claim.run_id,
-                step_id=claim.step_id,
-                data={"id": task_id, "status": "running", "attempt": claim.attempt_count + 1},
+                claim,
+                "task.started",
+                {"id": task_id, "status": "running", "attempt": claim.attempt_count + 1},
             )
         return claim
 
@@ -286,14 +283,11 @@ class Executor:
                 tx.session.rollback()
                 return False
             self._insert_attempt(tx.session, claim, outcome)
-            append_event(
+            _claim_event(
                 tx.session,
-                tenant_id=claim.tenant_id,
-                type="task.retrying",
-                task_id=claim.task_id,
-                run_id=claim.run_id,
-                step_id=claim.step_id,
-                data={
+                claim,
+                "task.retrying",
+                {
                     "id": claim.task_id,
                     "attempt": outcome.n,
                     "wait_s": round(wait_s, 3),
@@ -339,14 +333,11 @@ class Executor:
             ).first()
             if row is None:
                 return
-            append_event(
+            _claim_event(
                 tx.session,
-                tenant_id=claim.tenant_id,
-                type="task.retrying",
-                task_id=claim.task_id,
-                run_id=claim.run_id,
-                step_id=claim.step_id,
-                data={"id": claim.task_id, "wait_s": round(unavailable.wait_s, 3), "reason": unavailable.reason},
+                claim,
+                "task.retrying",
+                {"id": claim.task_id, "wait_s": round(unavailable.wait_s, 3), "reason": unavailable.reason},
             )
 
     def _earlier(self, claim: Claim) -> list[Earlier]:
@@ -442,14 +433,11 @@ class Executor:
             if task.run_id is not None and self.dispatcher is not None:
                 advancer, run_id = self.dispatcher, task.run_id
                 tx.after_commit(lambda: advancer.publish_advance(run_id))
-            append_event(
+            _claim_event(
                 session,
-                tenant_id=claim.tenant_id,
-                type=f"task.{task.status}",
-                task_id=claim.task_id,
-                run_id=claim.run_id,
-                step_id=claim.step_id,
-                data=view,
+                claim,
+                f"task.{task.status}",
+                view,
             )
 
     def _cancel_released(self, claim: Claim) -> None:
@@ -467,14 +455,11 @@ class Executor:
             )
             if task is not None:
                 attempts = list(tx.session.scalars(select(Attempt).where(Attempt.task_id == claim.task_id)))
-                append_event(
+                _claim_event(
                     tx.session,
-                    tenant_id=claim.tenant_id,
-                    type="task.canceled",
-                    task_id=claim.task_id,
-                    run_id=claim.run_id,
-                    step_id=claim.step_id,
-                    data=task_view(task, attempts),
+                    claim,
+                    "task.canceled",
+                    task_view(task, attempts),
                 )
 
     # --- helpers ----------------------------------------------------------------------------------------------
@@ -529,6 +514,19 @@ def _task_update() -> Update:
     """A conditional UPDATE of tasks. The executor's session holds no Task objects that need keeping in step,
     so the ORM's session synchronisation is skipped."""
     return update(Task).execution_options(synchronize_session=False)
+
+
+def _claim_event(session: Session, claim: Claim, type: str, data: dict[str, Any]) -> None:
+    """An event of the claimed task (with its run and step, when it is a workflow step's)."""
+    append_event(
+        session,
+        tenant_id=claim.tenant_id,
+        type=type,
+        task_id=claim.task_id,
+        run_id=claim.run_id,
+        step_id=claim.step_id,
+        data=data,
+    )
 
 
 def _health_outcome(outcome: Outcome) -> str | None:

@@ -94,20 +94,7 @@ def webhook_view(hook: Webhook, *, secret: str | None = None) -> dict[str, Any]:
 
 def create(tx: Tx, tenant_id: str, body: WebhookCreate, *, allow_private: bool) -> dict[str, Any]:
     check_url(str(body.url), allow_private=allow_private, param="url")
-    now = utcnow()
-    hook = Webhook(
-        id=new_id("wh"),
-        tenant_id=tenant_id,
-        url=str(body.url),
-        events=list(dict.fromkeys(body.events)),
-        description=body.description,
-        secret=new_secret(),
-        object_id=None,
-        status="enabled",
-        created_at=now,
-        updated_at=now,
-    )
-    tx.session.add(hook)
+    hook = _new_webhook(tx, tenant_id, str(body.url), body.events, secret=new_secret(), description=body.description)
     tx.session.flush()
     return webhook_view(hook, secret=hook.secret)
 
@@ -118,21 +105,35 @@ def object_webhook(
     """The webhook of one task, run or batch; returns what the object shows of it."""
     check_url(str(target.url), allow_private=allow_private, param=f"{param}.url")
     signing_secret(tx, tenant_id)  # its deliveries are signed with the tenant's secret: make sure there is one
+    hook = _new_webhook(tx, tenant_id, str(target.url), target.events, object_id=object_id)
+    return {"id": hook.id, "url": hook.url, "events": hook.events}
+
+
+def _new_webhook(
+    tx: Tx,
+    tenant_id: str,
+    url: str,
+    events: list[str],
+    *,
+    secret: str | None = None,
+    description: str | None = None,
+    object_id: str | None = None,
+) -> Webhook:
     now = utcnow()
     hook = Webhook(
         id=new_id("wh"),
         tenant_id=tenant_id,
-        url=str(target.url),
-        events=list(dict.fromkeys(target.events)),
-        description=None,
-        secret=None,
+        url=url,
+        events=list(dict.fromkeys(events)),
+        description=description,
+        secret=secret,
         object_id=object_id,
         status="enabled",
         created_at=now,
         updated_at=now,
     )
     tx.session.add(hook)
-    return {"id": hook.id, "url": hook.url, "events": hook.events}
+    return hook
 
 
 def list_webhooks(tx: Tx, tenant_id: str) -> list[dict[str, Any]]:
