@@ -16,6 +16,7 @@ from switchyard.core.config import ProviderConfig
 from switchyard.core.errors import ProviderError
 from switchyard.providers.base import CallResult, OnDelta, Usage, unsupported
 from switchyard.providers.errors import connection_error, status_error, timeout_error
+from switchyard.providers.loop_clients import LoopClients
 
 _KSERVE_TYPES = {"float32": "FP32", "float64": "FP64", "int64": "INT64", "int32": "INT32", "bool": "BOOL"}
 _NUMPY_TYPES = {v: k for k, v in _KSERVE_TYPES.items()}
@@ -44,27 +45,54 @@ def _array(value: Any) -> np.ndarray:
 
 
 class _HttpModelServer:
+    """The HTTP plumbing of a model server; subclasses say what to post and how to read the answer."""
+
     kind = ""
 
     def __init__(self, config: ProviderConfig) -> None:
         assert config.base_url is not None  # the config refuses these kinds without one
-        self._client = httpx.Client(
-            base_url=config.base_url.rstrip("/"),
-            timeout=config.timeout_s or 60.0,
-            limits=httpx.Limits(max_connections=config.max_connections, max_keepalive_connections=64),
-            follow_redirects=False,
-        )
+        client_args: dict[str, Any] = {
+            "base_url": config.base_url.rstrip("/"),
+            "timeout": config.timeout_s or 60.0,
+            "limits": httpx.Limits(max_connections=config.max_connections, max_keepalive_connections=64),
+            "follow_redirects": False,
+        }
+        self._client = httpx.Client(**client_args)
+        self._async_clients = LoopClients(lambda: httpx.AsyncClient(**client_args), lambda client: client.aclose())
 
-    def _post(self, path: str, body: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-        with _translated_errors():
-            response = self._client.post(path, json=body, timeout=timeout_s)
+    def _call(self, model: str, request: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, np.ndarray]]:
+        """The path and body to post for a prediction, and the inputs as arrays."""
+        raise NotImplementedError
+
+    def _outputs(self, data: dict[str, Any]) -> dict[str, Any]:
+        """The named outputs in the server's answer."""
+        raise NotImplementedError
+
+    def _result(self, model: str, arrays: dict[str, np.ndarray], response: httpx.Response, t0: float) -> CallResult:
+        elapsed_ms = (time.perf_counter() - t0) * 1000
         if response.status_code >= 400:
             raise status_error(response.status_code, _error_text(response), response.headers)
         try:
             data: dict[str, Any] = response.json()
         except ValueError:
             raise ProviderError("provider_error", "model server answered non-JSON", retryable=True) from None
-        return data
+        outputs = self._outputs(data)
+        return CallResult({"outputs": outputs}, Usage(predictions=_rows(arrays), compute_ms=elapsed_ms), model)
+
+    def predict(self, model: str, request: dict[str, Any], timeout_s: float) -> CallResult:
+        path, body, arrays = self._call(model, request)
+        t0 = time.perf_counter()
+        with _translated_errors():
+            response = self._client.post(path, json=body, timeout=timeout_s)
+        return self._result(model, arrays, response, t0)
+
+    async def apredict(self, model: str, request: dict[str, Any], timeout_s: float) -> CallResult:
+        """`predict` on the running event loop."""
+        path, body, arrays = self._call(model, request)
+        t0 = time.perf_counter()
+        with _translated_errors():
+            response = await self._async_clients.get().post(path, json=body, timeout=timeout_s)
+        return self._result(model, arrays, response, t0)
 
     def chat(
         self, model: str, request: dict[str, Any], timeout_s: float, on_delta: OnDelta | None = None
@@ -77,8 +105,26 @@ class _HttpModelServer:
     def moderate(self, model: str, request: dict[str, Any], timeout_s: float) -> CallResult:
         raise unsupported(self.kind, "moderate")
 
+    async def achat(
+        self, model: str, request: dict[str, Any], timeout_s: float, on_delta: OnDelta | None = None
+    ) -> CallResult:
+        """Refused, as `chat` is."""
+        raise unsupported(self.kind, "chat")
+
+    async def aembed(self, model: str, request: dict[str, Any], timeout_s: float) -> CallResult:
+        """Refused, as `embed` is."""
+        raise unsupported(self.kind, "embed")
+
+    async def amoderate(self, model: str, request: dict[str, Any], timeout_s: float) -> CallResult:
+        """Refused, as `moderate` is."""
+        raise unsupported(self.kind, "moderate")
+
     def close(self) -> None:
         self._client.close()
+
+    async def aclose(self) -> None:
+        """Close the running loop's async client."""
+        await self._async_clients.aclose()
 
 
 class KServeAdapter(_HttpModelServer):
@@ -86,7 +132,7 @@ class KServeAdapter(_HttpModelServer):
 
     kind = "kserve"
 
-    def predict(self, model: str, request: dict[str, Any], timeout_s: float) -> CallResult:
+    def _call(self, model: str, request: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, np.ndarray]]:
         arrays = {name: _array(value) for name, value in request["inputs"].items()}
         body = {
             "inputs": [
@@ -94,11 +140,11 @@ class KServeAdapter(_HttpModelServer):
                 for n, a in arrays.items()
             ]
         }
-        t0 = time.perf_counter()
-        data = self._post(f"/v2/models/{model}/infer", body, timeout_s)
-        elapsed_ms = (time.perf_counter() - t0) * 1000
+        return f"/v2/models/{model}/infer", body, arrays
+
+    def _outputs(self, data: dict[str, Any]) -> dict[str, Any]:
         try:
-            outputs = {
+            return {
                 o["name"]: np.asarray(o["data"], dtype=_NUMPY_TYPES.get(o.get("datatype", ""), None))
                 .reshape(o["shape"])
                 .tolist()
@@ -106,8 +152,6 @@ class KServeAdapter(_HttpModelServer):
             }
         except (KeyError, TypeError, ValueError) as exc:
             raise ProviderError("provider_error", f"malformed KServe response: {exc}", retryable=False) from None
-        rows = _rows(arrays)
-        return CallResult({"outputs": outputs}, Usage(predictions=rows, compute_ms=elapsed_ms), model)
 
 
 class TFServingAdapter(_HttpModelServer):
@@ -115,18 +159,16 @@ class TFServingAdapter(_HttpModelServer):
 
     kind = "tfserving"
 
-    def predict(self, model: str, request: dict[str, Any], timeout_s: float) -> CallResult:
+    def _call(self, model: str, request: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, np.ndarray]]:
         arrays = {name: _array(value) for name, value in request["inputs"].items()}
-        body = {"inputs": {n: a.tolist() for n, a in arrays.items()}}
-        t0 = time.perf_counter()
-        data = self._post(f"/v1/models/{model}:predict", body, timeout_s)
-        elapsed_ms = (time.perf_counter() - t0) * 1000
+        return f"/v1/models/{model}:predict", {"inputs": {n: a.tolist() for n, a in arrays.items()}}, arrays
+
+    def _outputs(self, data: dict[str, Any]) -> dict[str, Any]:
         if "outputs" not in data:
             raise ProviderError("provider_error", "malformed TF Serving response: no 'outputs'", retryable=False)
         # A single-output model answers the bare tensor; it has no name to give.
-        outputs = data["outputs"] if isinstance(data["outputs"], dict) else {"output": data["outputs"]}
-        rows = _rows(arrays)
-        return CallResult({"outputs": outputs}, Usage(predictions=rows, compute_ms=elapsed_ms), model)
+        outputs = data["outputs"]
+        return outputs if isinstance(outputs, dict) else {"output": outputs}
 
 
 def _rows(arrays: dict[str, np.ndarray]) -> int:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import functools
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from switchyard.core.config import ProviderConfig
@@ -19,6 +23,9 @@ class OnnxAdapter:
         self._config = config
         self._sessions: dict[str, BatchedSession] = {}
         self._lock = threading.Lock()
+        # apredict's threads, which mostly wait for their batch. Not the loop's default executor: its few
+        # threads (cores + 4) would cap how many calls can wait together, so how many rows a batch merges.
+        self._threads = ThreadPoolExecutor(max(8, 2 * config.max_batch_size), thread_name_prefix="onnx-apredict")
 
     def session(self, path: str) -> BatchedSession:
         """The model's session, made once per process (after any fork: workers call this from tasks)."""
@@ -55,6 +62,11 @@ class OnnxAdapter:
             provider_model=session.path.rsplit("/", 1)[-1],
         )
 
+    async def apredict(self, model: str, request: dict[str, Any], timeout_s: float) -> CallResult:
+        """`predict` on a thread: the session's batcher merges the rows of calls waiting together."""
+        call = functools.partial(contextvars.copy_context().run, self.predict, model, request, timeout_s)
+        return await asyncio.get_running_loop().run_in_executor(self._threads, call)
+
     def chat(
         self, model: str, request: dict[str, Any], timeout_s: float, on_delta: OnDelta | None = None
     ) -> CallResult:
@@ -66,6 +78,24 @@ class OnnxAdapter:
     def moderate(self, model: str, request: dict[str, Any], timeout_s: float) -> CallResult:
         raise unsupported("onnx", "moderate")
 
+    async def achat(
+        self, model: str, request: dict[str, Any], timeout_s: float, on_delta: OnDelta | None = None
+    ) -> CallResult:
+        """Refused, as `chat` is."""
+        raise unsupported("onnx", "chat")
+
+    async def aembed(self, model: str, request: dict[str, Any], timeout_s: float) -> CallResult:
+        """Refused, as `embed` is."""
+        raise unsupported("onnx", "embed")
+
+    async def amoderate(self, model: str, request: dict[str, Any], timeout_s: float) -> CallResult:
+        """Refused, as `moderate` is."""
+        raise unsupported("onnx", "moderate")
+
     def close(self) -> None:
+        self._threads.shutdown(wait=False, cancel_futures=True)
         for session in self._sessions.values():
             session.close()
+
+    async def aclose(self) -> None:
+        """Nothing of this adapter belongs to a loop: its sessions and threads are released by `close()`."""
