@@ -54,10 +54,14 @@ OnDelta = Callable[[str], None]
 
 
 class ProviderAdapter(Protocol):
-    """One provider account. Methods block (worker threads run them) and raise ProviderError on failure.
+    """One provider account. The plain methods block (worker threads run them); the `a`-prefixed ones are
+    the same calls for an event loop, with the same results and the same ProviderError on failure.
 
     `chat` with `on_delta` streams: text chunks go to `on_delta` as they arrive, and the whole result is
-    returned at the end as without it."""
+    returned at the end as without it. `achat` calls `on_delta` (a plain function) on the loop's thread.
+
+    The async methods bind resources (connection pools) to the loop that first calls them: `aclose()`,
+    awaited on that loop before it ends, releases them; `close()` releases the rest."""
 
     def chat(
         self, model: str, request: dict[str, Any], timeout_s: float, on_delta: OnDelta | None = None
@@ -70,3 +74,15 @@ class ProviderAdapter(Protocol):
     def predict(self, model: str, request: dict[str, Any], timeout_s: float) -> CallResult: ...
 
     def close(self) -> None: ...
+
+    async def achat(
+        self, model: str, request: dict[str, Any], timeout_s: float, on_delta: OnDelta | None = None
+    ) -> CallResult: ...
+
+    async def aembed(self, model: str, request: dict[str, Any], timeout_s: float) -> CallResult: ...
+
+    async def amoderate(self, model: str, request: dict[str, Any], timeout_s: float) -> CallResult: ...
+
+    async def apredict(self, model: str, request: dict[str, Any], timeout_s: float) -> CallResult: ...
+
+    async def aclose(self) -> None: ...

@@ -34,6 +34,11 @@ class ProviderSet:
     def get(self, name: str) -> ProviderAdapter:
         return self._adapters[name]
 
+    async def aclose(self) -> None:
+        """Close the adapters' async clients of the running loop (await it on each loop that made calls)."""
+        for adapter in self._adapters.values():
+            await adapter.aclose()
+
     def close(self) -> None:
         for adapter in self._adapters.values():
             adapter.close()
