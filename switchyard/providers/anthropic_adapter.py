@@ -17,7 +17,7 @@ from switchyard.providers.anthropic_mapping import StreamedMessage, message_resu
 from switchyard.providers.base import CallResult, OnDelta, unsupported
 from switchyard.providers.errors import connection_error, status_error, timeout_error
 from switchyard.providers.loop_clients import LoopClients
-from switchyard.providers.shards import ClientShards
+from switchyard.providers.shards import ClientShards, pool_limits
 
 # The SDK's clients for Anthropic's own API, Amazon Bedrock and Google Vertex AI: one Messages API.
 AnthropicClient = anthropic.Anthropic | anthropic.AnthropicBedrock | anthropic.AnthropicVertex
@@ -38,12 +38,6 @@ def _translated_errors() -> Iterator[None]:
         raise ProviderError("provider_error", str(exc), retryable=False) from exc
     except httpx2.TransportError as exc:  # a stream that breaks while it is read
         raise connection_error(f"{type(exc).__name__}: {exc}") from exc
-
-
-def _limits(connections: int) -> httpx2.Limits:
-    # Idle connections are kept up to the pool's size: a burst that opened them is likely followed by another,
-    # and each reopened connection costs a TLS handshake.
-    return httpx2.Limits(max_connections=connections, max_keepalive_connections=connections)
 
 
 def _platform_args(config: ProviderConfig) -> dict[str, Any]:
@@ -77,7 +71,7 @@ class AnthropicAdapter:
         per_shard = max(1, config.max_connections // config.client_shards)
 
         def make() -> AnthropicClient:
-            http_client = anthropic.DefaultHttpxClient(limits=_limits(per_shard))
+            http_client = anthropic.DefaultHttpxClient(limits=pool_limits(per_shard))
             if config.platform == "bedrock":
                 return anthropic.AnthropicBedrock(**args, http_client=http_client)
             if config.platform == "vertex":
@@ -86,7 +80,7 @@ class AnthropicAdapter:
 
         def make_async() -> AsyncAnthropicClient:
             # One pool per loop, of the account's whole size: coroutines share it without contention.
-            http_client = anthropic.DefaultAsyncHttpxClient(limits=_limits(config.max_connections))
+            http_client = anthropic.DefaultAsyncHttpxClient(limits=pool_limits(config.max_connections))
             if config.platform == "bedrock":
                 return anthropic.AsyncAnthropicBedrock(**args, http_client=http_client)
             if config.platform == "vertex":

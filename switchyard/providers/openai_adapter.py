@@ -17,7 +17,7 @@ from switchyard.core.errors import ProviderError
 from switchyard.providers.base import CallResult, OnDelta, Usage, unsupported
 from switchyard.providers.errors import connection_error, status_error, timeout_error
 from switchyard.providers.loop_clients import LoopClients
-from switchyard.providers.shards import ClientShards
+from switchyard.providers.shards import ClientShards, pool_limits
 
 # Fields of a chat input that we consume ourselves rather than forward.
 _OWN_FIELDS = frozenset({"messages", "stream", "stream_options"})
@@ -49,12 +49,6 @@ def _client_args(config: ProviderConfig) -> dict[str, Any]:
     return {**args, "base_url": config.base_url}
 
 
-def _limits(connections: int) -> httpx2.Limits:
-    # Idle connections are kept up to the pool's size: a burst that opened them is likely followed by another,
-    # and each reopened connection costs a TLS handshake.
-    return httpx2.Limits(max_connections=connections, max_keepalive_connections=connections)
-
-
 class OpenAIAdapter:
     """Calls through the official SDK with its own retries off: the gateway owns retries."""
 
@@ -63,14 +57,14 @@ class OpenAIAdapter:
         per_shard = max(1, config.max_connections // config.client_shards)
 
         def make() -> openai.OpenAI:
-            http_client = openai.DefaultHttpxClient(limits=_limits(per_shard))
+            http_client = openai.DefaultHttpxClient(limits=pool_limits(per_shard))
             if config.platform == "azure":
                 return openai.AzureOpenAI(**args, http_client=http_client)
             return openai.OpenAI(**args, http_client=http_client)
 
         def make_async() -> openai.AsyncOpenAI:
             # One pool per loop, of the account's whole size: coroutines share it without contention.
-            http_client = openai.DefaultAsyncHttpxClient(limits=_limits(config.max_connections))
+            http_client = openai.DefaultAsyncHttpxClient(limits=pool_limits(config.max_connections))
             if config.platform == "azure":
                 return openai.AsyncAzureOpenAI(**args, http_client=http_client)
             return openai.AsyncOpenAI(**args, http_client=http_client)

@@ -21,7 +21,8 @@ ADAPTERS: dict[str, Callable[[ProviderConfig], ProviderAdapter]] = {
 
 
 class ProviderSet:
-    """One adapter (one SDK client, one connection pool) per configured provider.
+    """One adapter per configured provider: its sync clients (connection pools), and an async one for each
+    event loop that calls it (made there on first use).
 
     All are made up front, in the worker's start-up hook: made lazily, the first burst of tasks would race
     to build (and throw away) a client each."""

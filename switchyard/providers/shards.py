@@ -11,6 +11,8 @@ import threading
 from collections.abc import Callable
 from typing import Generic, Protocol, TypeVar
 
+import httpx2
+
 
 class Closeable(Protocol):
     def close(self) -> None: ...
@@ -36,3 +38,10 @@ class ClientShards(Generic[C]):
     def close(self) -> None:
         for client in self._clients:
             client.close()
+
+
+def pool_limits(connections: int) -> httpx2.Limits:
+    """An SDK client's pool of `connections`, sync (one shard's share) or async (one loop's)."""
+    # Idle connections are kept up to the pool's size: a burst that opened them is likely followed by another,
+    # and each reopened connection costs a TLS handshake.
+    return httpx2.Limits(max_connections=connections, max_keepalive_connections=connections)
