@@ -9,7 +9,8 @@ import pytest
 
 from switchyard.core.config import Price, ProviderConfig
 from switchyard.core.errors import ProviderError
-from switchyard.providers.anthropic_adapter import AnthropicAdapter, to_anthropic
+from switchyard.providers.anthropic_adapter import AnthropicAdapter
+from switchyard.providers.anthropic_mapping import to_anthropic
 from switchyard.providers.base import Usage
 from switchyard.providers.openai_adapter import OpenAIAdapter
 from switchyard.providers.pricing import cost_usd
