@@ -1,7 +1,9 @@
-"""Pydantic validation errors as our InvalidRequest, naming the field the way clients wrote it."""
+"""Request validation: pydantic errors as our InvalidRequest naming the field the way clients wrote it, and the
+strings Postgres cannot store (U+0000, lone surrogates), found with the path of the field that holds them."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,3 +44,72 @@ def invalid_request(exc: ValidationError, prefix: str = "") -> InvalidRequest:
 
 def _is_union_tag(part: int | str) -> bool:
     return isinstance(part, str) and (part in {"str", "int", "float", "bool", "list[str]"} or "[" in part)
+
+
+# Characters Postgres cannot store: U+0000 (in text nor in JSONB) and UTF-16 surrogates (not encodable as UTF-8).
+# JSON decoders join a valid surrogate pair into one character, so a surrogate left in a decoded string is lone.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+# The only ways such a character gets into a JSON body: the escapes \u0000 and \ud800-\udfff, a NUL byte (a
+# UTF-16/32 body, which the stdlib decoder accepts; raw control characters are invalid JSON) or a surrogate
+# written as UTF-8 bytes (ED A0-BF .., which the stdlib decoder lets through). Searching the bytes for these
+# is far cheaper than decoding the body a second time, so only a body that matches is decoded and walked.
+_UNSTORABLE_JSON_BYTES = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])|\x00|\xed[\xa0-\xbf]")
+
+
+def has_unstorable(text: str) -> bool:
+    """Whether `text` holds U+0000 or a lone surrogate, which Postgres cannot store."""
+    if text.isascii():  # the common case, and `in` is much faster than a regular expression
+        return "\x00" in text
+    return _UNSTORABLE.search(text) is not None
+
+
+def json_may_hold_unstorable(body: bytes) -> bool:
+    """False when no string decoded from this JSON body can hold U+0000 or a lone surrogate (true may be a
+    false alarm, e.g. an escaped backslash followed by 'u0000')."""
+    # Byte searches first: most bodies have none of these bytes, and those are cleared without the regex.
+    if b"\\u" not in body and b"\x00" not in body and b"\xed" not in body:
+        return False
+    return _UNSTORABLE_JSON_BYTES.search(body) is not None
+
+
+def printable(text: str) -> str:
+    """`text` with U+0000 and surrogates written as `\\uXXXX`, safe to echo in an error (a lone surrogate
+    cannot even be encoded in the JSON of a response)."""
+    return _UNSTORABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def find_unstorable(value: Any, prefix: str = "") -> tuple[str, str] | None:
+    """(param, problem) for the first string, object key or value, in decoded JSON `value` that Postgres
+    cannot store; the param is written like `loc_to_param` writes it ('' for `value` itself)."""
+    found = _find(value)
+    if found is None:
+        return None
+    reversed_loc, problem = found
+    loc = [printable(part) if isinstance(part, str) else part for part in reversed(reversed_loc)]
+    return loc_to_param(loc, prefix), problem
+
+
+def _find(value: Any) -> tuple[list[int | str], str] | None:
+    """The location (innermost part first, so that it is only built on a find) and the problem."""
+    if isinstance(value, str):
+        return ([], _problem(value)) if has_unstorable(value) else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str) and has_unstorable(key):
+                return [key], f"key {printable(key)!r} {_problem(key)}"
+            if isinstance(item, str | dict | list) and (found := _find(item)) is not None:
+                found[0].append(key if isinstance(key, str | int) else str(key))
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            if isinstance(item, str | dict | list) and (found := _find(item)) is not None:
+                found[0].append(i)
+                return found
+    return None
+
+
+def _problem(text: str) -> str:
+    if "\x00" in text:
+        return "must not contain the NUL character (U+0000)"
+    return "must not contain a lone UTF-16 surrogate (U+D800 to U+DFFF)"

@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from functools import partial
 
 import anyio.to_thread
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from switchyard.core.config import load_config
 from switchyard.core.db import Database
@@ -15,6 +15,7 @@ from switchyard.core.redis_pool import shared_client
 from switchyard.events.bus import wake_relay
 from switchyard.events.feed import EventHub
 from switchyard.gateway_api.errors import install_error_handlers
+from switchyard.gateway_api.input_guard import reject_unstorable_strings
 from switchyard.gateway_api.middleware import BodySizeLimit
 from switchyard.gateway_api.routes import (
     events,
@@ -87,6 +88,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         summary="Orchestration service for AI inference",
         lifespan=lifespan,
+        # Before any endpoint: a string Postgres cannot store is a 4xx naming its field, never a 500.
+        dependencies=[Depends(reject_unstorable_strings)],
     )
     install_error_handlers(app)
     app.include_router(health.router)

@@ -6,13 +6,15 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from kombu.exceptions import OperationalError as BrokerError
+from psycopg import errors as pg_errors
 from redis.exceptions import ConnectionError as RedisConnectionError
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DataError, DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from switchyard.core.errors import AppError, InvalidRequest, MalformedRequest, ServiceUnavailable
 from switchyard.core.validation import loc_to_param
+from switchyard.gateway_api.input_guard import unstorable_error
 from switchyard.gateway_api.responses import FastJSONResponse, error_body, error_response
 
 log = structlog.get_logger(__name__)
@@ -49,6 +51,25 @@ def _validation_error(exc: RequestValidationError) -> AppError:
     return InvalidRequest("; ".join(dict.fromkeys(problems)), param=params[0] if params else None)
 
 
+_UNSTORABLE_MESSAGE = "a string in the request holds a character that cannot be stored (U+0000 or a lone surrogate)"
+
+
+def unstorable_in_database(exc: BaseException) -> bool:
+    """The database or its driver refused a string for U+0000 or a lone surrogate. That is the client's input,
+    which `input_guard` refuses earlier with the field named; this is the backstop for a path it does not see."""
+    if isinstance(exc, UnicodeEncodeError):  # psycopg cannot encode a surrogate in a text parameter as UTF-8
+        return exc.reason == "surrogates not allowed"
+    if not isinstance(exc, DBAPIError):
+        return False
+    orig = exc.orig
+    if isinstance(orig, pg_errors.UntranslatableCharacter):  # \u0000 in JSONB
+        return True
+    if isinstance(orig, pg_errors.InvalidTextRepresentation):  # a lone \ud800 escape in JSONB
+        return "surrogate" in str(getattr(orig.diag, "message_detail", "") or "")
+    # psycopg refuses NUL in a text parameter itself, as a DataError without a SQLSTATE.
+    return isinstance(exc, DataError) and "NUL" in str(orig)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AppError)
     async def _app_error(_: Request, exc: AppError) -> Response:
@@ -66,12 +87,23 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(DBAPIError)
-    async def _database(_: Request, exc: DBAPIError) -> Response:
+    async def _database(request: Request, exc: DBAPIError) -> Response:
+        if unstorable_in_database(exc):
+            log.warning("unstorable_string", path=request.url.path, error=str(exc.orig))
+            return error_response(unstorable_error(request, _UNSTORABLE_MESSAGE, None))
         if exc.connection_invalidated or "connect" in str(exc.orig).lower():
             log.warning("database_unavailable", error=str(exc.orig))
             return error_response(ServiceUnavailable("database unavailable"))
         log.exception("database_error")
         return FastJSONResponse(error_body("api_error", "internal error"), status_code=500)
+
+    @app.exception_handler(UnicodeEncodeError)
+    async def _encoding(request: Request, exc: UnicodeEncodeError) -> Response:
+        if not unstorable_in_database(exc):
+            log.exception("unhandled_error")
+            return FastJSONResponse(error_body("api_error", "internal error"), status_code=500)
+        log.warning("unstorable_string", path=request.url.path, error=str(exc))
+        return error_response(unstorable_error(request, _UNSTORABLE_MESSAGE, None))
 
     @app.exception_handler(BrokerError)
     async def _broker(_: Request, exc: BrokerError) -> Response:

@@ -20,6 +20,7 @@ from sqlalchemy import select
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from switchyard.core.models import Run, Task
+from switchyard.core.validation import find_unstorable
 from switchyard.events.feed import ALL, FeedEvent, Key, Listener, SlowConsumer, TenantFeed, object_key, replay
 from switchyard.gateway_api.state import ApiState
 from switchyard.tenancy.service import Principal
@@ -96,6 +97,12 @@ class WebSocketSession:
         frame = item.frame
         if frame is None:
             return False
+        # An id with U+0000 would make the database refuse the lookup (and end the connection): say so instead.
+        unstorable = find_unstorable(frame)
+        if unstorable is not None:
+            param, problem = unstorable
+            await self._send({"type": "error", "message": f"{param or 'frame'}: {problem}", "param": param or None})
+            return True
         action = frame.get("action") if isinstance(frame, dict) else None
         if action == "ping":
             await self._send({"type": "pong"})
