@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import aiohttp
+
 from switchyard.core.errors import ProviderError
 
 # Retry only what another try can fix: timeouts, conflicts, rate limits and server errors.
@@ -63,3 +65,14 @@ def timeout_error(message: str) -> ProviderError:
 
 def connection_error(message: str) -> ProviderError:
     return ProviderError("provider_error", f"connection failed: {message}", retryable=True)
+
+
+def timeout_or_refused(exc: BaseException) -> ProviderError:
+    """An SDK timeout error, unless it was a refused connection: the SDKs' aiohttp transport reports one as a
+    connect timeout, and a refused connection is no timeout (it fails fast and says the server is away)."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, aiohttp.ClientConnectorError) and not isinstance(cause, aiohttp.ServerTimeoutError):
+            return connection_error(str(cause))
+        cause = cause.__cause__ or cause.__context__
+    return timeout_error(str(exc))

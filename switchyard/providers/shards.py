@@ -43,5 +43,7 @@ class ClientShards(Generic[C]):
 def pool_limits(connections: int) -> httpx2.Limits:
     """An SDK client's pool of `connections`, sync (one shard's share) or async (one loop's)."""
     # Idle connections are kept up to the pool's size: a burst that opened them is likely followed by another,
-    # and each reopened connection costs a TLS handshake.
-    return httpx2.Limits(max_connections=connections, max_keepalive_connections=connections)
+    # and each reopened connection costs a TLS handshake. They are dropped after 4 s idle, before servers that
+    # close idle connections after 5 s (uvicorn's default, vLLM's too) do: reusing a connection the server is
+    # closing fails the request with a read error.
+    return httpx2.Limits(max_connections=connections, max_keepalive_connections=connections, keepalive_expiry=4.0)

@@ -1,0 +1,161 @@
+"""The execution runtime of a worker process: provider calls on one event loop, the blocking steps around them
+on a few threads.
+
+A Celery message hands a task id over (`submit`): the Celery thread waits for a slot (at most
+`max_in_flight` tasks run at once: beyond that the worker stops taking messages and leaves them to other
+workers), then for the claim to commit, and returns, so the message is acknowledged once the row says the task
+is ours; the row and its lease are the truth from there (the sweeper takes back the lease of a worker that
+dies). Claims that arrive while one is being written are written together in the next statement (group
+commit), so a burst of messages costs a few statements, not one each. The call itself is awaited on the loop:
+thousands of calls wait on sockets there, not on threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import structlog
+
+from switchyard.tasks.execution import Execution, Executor
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+# How long a Celery thread waits for its claim before giving the message up (the sweeper re-publishes).
+_CLAIM_WAIT_S = 60.0
+
+
+class Runtime:
+    """One per worker process: the loop thread, the blocking-step threads, the in-flight slots."""
+
+    def __init__(self, executor: Executor, *, max_in_flight: int, blocking_threads: int) -> None:
+        self.executor = executor
+        self.max_in_flight = max_in_flight
+        self._slots = threading.BoundedSemaphore(max_in_flight)
+        self._blocking = ThreadPoolExecutor(max_workers=blocking_threads, thread_name_prefix="sy-step")
+        self._loop = _new_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="sy-loop", daemon=True)
+        self._thread.start()
+        self._running: dict[str, Execution] = {}
+        self._pending: list[tuple[str, Future[Execution | None]]] = []
+        self._claiming = False
+        self._lock = threading.Lock()
+        self._closing = False
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._running)
+
+    # --- the Celery side --------------------------------------------------------------------------------------
+
+    def submit(self, task_id: str) -> None:
+        """Take a task into this worker: returns once it is claimed (or found not claimable)."""
+        if self._closing:
+            raise RuntimeError("worker is shutting down")  # the message is redelivered or re-published
+        self._slots.acquire()
+        try:
+            execution = self._claim(task_id)
+        except BaseException:
+            self._slots.release()
+            raise
+        if execution is None:
+            self._slots.release()
+            return
+        self._running[execution.claim.task_id] = execution
+        asyncio.run_coroutine_threadsafe(self._drive(execution), self._loop)
+
+    def _claim(self, task_id: str) -> Execution | None:
+        """Group commit: the first thread in writes the claims of every thread that arrives meanwhile."""
+        mine: Future[Execution | None] = Future()
+        with self._lock:
+            self._pending.append((task_id, mine))
+            lead = not self._claiming
+            self._claiming = True
+        while lead:
+            with self._lock:
+                batch, self._pending = self._pending, []
+                if not batch:
+                    self._claiming = False
+                    break
+            try:
+                started = {ex.claim.task_id: ex for ex in self.executor.start([tid for tid, _ in batch])}
+            except BaseException as exc:
+                for _, fut in batch:
+                    fut.set_exception(exc)
+            else:
+                for tid, fut in batch:
+                    fut.set_result(started.get(tid))
+        return mine.result(timeout=_CLAIM_WAIT_S)
+
+    # --- the loop side ----------------------------------------------------------------------------------------
+
+    async def _drive(self, ex: Execution) -> None:
+        try:
+            while True:
+                outcome = await self.executor.call(ex)
+                wait = await self._step(self.executor.settle, ex, outcome)
+                if wait is None:
+                    return
+                if wait:
+                    await asyncio.sleep(wait)
+                if not await self._step(self.executor.choose_next, ex):
+                    return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The database or Redis failed under us: the lease lapses and the sweeper hands the task on.
+            log.exception("execution_failed", task_id=ex.claim.task_id)
+        finally:
+            self._running.pop(ex.claim.task_id, None)
+            self._slots.release()
+
+    async def _step(self, fn: Callable[..., T], *args: Any) -> T:
+        return await self._loop.run_in_executor(self._blocking, fn, *args)
+
+    # --- shutdown ---------------------------------------------------------------------------------------------
+
+    def close(self, grace_s: float) -> None:
+        """Stop taking tasks, let running calls finish for up to `grace_s`, then hand the rest back."""
+        self._closing = True
+        deadline = time.monotonic() + grace_s
+        while self._running and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = list(self._running.values())
+        if left:
+            log.info("handing_back", tasks=len(left))
+
+            def cancel_all() -> None:
+                for task in asyncio.all_tasks(self._loop):
+                    task.cancel()
+
+            self._loop.call_soon_threadsafe(cancel_all)
+            for ex in left:
+                try:
+                    self.executor.hand_back(ex)
+                except Exception:
+                    log.warning("hand_back_failed", task_id=ex.claim.task_id, exc_info=True)
+        # The SDKs' async clients belong to this loop: closed on it.
+        closing = asyncio.run_coroutine_threadsafe(self.executor.providers.aclose(), self._loop)
+        try:
+            closing.result(timeout=5)
+        except Exception:
+            log.warning("provider_close_failed", exc_info=True)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+        self._blocking.shutdown(wait=False, cancel_futures=True)
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    """uvloop when installed (it comes with uvicorn[standard]): less CPU per socket event."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
