@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     # How long the synchronous endpoints (/v1/chat/completions, /v1/embeddings, ...) wait for their task
     # before answering 504 (the task goes on and can be polled).
     sync_wait_s: float = Field(default=300.0, gt=0)
+    # Provider calls one worker process has in flight at once (on its event loop). Past that the worker takes
+    # no more messages, so others can. On shutdown, calls get shutdown_grace_s to end; the rest are handed back.
+    max_in_flight: int = Field(default=1000, ge=1, le=100_000)
+    shutdown_grace_s: float = Field(default=10.0, ge=0)
     # A task no deployment can take (breakers open, rpm/tpm limits reached) waits in the database; it fails
     # as unavailable once it is this old.
     unavailable_timeout_s: float = Field(default=600.0, gt=0)
@@ -51,6 +55,9 @@ class Settings(BaseSettings):
     # API processes look at the table every feed_poll_s in case a Redis message was lost (embedded mode, with
     # no Redis, polls both far more often).
     relay_poll_s: float = Field(default=0.5, gt=0)
+    # The relay numbers at most one batch per relay_gather_s (events wait that much longer at most, and under
+    # load each batch carries many events).
+    relay_gather_s: float = Field(default=0.02, ge=0, le=1)
     feed_poll_s: float = Field(default=15.0, gt=0)
     # WebSocket: connections per tenant (across API processes when Redis is shared) and the events a
     # connection may fall behind before it is closed as a slow consumer.

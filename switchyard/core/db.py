@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from switchyard.settings import Settings
@@ -75,6 +75,22 @@ class Database:
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         # Called after a commit that wrote events (the relay is woken rather than left to its polling).
         self.on_events_committed = on_events_committed
+        self.is_postgres = self.engine.dialect.name == "postgresql"
+
+    @contextmanager
+    def autocommit(self) -> Iterator[Connection]:
+        """A connection whose every statement commits by itself: one round trip for a single-statement
+        transition (a data-modifying CTE), no BEGIN and COMMIT around it."""
+        with self.engine.connect() as conn:
+            yield conn.execution_options(isolation_level="AUTOCOMMIT")
+
+    def events_committed(self) -> None:
+        """Tell the relay that a statement run outside `transaction` committed events."""
+        if self.on_events_committed is not None:
+            try:
+                self.on_events_committed()
+            except Exception:
+                log.warning("after_commit_failed", exc_info=True)
 
     @contextmanager
     def transaction(self) -> Iterator[Tx]:

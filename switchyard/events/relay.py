@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fcntl
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -62,11 +63,15 @@ class EventRelay:
         lock_dir: Path,
         poll_s: float,
         derive: Derive | None = None,
+        gather_s: float = 0.0,
     ) -> None:
         self.db = db
         self.redis = redis.Redis.from_url(redis_url) if redis_url else None
         self.lock_dir = lock_dir
         self.poll_s = poll_s
+        # At most one batch per gather_s: under load a wake-up comes with nearly every commit, and a batch's
+        # own cost (read, number, commit, publish) is then paid for many events instead of one or two.
+        self.gather_s = gather_s
         self.derive = derive
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -108,10 +113,15 @@ class EventRelay:
         # The leader before may have numbered events it never published.
         self._resync()
         wake: Any = None
+        last = 0.0
         try:
             while not self._stop.is_set():
                 if self._resync_due:
                     self._resync()
+                since = time.monotonic() - last
+                if since < self.gather_s:
+                    self._stop.wait(self.gather_s - since)
+                last = time.monotonic()
                 if self.relay_batch(conn) == BATCH:
                     continue  # more are waiting
                 wake = self._wait(wake)

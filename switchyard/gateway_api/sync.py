@@ -34,20 +34,19 @@ async def create(
     Idempotency-Key)."""
 
     def insert() -> str:
-        with state.db.transaction() as tx:
-            created = service.create_task(
-                tx,
-                state.config,
-                state.signatures,
-                state.dispatcher,
-                tenant_id=principal.tenant_id,
-                body=body,
-                pinned_provider=request.headers.get("x-provider"),
-                idempotency_key=request.headers.get("idempotency-key"),
-                idempotency_ttl_s=state.settings.idempotency_ttl_s,
-                task_id=task_id,
-            )
-            return created.task.id
+        created = service.submit(
+            state.db,
+            state.config,
+            state.signatures,
+            state.dispatcher,
+            tenant_id=principal.tenant_id,
+            body=body,
+            pinned_provider=request.headers.get("x-provider"),
+            idempotency_key=request.headers.get("idempotency-key"),
+            idempotency_ttl_s=state.settings.idempotency_ttl_s,
+            task_id=task_id,
+        )
+        return created.task.id
 
     return await anyio.to_thread.run_sync(insert)
 

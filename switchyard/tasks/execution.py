@@ -1,36 +1,33 @@
 """Running a task on a worker: claim it, call providers attempt by attempt, record every attempt, finish once.
 
-Each step is its own short transaction, so a killed worker leaves at most a lease that the sweeper reclaims.
-Every write after the claim is conditional on still holding it (`claim_id`): a worker whose lease was
-taken over cannot overwrite the result of the one that took it.
+The provider call is awaited on the worker's event loop (`call`); everything around it — the claim, routing
+state in Redis, recording an attempt, the finish — is short blocking work that the runtime runs on a few
+threads (`start`, `settle`, `choose_next`). Each state change is its own transition (tasks/transitions.py),
+so a killed worker leaves at most a lease that the sweeper reclaims.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from sqlalchemy import Update, insert, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import select
 
 from switchyard.core.config import AppConfig, Deployment
 from switchyard.core.db import Database
 from switchyard.core.errors import ProviderError
-from switchyard.core.ids import new_id
-from switchyard.core.models import ATTEMPTS, Attempt, Task, utcnow
+from switchyard.core.models import Attempt, utcnow
 from switchyard.events.bus import delta_event
-from switchyard.events.log import append_event
-from switchyard.providers.base import CallResult, Usage
+from switchyard.providers.base import CallResult, ProviderAdapter, Usage
 from switchyard.providers.pricing import cost_usd
 from switchyard.providers.registry import ProviderSet
-from switchyard.providers.router import Choice, Earlier, Router, Unavailable, backoff_s
+from switchyard.providers.router import Choice, Earlier, Route, Router, Unavailable, backoff_s
 from switchyard.settings import Settings
-from switchyard.tasks.service import RunAdvancer
-from switchyard.tasks.views import task_view
+from switchyard.tasks import transitions
+from switchyard.tasks.transitions import AttemptRecord, Claim, Finished, RunAdvancer, TaskStatus
 
 log = structlog.get_logger(__name__)
 
@@ -39,20 +36,18 @@ DeltaSink = Callable[[str, dict[str, Any]], None]
 
 
 @dataclass
-class Claim:
-    """What the worker holding a task needs to run it."""
+class Execution:
+    """A claimed task on its way: its route, the deployment chosen for the next call, attempts so far."""
 
-    task_id: str
-    claim_id: str
-    tenant_id: str
-    type: str
-    model: str
-    input: dict[str, Any]
-    options: dict[str, Any]
-    attempt_count: int
-    run_id: str | None = None
-    step_id: str | None = None
-    created_at: datetime | None = None
+    claim: Claim
+    route: Route
+    choice: Choice | None
+    max_attempts: int
+    timeout_s: float
+    n: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.n = self.claim.attempt_count + 1
 
 
 @dataclass(frozen=True)
@@ -62,7 +57,7 @@ class Outcome:
     deployment: Deployment
     model: str  # the logical model it was made for (a fallback's, maybe)
     n: int
-    started_at: datetime
+    started_at: Any
     latency_ms: int
     result: CallResult | None = None
     error: ProviderError | None = None
@@ -70,6 +65,24 @@ class Outcome:
     @property
     def cost(self) -> float:
         return cost_usd(self.result.usage, self.deployment.price) if self.result else 0.0
+
+    def record(self) -> AttemptRecord:
+        error = self.error
+        return AttemptRecord(
+            n=self.n,
+            model=self.model,
+            provider=self.deployment.provider,
+            deployment=self.deployment.name,
+            provider_model=(self.result.provider_model if self.result else "") or self.deployment.model,
+            error_type=error.error_type if error else None,
+            error_message=error.message if error else None,
+            status_code=error.status_code if error else None,
+            latency_ms=self.latency_ms,
+            usage=self.result.usage if self.result else Usage(),
+            cost_usd=self.cost,
+            started_at=self.started_at,
+            finished_at=utcnow(),
+        )
 
 
 class Executor:
@@ -85,75 +98,140 @@ class Executor:
         dispatcher: RunAdvancer | None = None,
         on_finished: Callable[[str, dict[str, Any]], None] | None = None,
         deltas: DeltaSink | None = None,
+        dispatch: transitions.Dispatcher | None = None,
     ) -> None:
         self.settings = settings
         self.config = config
         self.db = db
         self.providers = providers
         self.router = router
-        # Asked to advance a workflow run when one of its tasks finishes.
-        self.dispatcher = dispatcher
-        # Told (after the commit) when a task reaches its final state, with the task as the API shows it:
-        # synchronous callers wait on it.
-        self.on_finished = on_finished
+        # Asked to advance a workflow run when one of its tasks finishes; told by the synchronous endpoints'
+        # waiters (after the commit) when a task reaches its final state.
+        self.finished = Finished(on_finished=on_finished, advancer=dispatcher)
         # Where a streaming chat task's text chunks go as they arrive (None: nobody can listen, do not stream).
         self.deltas = deltas
+        # Publishes a task handed back at shutdown.
+        self.dispatch = dispatch
 
-    # --- the whole run ----------------------------------------------------------------------------------------
+    # --- blocking steps (the runtime's threads) ---------------------------------------------------------------
 
-    def run(self, task_id: str) -> None:
-        claim = self.claim(task_id)
-        if claim is None:
-            return  # a duplicate delivery, a canceled task, or not yet due: someone else owns it or nobody should
-        if claim.model not in self.config.models:
-            self.finish_failed(
-                claim, None, {"type": "invalid_request", "message": f"model '{claim.model}' is no longer configured"}
+    def start(self, task_ids: Sequence[str]) -> list[Execution]:
+        """Claim what of `task_ids` is still queued and due (one statement for all), and choose each one's
+        first deployment. Tasks that cannot start (model gone, nothing available) are settled here."""
+        started = []
+        for claim in transitions.claim(self.db, task_ids, self._lease_for):
+            if claim.model not in self.config.models:
+                error = {"type": "invalid_request", "message": f"model '{claim.model}' is no longer configured"}
+                transitions.finish(
+                    self.db, claim, None, status=TaskStatus.FAILED, result=None, error=error, then=self.finished
+                )
+                continue
+            earlier = self._earlier(claim) if claim.attempt_count else []
+            route = self.router.route(claim.type, claim.model, claim.input, claim.options.get("provider"), earlier)
+            execution = Execution(
+                claim,
+                route,
+                None,
+                max_attempts=int(claim.options.get("max_attempts") or self.settings.default_max_attempts),
+                timeout_s=float(claim.options.get("timeout_s") or self.settings.default_timeout_s),
             )
-            return
-        max_attempts = int(claim.options.get("max_attempts") or self.settings.default_max_attempts)
-        timeout_s = float(claim.options.get("timeout_s") or self.settings.default_timeout_s)
-        earlier = self._earlier(claim) if claim.attempt_count else []
-        route = self.router.route(claim.type, claim.model, claim.input, claim.options.get("provider"), earlier)
-        while True:
-            n = claim.attempt_count + 1
-            choice = self.router.choose(route, lease_s=self._lease_s(timeout_s))
-            if isinstance(choice, Unavailable):
-                self.wait_for_deployment(claim, choice)
-                return
-            outcome = self.call(claim, choice, n, timeout_s)
-            usage = outcome.result.usage if outcome.result else Usage()
-            self.router.finish(
-                choice, _health_outcome(outcome), outcome.latency_ms, usage.input_tokens + usage.output_tokens
-            )
-            if outcome.error is None:
-                self.finish_succeeded(claim, outcome)
-                return
-            error = outcome.error
-            route.failed_on(self.config, choice.model, choice.deployment.name, error.error_type)
-            # A context-length or content-policy error fails the task unless the route found a fallback for it.
-            moved_on = route.model != choice.model
-            if (not error.retryable and not moved_on) or n >= max_attempts:
-                self.finish_failed(claim, outcome, {"type": error.error_type, "message": error.message})
-                return
-            wait = 0.0
-            if not self.router.fails_over_at_once(route):
-                # Only the deployments that failed are left: give them time (and what they asked for).
-                base, cap = self.settings.retry_base_s, self.settings.retry_max_s
-                wait = backoff_s(n, base_s=base, max_s=cap, retry_after_s=error.retry_after_s)
-            keep_going = self.record_retry(claim, outcome, wait, timeout_s)
-            if not keep_going:
-                return
-            time.sleep(wait)
+            if self.choose_next(execution):
+                started.append(execution)
+        return started
 
-    def call(self, claim: Claim, choice: Choice, n: int, timeout_s: float) -> Outcome:
-        deployment, model = choice.deployment, choice.model
+    def choose_next(self, ex: Execution) -> bool:
+        """Pick the deployment for the next call; False when the task was handed back (nothing can take it now)
+        or failed for having waited too long."""
+        choice = self.router.choose(ex.route, lease_s=self._lease_s(ex.timeout_s))
+        if isinstance(choice, Unavailable):
+            self._wait_for_deployment(ex.claim, choice)
+            return False
+        ex.choice = choice
+        return True
+
+    def settle(self, ex: Execution, outcome: Outcome) -> float | None:
+        """Record a call's end. None: the task is finished (or no longer ours); else the seconds to wait
+        before `choose_next` and the next call."""
+        assert ex.choice is not None
+        choice, claim = ex.choice, ex.claim
+        usage = outcome.result.usage if outcome.result else Usage()
+        self.router.finish(
+            choice, _health_outcome(outcome), outcome.latency_ms, usage.input_tokens + usage.output_tokens
+        )
+        if outcome.error is None:
+            assert outcome.result is not None
+            result = dict(outcome.result.output)
+            result["model"] = outcome.model
+            result["provider"] = outcome.deployment.provider
+            result["provider_model"] = outcome.result.provider_model or outcome.deployment.model
+            transitions.finish(
+                self.db,
+                claim,
+                outcome.record(),
+                status=TaskStatus.SUCCEEDED,
+                result=result,
+                error=None,
+                then=self.finished,
+            )
+            return None
+        error = outcome.error
+        ex.route.failed_on(self.config, choice.model, choice.deployment.name, error.error_type)
+        # A context-length or content-policy error fails the task unless the route found a fallback for it.
+        moved_on = ex.route.model != choice.model
+        if (not error.retryable and not moved_on) or outcome.n >= ex.max_attempts:
+            failure = {"type": error.error_type, "message": error.message}
+            transitions.finish(
+                self.db,
+                claim,
+                outcome.record(),
+                status=TaskStatus.FAILED,
+                result=None,
+                error=failure,
+                then=self.finished,
+            )
+            return None
+        wait = 0.0
+        if not self.router.fails_over_at_once(ex.route):
+            # Only the deployments that failed are left: give them time (and what they asked for).
+            base, cap = self.settings.retry_base_s, self.settings.retry_max_s
+            wait = backoff_s(outcome.n, base_s=base, max_s=cap, retry_after_s=error.retry_after_s)
+        durable = wait > self.settings.inline_retry_max_s
+        canceled = transitions.record_retry(
+            self.db, claim, outcome.record(), wait, durable=durable, lease_s=self._lease_s(ex.timeout_s)
+        )
+        if canceled is None:
+            return None
+        if canceled:
+            if durable:
+                transitions.cancel_released(self.db, claim)  # released already; canceled as a queued task is
+            else:
+                transitions.finish(
+                    self.db,
+                    claim,
+                    None,
+                    status=TaskStatus.CANCELED,
+                    result=None,
+                    error=transitions.CANCELED_ERROR,
+                    then=self.finished,
+                )
+            return None
+        if durable:
+            return None
+        ex.n = outcome.n + 1
+        return wait
+
+    def hand_back(self, ex: Execution) -> None:
+        """Give a claimed task back at shutdown (its call abandoned) so another worker takes it at once."""
+        if self.dispatch is not None:
+            transitions.hand_back(self.db, self.dispatch, ex.claim)
+
+    # --- the call (the event loop) ----------------------------------------------------------------------------
+
+    async def call(self, ex: Execution) -> Outcome:
+        """One provider call for the chosen deployment, on the running event loop."""
+        assert ex.choice is not None
+        claim, deployment, model, n = ex.claim, ex.choice.deployment, ex.choice.model, ex.n
         adapter = self.providers.get(deployment.provider)
-        method = {
-            "chat": adapter.chat,
-            "embed": adapter.embed,
-            "moderate": adapter.moderate,
-            "predict": adapter.predict,
-        }.get(claim.type)
         started_at = utcnow()
         t0 = time.perf_counter()
         chunks = 0
@@ -168,12 +246,10 @@ class Executor:
             chunks += 1
 
         try:
-            if method is None:
-                raise ProviderError("invalid_request", f"{claim.type} tasks are not served yet", retryable=False)
-            if claim.type == "chat" and claim.options.get("stream") and self.deltas is not None:
-                result = adapter.chat(deployment.model, claim.input, timeout_s, on_delta)
-            else:
-                result = method(deployment.model, claim.input, timeout_s)
+            stream = claim.type == "chat" and bool(claim.options.get("stream")) and self.deltas is not None
+            result = await _invoke(
+                adapter, claim.type, deployment.model, claim.input, ex.timeout_s, on_delta if stream else None
+            )
         except ProviderError as exc:
             if chunks:
                 # Listeners have text already: another attempt would send it again. The task fails instead.
@@ -184,161 +260,26 @@ class Executor:
                     status_code=exc.status_code,
                 )
             return Outcome(deployment, model, n, started_at, _ms_since(t0), error=exc)
-        except Exception as exc:  # an adapter bug must fail the attempt, not kill the worker thread
+        except Exception as exc:  # an adapter bug must fail the attempt, not the loop
             log.exception("adapter_crashed", task_id=claim.task_id, provider=deployment.provider)
             err = ProviderError("provider_error", f"{type(exc).__name__}: {exc}", retryable=False)
             return Outcome(deployment, model, n, started_at, _ms_since(t0), error=err)
         return Outcome(deployment, model, n, started_at, _ms_since(t0), result=result)
 
-    # --- transactions -----------------------------------------------------------------------------------------
+    # --- helpers ----------------------------------------------------------------------------------------------
 
-    def claim(self, task_id: str) -> Claim | None:
-        """queued -> running, if it still is queued and due; the lease covers one provider call."""
+    def _wait_for_deployment(self, claim: Claim, unavailable: Unavailable) -> None:
+        """Hand the task back with a due time, no attempt made, or fail it once it has waited longer than
+        allowed."""
         now = utcnow()
-        claim_id = new_id("clm")
-        with self.db.transaction() as tx:
-            row = tx.session.execute(
-                _task_update()
-                .where(
-                    Task.id == task_id,
-                    Task.status == "queued",
-                    Task.cancel_requested.is_(False),
-                    (Task.due_at.is_(None)) | (Task.due_at <= now),
-                )
-                .values(
-                    status="running",
-                    claim_id=claim_id,
-                    lease_expires_at=now + timedelta(seconds=self._lease_s(None)),
-                    started_at=now,
-                    due_at=None,
-                )
-                .returning(
-                    Task.tenant_id,
-                    Task.type,
-                    Task.model,
-                    Task.input,
-                    Task.options,
-                    Task.attempt_count,
-                    Task.run_id,
-                    Task.step_id,
-                    Task.created_at,
-                )
-            ).first()
-            if row is None:
-                return None
-            claim = Claim(
-                task_id,
-                claim_id,
-                row.tenant_id,
-                row.type,
-                row.model,
-                row.input,
-                row.options,
-                row.attempt_count,
-                row.run_id,
-                row.step_id,
-                row.created_at,
+        timeout = self.settings.unavailable_timeout_s
+        if claim.created_at is not None and (now - claim.created_at).total_seconds() > timeout:
+            error = {"type": "unavailable", "message": f"{unavailable.reason} (waited {timeout:.0f}s)"}
+            transitions.finish(
+                self.db, claim, None, status=TaskStatus.FAILED, result=None, error=error, then=self.finished
             )
-            # A per-task timeout longer than the default needs a longer lease.
-            if claim.options.get("timeout_s", self.settings.default_timeout_s) != self.settings.default_timeout_s:
-                tx.session.execute(
-                    _task_update()
-                    .where(Task.id == task_id)
-                    .values(lease_expires_at=now + timedelta(seconds=self._lease_s(claim.options["timeout_s"])))
-                )
-            _claim_event(
-                tx.session,
-                claim,
-                "task.started",
-                {"id": task_id, "status": "running", "attempt": claim.attempt_count + 1},
-            )
-        return claim
-
-    def record_retry(self, claim: Claim, outcome: Outcome, wait_s: float, timeout_s: float) -> bool:
-        """Record a failed attempt that will be retried. A short wait keeps the claim (the caller sleeps);
-        a long one releases the task with a due time in the database. False: stop here."""
-        assert outcome.error is not None
-        now = utcnow()
-        durable = wait_s > self.settings.inline_retry_max_s
-        with self.db.transaction() as tx:
-            values: dict[str, Any] = {"attempt_count": outcome.n}
-            if durable:
-                values.update(
-                    status="queued",
-                    claim_id=None,
-                    lease_expires_at=None,
-                    due_at=now + timedelta(seconds=wait_s),
-                    published_at=None,
-                )
-            else:
-                values["lease_expires_at"] = now + timedelta(seconds=wait_s + self._lease_s(timeout_s))
-            row = tx.session.execute(
-                _task_update()
-                .where(Task.id == claim.task_id, Task.claim_id == claim.claim_id, Task.status == "running")
-                .values(**values)
-                .returning(Task.cancel_requested)
-            ).first()
-            if row is None:
-                log.warning("lease_lost", task_id=claim.task_id)
-                tx.session.rollback()
-                return False
-            self._insert_attempt(tx.session, claim, outcome)
-            _claim_event(
-                tx.session,
-                claim,
-                "task.retrying",
-                {
-                    "id": claim.task_id,
-                    "attempt": outcome.n,
-                    "wait_s": round(wait_s, 3),
-                    "error": {"type": outcome.error.error_type, "message": outcome.error.message},
-                },
-            )
-        claim.attempt_count = outcome.n
-        if row.cancel_requested:
-            if durable:
-                # Released already; cancel it the way the API cancels a queued task.
-                self._cancel_released(claim)
-            else:
-                self.finish_canceled(claim)
-            return False
-        return not durable
-
-    def wait_for_deployment(self, claim: Claim, unavailable: Unavailable) -> None:
-        """No deployment can take the call now (breakers open, limits reached): hand the task back with a due
-        time, no attempt made, or fail it once it has waited longer than allowed."""
-        now = utcnow()
-        if (
-            claim.created_at is not None
-            and (now - claim.created_at).total_seconds() > self.settings.unavailable_timeout_s
-        ):
-            error = {
-                "type": "unavailable",
-                "message": f"{unavailable.reason} (waited {self.settings.unavailable_timeout_s:.0f}s)",
-            }
-            self.finish_failed(claim, None, error)
             return
-        with self.db.transaction() as tx:
-            row = tx.session.execute(
-                _task_update()
-                .where(Task.id == claim.task_id, Task.claim_id == claim.claim_id, Task.status == "running")
-                .values(
-                    status="queued",
-                    claim_id=None,
-                    lease_expires_at=None,
-                    due_at=now + timedelta(seconds=unavailable.wait_s),
-                    published_at=None,
-                )
-                .returning(Task.id)
-            ).first()
-            if row is None:
-                return
-            _claim_event(
-                tx.session,
-                claim,
-                "task.retrying",
-                {"id": claim.task_id, "wait_s": round(unavailable.wait_s, 3), "reason": unavailable.reason},
-            )
+        transitions.release(self.db, claim, unavailable.wait_s, unavailable.reason)
 
     def _earlier(self, claim: Claim) -> list[Earlier]:
         """The task's recorded attempts, to pick its route up where it was."""
@@ -350,183 +291,31 @@ class Executor:
             )
             return [Earlier(r.model or claim.model, r.deployment, r.status == "succeeded", r.error_type) for r in rows]
 
-    def finish_succeeded(self, claim: Claim, outcome: Outcome) -> None:
-        assert outcome.result is not None
-        usage = outcome.result.usage.as_dict()
-        result = dict(outcome.result.output)
-        result["model"] = outcome.model
-        result["provider"] = outcome.deployment.provider
-        result["provider_model"] = outcome.result.provider_model or outcome.deployment.model
-        self._finish(claim, outcome, status="succeeded", result=result, error=None, usage=usage)
-
-    def finish_failed(self, claim: Claim, outcome: Outcome | None, error: dict[str, Any]) -> None:
-        self._finish(claim, outcome, status="failed", result=None, error=error, usage=None)
-
-    def finish_canceled(self, claim: Claim) -> None:
-        self._finish(
-            claim,
-            None,
-            status="canceled",
-            result=None,
-            error={"type": "canceled", "message": "canceled by request"},
-            usage=None,
-        )
-
-    def _finish(
-        self,
-        claim: Claim,
-        outcome: Outcome | None,
-        *,
-        status: str,
-        result: dict[str, Any] | None,
-        error: dict[str, Any] | None,
-        usage: dict[str, float] | None,
-    ) -> None:
-        """Write the final state once, with the last attempt, the totals and the terminal event."""
-        with self.db.transaction() as tx:
-            session = tx.session
-            attempts: list[Attempt]
-            if outcome is not None and claim.attempt_count == 0:
-                # The common case: the first call settled it, so there is nothing to read back.
-                attempts = [self._insert_attempt(session, claim, outcome)]
-            else:
-                if outcome is not None:
-                    self._insert_attempt(session, claim, outcome)
-                attempts = list(session.scalars(select(Attempt).where(Attempt.task_id == claim.task_id)))
-            totals = _totals(attempts)
-            now = utcnow()
-            held = (Task.id == claim.task_id) & (Task.claim_id == claim.claim_id) & (Task.status == "running")
-            values = {
-                "result": result,
-                "error": error,
-                "usage": usage or totals["usage"],
-                "cost_usd": totals["cost"],
-                "finished_at": now,
-                "lease_expires_at": None,
-                "attempt_count": outcome.n if outcome else claim.attempt_count,
-            }
-            # A cancel that arrived while the last call was in flight wins over its result.
-            task = session.scalar(
-                _task_update()
-                .where(held, Task.cancel_requested.is_(False))
-                .values(status=status, **values)
-                .returning(Task)
-            )
-            if task is None:
-                task = session.scalar(
-                    _task_update()
-                    .where(held)
-                    .values(
-                        status="canceled",
-                        **{**values, "result": None, "error": {"type": "canceled", "message": "canceled by request"}},
-                    )
-                    .returning(Task)
-                )
-            if task is None:
-                log.warning("lease_lost", task_id=claim.task_id)
-                session.rollback()
-                return
-            view = task_view(task, attempts)
-            if self.on_finished is not None:
-                notify, task_id = self.on_finished, claim.task_id
-                tx.after_commit(lambda: notify(task_id, view))
-            if task.run_id is not None and self.dispatcher is not None:
-                advancer, run_id = self.dispatcher, task.run_id
-                tx.after_commit(lambda: advancer.publish_advance(run_id))
-            _claim_event(
-                session,
-                claim,
-                f"task.{task.status}",
-                view,
-            )
-
-    def _cancel_released(self, claim: Claim) -> None:
-        with self.db.transaction() as tx:
-            task = tx.session.scalar(
-                _task_update()
-                .where(Task.id == claim.task_id, Task.status == "queued")
-                .values(
-                    status="canceled",
-                    finished_at=utcnow(),
-                    due_at=None,
-                    error={"type": "canceled", "message": "canceled by request"},
-                )
-                .returning(Task)
-            )
-            if task is not None:
-                attempts = list(tx.session.scalars(select(Attempt).where(Attempt.task_id == claim.task_id)))
-                _claim_event(
-                    tx.session,
-                    claim,
-                    "task.canceled",
-                    task_view(task, attempts),
-                )
-
-    # --- helpers ----------------------------------------------------------------------------------------------
-
     def _lease_s(self, timeout_s: float | None) -> float:
         return float(timeout_s or self.settings.default_timeout_s) + self.settings.lease_grace_s
 
-    @staticmethod
-    def _insert_attempt(session: Session, claim: Claim, outcome: Outcome) -> Attempt:
-        usage = outcome.result.usage if outcome.result else Usage()
-        error = outcome.error
-        values = dict(
-            task_id=claim.task_id,
-            n=outcome.n,
-            model=outcome.model,
-            provider=outcome.deployment.provider,
-            deployment=outcome.deployment.name,
-            provider_model=(outcome.result.provider_model if outcome.result else "") or outcome.deployment.model,
-            status="succeeded" if error is None else "failed",
-            error_type=error.error_type if error else None,
-            error_message=error.message if error else None,
-            status_code=error.status_code if error else None,
-            latency_ms=outcome.latency_ms,
-            input_tokens=usage.input_tokens,
-            output_tokens=usage.output_tokens,
-            cached_input_tokens=usage.cached_input_tokens,
-            cache_write_tokens=usage.cache_write_tokens,
-            predictions=usage.predictions,
-            compute_ms=usage.compute_ms,
-            cost_usd=outcome.cost,
-            started_at=outcome.started_at,
-            finished_at=utcnow(),
-        )
-        session.execute(insert(ATTEMPTS).values(**values))
-        return Attempt(**values)  # transient: for the task's view, never added to the session
+    def _lease_for(self, options: dict[str, Any]) -> float:
+        return self._lease_s(options.get("timeout_s"))
 
 
-def _totals(attempts: list[Attempt]) -> dict[str, Any]:
-    """Usage and cost summed over every attempt (failed attempts can still cost money)."""
-    usage = Usage(
-        input_tokens=sum(a.input_tokens for a in attempts),
-        output_tokens=sum(a.output_tokens for a in attempts),
-        cached_input_tokens=sum(a.cached_input_tokens for a in attempts),
-        cache_write_tokens=sum(a.cache_write_tokens for a in attempts),
-        predictions=sum(a.predictions for a in attempts),
-        compute_ms=sum(a.compute_ms for a in attempts),
-    )
-    return {"usage": usage.as_dict(), "cost": sum(a.cost_usd for a in attempts)}
-
-
-def _task_update() -> Update:
-    """A conditional UPDATE of tasks. The executor's session holds no Task objects that need keeping in step,
-    so the ORM's session synchronisation is skipped."""
-    return update(Task).execution_options(synchronize_session=False)
-
-
-def _claim_event(session: Session, claim: Claim, type: str, data: dict[str, Any]) -> None:
-    """An event of the claimed task (with its run and step, when it is a workflow step's)."""
-    append_event(
-        session,
-        tenant_id=claim.tenant_id,
-        type=type,
-        task_id=claim.task_id,
-        run_id=claim.run_id,
-        step_id=claim.step_id,
-        data=data,
-    )
+async def _invoke(
+    adapter: ProviderAdapter,
+    task_type: str,
+    model: str,
+    request: dict[str, Any],
+    timeout_s: float,
+    on_delta: Callable[[str], None] | None,
+) -> CallResult:
+    """The adapter's async method for the task type."""
+    if task_type == "chat":
+        return await adapter.achat(model, request, timeout_s, on_delta)
+    if task_type == "embed":
+        return await adapter.aembed(model, request, timeout_s)
+    if task_type == "moderate":
+        return await adapter.amoderate(model, request, timeout_s)
+    if task_type == "predict":
+        return await adapter.apredict(model, request, timeout_s)
+    raise ProviderError("invalid_request", f"{task_type} tasks are not served yet", retryable=False)
 
 
 def _health_outcome(outcome: Outcome) -> str | None:

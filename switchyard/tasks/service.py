@@ -1,4 +1,5 @@
-"""Task use cases of the HTTP edge: create (idempotently), read, list, cancel. No HTTP here, no commit."""
+"""Task use cases of the HTTP edge: create (idempotently), read, list, cancel. No HTTP here; status changes go
+through tasks/transitions.py."""
 
 from __future__ import annotations
 
@@ -6,44 +7,24 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 from pydantic import ValidationError
-from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 
 from switchyard.core.config import AppConfig
-from switchyard.core.db import Tx
+from switchyard.core.db import Database, Tx
 from switchyard.core.errors import Conflict, InvalidRequest, NotFound
-from switchyard.core.ids import new_id
 from switchyard.core.models import Task, utcnow
 from switchyard.core.validation import invalid_request
-from switchyard.events.log import append_event
 from switchyard.ml.signature import Signature, check_inputs
 from switchyard.providers.router import candidates
-from switchyard.tasks import repository
+from switchyard.tasks import repository, transitions
 from switchyard.tasks.schemas import INPUT_MODELS, TaskCreate
+from switchyard.tasks.transitions import TERMINAL, Dispatcher, RunAdvancer, enqueue, new_task
 from switchyard.tasks.views import task_view
 from switchyard.webhooks.service import object_webhook
-
-TERMINAL = frozenset({"succeeded", "failed", "canceled"})
-
-
-class Dispatcher(Protocol):
-    """Hands a task id to the broker (after commit)."""
-
-    def publish_task(self, task_id: str, task_type: str) -> None: ...
-
-
-class RunAdvancer(Protocol):
-    """Asks the control workers to advance a workflow run (after commit)."""
-
-    def publish_advance(self, run_id: str) -> None: ...
-
-
-class RunDispatcher(Dispatcher, RunAdvancer, Protocol):
-    """Publishes both: what the workflow engine and the sweeper need."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +67,70 @@ def validate_input(
     return normalised
 
 
+def submit(
+    db: Database,
+    config: AppConfig,
+    signatures: Mapping[str, Signature],
+    dispatcher: Dispatcher,
+    *,
+    tenant_id: str,
+    body: TaskCreate,
+    pinned_provider: str | None,
+    idempotency_key: str | None,
+    idempotency_ttl_s: float,
+    allow_private_webhooks: bool = False,
+    task_id: str | None = None,
+) -> Created:
+    """Validate, insert and publish a task, committed before this returns. The common case (no idempotency
+    key, no webhook) is one statement; the rest runs `create_task` in a transaction."""
+    if idempotency_key is None and body.webhook is None:
+        pinned = body.options.provider or pinned_provider
+        normalised = validate_input(config, signatures, body, pinned)
+        task = _new(tenant_id, body, pinned, normalised, task_id=task_id)
+        transitions.create_plain(db, dispatcher, task)
+        return Created(task=task, replayed=False)
+    with db.transaction() as tx:
+        return create_task(
+            tx,
+            config,
+            signatures,
+            dispatcher,
+            tenant_id=tenant_id,
+            body=body,
+            pinned_provider=pinned_provider,
+            idempotency_key=idempotency_key,
+            idempotency_ttl_s=idempotency_ttl_s,
+            allow_private_webhooks=allow_private_webhooks,
+            task_id=task_id,
+        )
+
+
+def _new(
+    tenant_id: str,
+    body: TaskCreate,
+    pinned: str | None,
+    normalised_input: dict[str, Any],
+    *,
+    task_id: str | None,
+    idempotency_key: str | None = None,
+    request_hash: str | None = None,
+) -> Task:
+    options = body.options.model_dump(exclude_none=True)
+    if pinned is not None:
+        options["provider"] = pinned
+    return new_task(
+        task_id=task_id,
+        tenant_id=tenant_id,
+        type=body.type,
+        model=body.model,
+        input=normalised_input,
+        options=options,
+        metadata=body.metadata,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+    )
+
+
 def create_task(
     tx: Tx,
     config: AppConfig,
@@ -103,7 +148,7 @@ def create_task(
     """Insert the task and its `task.queued` event; publish its id once the transaction commits. `task_id`
     gives the new task an id chosen beforehand (a caller that listens to its events from the start)."""
     pinned = body.options.provider or pinned_provider
-    normalised_input = validate_input(config, signatures, body, pinned)
+    normalised = validate_input(config, signatures, body, pinned)
     session = tx.session
     request_hash = None
     if idempotency_key is not None:
@@ -115,17 +160,12 @@ def create_task(
             existing.idempotency_key = None  # expired: the key may be used again
             session.flush()
 
-    options = body.options.model_dump(exclude_none=True)
-    if pinned is not None:
-        options["provider"] = pinned
-    task = new_task(
+    task = _new(
+        tenant_id,
+        body,
+        pinned,
+        normalised,
         task_id=task_id,
-        tenant_id=tenant_id,
-        type=body.type,
-        model=body.model,
-        input=normalised_input,
-        options=options,
-        metadata=body.metadata,
         idempotency_key=idempotency_key,
         request_hash=request_hash,
     )
@@ -147,65 +187,6 @@ def create_task(
         session.add(task)
     enqueue(tx, dispatcher, task)
     return Created(task=task, replayed=False)
-
-
-def new_task(
-    *,
-    task_id: str | None = None,
-    tenant_id: str,
-    type: str,
-    model: str,
-    input: dict[str, Any],
-    options: dict[str, Any],
-    metadata: dict[str, Any] | None = None,
-    webhook: dict[str, Any] | None = None,
-    idempotency_key: str | None = None,
-    request_hash: str | None = None,
-    run_id: str | None = None,
-    step_id: str | None = None,
-    item_index: int | None = None,
-    step_generation: int | None = None,
-) -> Task:
-    """A queued task row, not yet added to a session (inputs already checked by the caller)."""
-    now = utcnow()
-    return Task(
-        id=task_id or new_id("task"),
-        tenant_id=tenant_id,
-        type=type,
-        model=model,
-        status="queued",
-        input=input,
-        options=options,
-        metadata_=metadata or {},
-        webhook=webhook,
-        cost_usd=0.0,
-        attempt_count=0,
-        reclaim_count=0,
-        idempotency_key=idempotency_key,
-        request_hash=request_hash,
-        cancel_requested=False,
-        created_at=now,
-        published_at=now,
-        run_id=run_id,
-        step_id=step_id,
-        item_index=item_index,
-        step_generation=step_generation,
-    )
-
-
-def enqueue(tx: Tx, dispatcher: Dispatcher, task: Task) -> None:
-    """The `task.queued` event in this transaction, and the message once it has committed."""
-    append_event(
-        tx.session,
-        tenant_id=task.tenant_id,
-        type="task.queued",
-        task_id=task.id,
-        run_id=task.run_id,
-        step_id=task.step_id,
-        data={"id": task.id, "status": "queued", "type": task.type, "model": task.model},
-    )
-    task_id, task_type = task.id, task.type
-    tx.after_commit(lambda: dispatcher.publish_task(task_id, task_type))
 
 
 def _replay(existing: Task, request_hash: str) -> Created:
@@ -241,42 +222,11 @@ def list_tasks(
     }
 
 
-def cancel_task(tx: Tx, tenant_id: str, task_id: str) -> dict[str, Any]:
+def cancel_task(tx: Tx, advancer: RunAdvancer | None, tenant_id: str, task_id: str) -> dict[str, Any]:
     """A queued task is canceled at once and never runs; a running one stops at its next safe point."""
-    session = tx.session
-    now = utcnow()
-    canceled = session.execute(
-        update(Task)
-        .where(Task.id == task_id, Task.tenant_id == tenant_id, Task.status == "queued")
-        .values(
-            status="canceled",
-            finished_at=now,
-            error={"type": "canceled", "message": "canceled by request"},
-            cancel_requested=True,
-        )
-        .returning(Task.id)
-    ).first()
-    if canceled is None:
-        session.execute(
-            update(Task)
-            .where(Task.id == task_id, Task.tenant_id == tenant_id, Task.status == "running")
-            .values(cancel_requested=True)
-        )
-    session.expire_all()
-    task = repository.get_for_tenant(session, tenant_id, task_id)
+    task, canceled_now = transitions.cancel(tx, advancer, tenant_id, task_id)
     if task is None:
         raise NotFound(f"no task '{task_id}'", param="id")
-    view = task_view(task, repository.attempts_of(session, [task.id])[task.id])
-    if canceled is not None:
-        append_event(
-            session,
-            tenant_id=tenant_id,
-            type="task.canceled",
-            task_id=task.id,
-            run_id=task.run_id,
-            step_id=task.step_id,
-            data=view,
-        )
-    elif task.status in TERMINAL:
+    if not canceled_now and task.status in TERMINAL:
         raise Conflict(f"task '{task_id}' already {task.status}", param="id")
-    return view
+    return task_view(task, repository.attempts_of(tx.session, [task.id])[task.id])

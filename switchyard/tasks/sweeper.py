@@ -15,7 +15,7 @@ from switchyard.core.db import Database, Tx
 from switchyard.core.models import Run, Task, WebhookDelivery, utcnow
 from switchyard.events.log import append_event
 from switchyard.settings import Settings
-from switchyard.tasks.service import Dispatcher, RunDispatcher
+from switchyard.tasks.transitions import Dispatcher, RunDispatcher
 from switchyard.webhooks.delivery import DeliveryDispatcher
 
 log = structlog.get_logger(__name__)

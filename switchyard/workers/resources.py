@@ -26,6 +26,7 @@ from switchyard.webhooks.delivery import Deliverer, derive_deliveries
 from switchyard.webhooks.sender import WebhookSender
 from switchyard.workers.dispatch import CeleryDispatcher
 from switchyard.workers.queues import CONTROL
+from switchyard.workers.runtime import Runtime
 from switchyard.workflows.engine import Engine
 
 log = structlog.get_logger(__name__)
@@ -42,6 +43,7 @@ class WorkerResources:
     redis: redis.Redis | None
     sender: WebhookSender
     deliverer: Deliverer
+    runtime: Runtime
     relay: EventRelay | None = None
 
     def start_relay(self) -> None:
@@ -54,10 +56,12 @@ class WorkerResources:
                 lock_dir=self.settings.data_dir,
                 poll_s=min(self.settings.relay_poll_s, 0.05) if embedded else self.settings.relay_poll_s,
                 derive=partial(derive_deliveries, self.dispatcher),
+                gather_s=self.settings.relay_gather_s,
             )
             self.relay.start()
 
     def close(self) -> None:
+        self.runtime.close(self.settings.shutdown_grace_s)
         if self.relay is not None:
             self.relay.stop()
         self.providers.close()
@@ -90,19 +94,27 @@ def init_resources() -> WorkerResources:
                 max_response_bytes=settings.webhook_max_response_bytes,
                 allow_private=settings.webhook_allow_private,
             )
+            executor = Executor(
+                settings,
+                config,
+                db,
+                providers,
+                Router(config, DeploymentHealth(health_store(redis_client)), RateLimits(settings.redis_url)),
+                dispatcher,
+                on_finished=on_finished,
+                deltas=partial(publish_delta, redis_client) if redis_client is not None else None,
+                dispatch=dispatcher,
+            )
             _resources = WorkerResources(
                 settings=settings,
                 db=db,
                 providers=providers,
-                executor=Executor(
-                    settings,
-                    config,
-                    db,
-                    providers,
-                    Router(config, DeploymentHealth(health_store(redis_client)), RateLimits(settings.redis_url)),
-                    dispatcher,
-                    on_finished=on_finished,
-                    deltas=partial(publish_delta, redis_client) if redis_client is not None else None,
+                executor=executor,
+                runtime=Runtime(
+                    executor,
+                    max_in_flight=settings.max_in_flight,
+                    # The blocking steps hold a database connection each: no more threads than connections.
+                    blocking_threads=settings.db_pool_size,
                 ),
                 engine=Engine(config, dispatcher),
                 dispatcher=dispatcher,

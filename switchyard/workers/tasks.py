@@ -12,8 +12,9 @@ from switchyard.workflows.runner import advance_with_retry
 
 @app.task(name=EXECUTE_TASK, acks_late=True, reject_on_worker_lost=True)
 def execute_task(task_id: str) -> None:
-    """Run one inference task to its end (or until it is handed back with a due time)."""
-    get_resources().executor.run(task_id)
+    """Take one inference task into this worker's runtime. Returns once the task is claimed, so the message is
+    acknowledged when the row (with its lease) has become the truth; the call goes on on the event loop."""
+    get_resources().runtime.submit(task_id)
 
 
 @app.task(name=ADVANCE_RUN, acks_late=True, reject_on_worker_lost=True)

@@ -12,17 +12,15 @@ from typing import Any
 
 import orjson
 from pydantic import ValidationError
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from switchyard.core.config import AppConfig
 from switchyard.core.db import Tx
 from switchyard.core.models import Run, RunStep, Task, Workflow, utcnow
 from switchyard.core.validation import invalid_request
 from switchyard.events.log import append_event
-from switchyard.tasks.repository import attempts_of
 from switchyard.tasks.schemas import INPUT_MODELS
-from switchyard.tasks.service import RunDispatcher, enqueue, new_task
-from switchyard.tasks.views import task_view
+from switchyard.tasks.transitions import RunDispatcher, cancel_queued_of_run, enqueue, new_task
 from switchyard.workflows.spec import StepSpec, WorkflowSpec
 from switchyard.workflows.templates import TemplateError, render_value, truthy
 from switchyard.workflows.validation import Graph, ensure_valid
@@ -257,35 +255,11 @@ class Engine:
         return False
 
     def _stop_unfinished(self, tx: Tx, run: Run, steps: dict[str, RunStep]) -> None:
-        session = tx.session
         for row in steps.values():
             if row.status in STEP_TERMINAL:
                 continue
             row.status, row.finished_at, row.error = "canceled", utcnow(), CANCELED
-        canceled = session.scalars(
-            update(Task)
-            .where(Task.run_id == run.id, Task.status == "queued")
-            .values(status="canceled", finished_at=utcnow(), error=CANCELED, cancel_requested=True)
-            .returning(Task)
-            .execution_options(synchronize_session=False)
-        ).all()
-        attempts = attempts_of(session, [t.id for t in canceled])
-        for task in canceled:
-            append_event(
-                session,
-                tenant_id=task.tenant_id,
-                type="task.canceled",
-                task_id=task.id,
-                run_id=task.run_id,
-                step_id=task.step_id,
-                data=task_view(task, attempts.get(task.id, [])),
-            )
-        session.execute(
-            update(Task)
-            .where(Task.run_id == run.id, Task.status == "running")
-            .values(cancel_requested=True)
-            .execution_options(synchronize_session=False)
-        )
+        cancel_queued_of_run(tx, run.id)
 
     def _succeed(self, tx: Tx, run: Run, spec: WorkflowSpec, steps: dict[str, RunStep]) -> None:
         try:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated, Literal
 
+import anyio.to_thread
 from fastapi import APIRouter, Header, Query
 
 from switchyard.gateway_api.deps import Member, StateDep, TxDep, Viewer
@@ -19,25 +21,28 @@ TaskType = Literal["chat", "embed", "moderate", "predict"]
 
 
 @router.post("", status_code=202)
-def create_task(
+async def create_task(
     body: TaskCreate,
     principal: Member,
-    tx: TxDep,
     state: StateDep,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
     x_provider: Annotated[str | None, Header(max_length=100)] = None,
 ) -> FastJSONResponse:
-    created = service.create_task(
-        tx,
-        state.config,
-        state.signatures,
-        state.dispatcher,
-        tenant_id=principal.tenant_id,
-        body=body,
-        pinned_provider=x_provider,
-        idempotency_key=idempotency_key,
-        idempotency_ttl_s=state.settings.idempotency_ttl_s,
-        allow_private_webhooks=state.settings.webhook_allow_private,
+    # Committed (and published) in a worker thread before the 202 leaves.
+    created = await anyio.to_thread.run_sync(
+        partial(
+            service.submit,
+            state.db,
+            state.config,
+            state.signatures,
+            state.dispatcher,
+            tenant_id=principal.tenant_id,
+            body=body,
+            pinned_provider=x_provider,
+            idempotency_key=idempotency_key,
+            idempotency_ttl_s=state.settings.idempotency_ttl_s,
+            allow_private_webhooks=state.settings.webhook_allow_private,
+        )
     )
     headers = {"Idempotent-Replayed": "true"} if created.replayed else None
     return FastJSONResponse(task_created_view(created.task), status_code=202, headers=headers)
@@ -64,5 +69,5 @@ def get_task(task_id: str, principal: Viewer, tx: TxDep) -> FastJSONResponse:
 
 
 @router.post("/{task_id}/cancel")
-def cancel_task(task_id: str, principal: Member, tx: TxDep) -> FastJSONResponse:
-    return FastJSONResponse(service.cancel_task(tx, principal.tenant_id, task_id))
+def cancel_task(task_id: str, principal: Member, tx: TxDep, state: StateDep) -> FastJSONResponse:
+    return FastJSONResponse(service.cancel_task(tx, state.dispatcher, principal.tenant_id, task_id))
