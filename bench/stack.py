@@ -1,22 +1,29 @@
-"""The stacks the benchmarks start: ours (migrated database, fake provider, API, workers), baseline workers.
+"""The stacks the benchmarks start: ours (migrated database, fake provider, API, workers) and LiteLLM's proxy.
 
-They run as real processes inside an `Env`, so that they are stopped (and their database dropped) whatever
+Both run as real processes inside an `Env`, so that they are stopped (and their database dropped) whatever
 happens to the benchmark.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import sys
 import time
+from importlib.util import find_spec
+from pathlib import Path
 
 from bench.harness import FAKE_CONFIG, BenchError, Env, log, run_raw, sql_one, wait_http, wait_log
 from tests.processes import Process, cli, free_port
 
 PROVIDER_QUEUE = "provider"
+CONTROL_QUEUE = "control"
 # The pool both sides run: the one `switchyard worker` picks for provider calls.
 POOL = "threads"
 CONNECTIONS = 32
+# The setting the worker's asyncio provider loop reads (bounds the calls in flight in one worker process);
+# code that does not know it ignores it.
+MAX_IN_FLIGHT_ENV = "SWITCHYARD_MAX_IN_FLIGHT"
 
 
 def start_fake(env: Env, latency_ms: int, port: int | None = None) -> tuple[Process, str]:
@@ -75,10 +82,18 @@ class Switchyard:
         """One integer from our database."""
         return int(sql_one(self.env.database_url, query))
 
-    def start_worker(self, concurrency: int, *, queues: str = PROVIDER_QUEUE, name: str = "worker-provider") -> Process:
-        """`switchyard worker` on `queues` with the threads pool."""
+    def start_worker(
+        self,
+        concurrency: int,
+        *,
+        queues: str = PROVIDER_QUEUE,
+        max_in_flight: int | None = None,
+        name: str = "worker-provider",
+    ) -> Process:
+        """`switchyard worker` on `queues` with the threads pool; `max_in_flight` goes in its environment."""
+        extra = {MAX_IN_FLIGHT_ENV: str(max_in_flight)} if max_in_flight is not None else None
         argv = ["worker", "--queues", queues, "--pool", POOL, "--concurrency", str(concurrency), "--loglevel", "INFO"]
-        return self.env.start(name, cli(*argv))
+        return self.env.start(name, cli(*argv), extra)
 
     def window_s(self) -> float:
         """First claim to last finish, from the rows' own timestamps."""
@@ -88,6 +103,76 @@ class Switchyard:
                 "SELECT extract(epoch FROM max(finished_at) - min(started_at)) FROM tasks WHERE status='succeeded'",
             )
         )
+
+
+# --- LiteLLM -------------------------------------------------------------------------------------------------
+
+LITELLM_MODEL = "chat-default"
+
+LITELLM_PROXY_CONFIG = """
+model_list:
+  - model_name: {model}
+    litellm_params:
+      model: openai/gpt-4o-mini
+      api_base: "{fake}/v1"
+      api_key: fake
+litellm_settings:
+  num_retries: 0
+  request_timeout: 30
+  telemetry: false
+general_settings:
+  master_key: {master_key}
+"""
+
+# What LiteLLM would otherwise do at start-up or per request and that this machine cannot or should not: fetch
+# the model price map from GitHub (no internet here), send telemetry. LITELLM_LOG=ERROR is its documented
+# production setting, and turns uvicorn's access log off, as ours is. No database: nothing in its environment
+# names one, so the proxy keeps no spend logs and checks keys against the master key only.
+# GRACEFUL_SHUTDOWN_TIMEOUT only shortens its stop at the end of the benchmark.
+_LITELLM_ENV = {
+    "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+    "LITELLM_TELEMETRY": "False",
+    "LITELLM_LOG": "ERROR",
+    "GRACEFUL_SHUTDOWN_TIMEOUT": "3",
+}
+_LITELLM_ENV_DROP = ("DATABASE_URL", "DIRECT_URL", "LITELLM_MASTER_KEY", "REDIS_URL", "REDIS_HOST")
+
+
+def litellm_missing() -> str | None:
+    """Why LiteLLM cannot run here, or None. Looked up, not imported: importing it fetches its price map."""
+    # find_spec of a submodule would import the package; backoff and apscheduler come with the proxy extra only.
+    if any(find_spec(name) is None for name in ("litellm", "backoff", "apscheduler")):
+        return "LiteLLM's proxy is not installed: pip install -e '.[bench]' (litellm[proxy])"
+    if not Path(sys.executable).with_name("litellm").exists():
+        return f"no `litellm` command next to {sys.executable}: pip install -e '.[bench]'"
+    return None
+
+
+class LiteLLMProxy:
+    """`litellm --config <yaml> --port P --num_workers 1`: LiteLLM's proxy routing `chat-default` to the fake,
+    with a fixed master key and no database."""
+
+    def __init__(self, env: Env, fake_url: str, *, name: str = "litellm-proxy") -> None:
+        missing = litellm_missing()
+        if missing:
+            raise BenchError(missing)
+        self.key = "sk-bench-" + secrets.token_hex(8)
+        config = env.tmp / f"{name}.yaml"
+        config.write_text(LITELLM_PROXY_CONFIG.format(model=LITELLM_MODEL, fake=fake_url, master_key=self.key))
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        exe = Path(sys.executable).with_name("litellm")
+        proc_env = {k: v for k, v in env.env.items() if k not in _LITELLM_ENV_DROP and not k.startswith("SWITCHYARD_")}
+        self.proc = Process(
+            name,
+            [str(exe), "--config", str(config), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"],
+            {**proc_env, **_LITELLM_ENV},
+            env.tmp,
+            stop_timeout=20,
+        )
+        env.processes.append(self.proc)
+        # Its start-up imports a lot (a few seconds on 2 busy cores); /health/liveliness needs no key.
+        wait_http(f"{self.url}/health/liveliness", self.proc, timeout=180)
 
 
 def start_celery_worker(

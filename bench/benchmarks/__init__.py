@@ -19,6 +19,7 @@ NAMES: tuple[str, ...] = (
     "dag",
     "ws_fanout",
     "sync_overhead",
+    "sync_throughput",
 )
 
 
