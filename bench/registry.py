@@ -44,7 +44,10 @@ class Options:
         if unknown:
             raise BenchError(f"--set: {name} has no size {', '.join(unknown)}; it has {', '.join(sorted(known))}")
         # Each value takes the type of the size it replaces (int, float or str).
-        changes = {k: type(getattr(chosen, k))(v) for k, v in mine.items()}
+        try:
+            changes = {k: type(getattr(chosen, k))(v) for k, v in mine.items()}
+        except ValueError as exc:
+            raise BenchError(f"--set {name}: {exc}") from exc
         return dataclasses.replace(chosen, **changes)
 
 
