@@ -1,8 +1,12 @@
 """What the benchmarks need to run real processes: fresh databases, Redis DBs, process groups, load generators.
 
 Ports, polling, databases and process groups are `tests.processes`, shared with the tests; what is here is
-the benchmarks' own: `BenchError` instead of assertions, `Env`, load generation, measuring the machine.
+the benchmarks' own: `BenchError` instead of assertions, `Env`, load generation, samplers and py-spy,
+measuring the machine. Our stack and LiteLLM's are in `bench.stack`; the benchmarks in `bench.benchmarks`.
 Everything here talks to 127.0.0.1 only, and every wait is bounded.
+
+Postgres and Redis come from SWITCHYARD_BENCH_PG (an admin URL; each benchmark creates and drops its own
+database) and SWITCHYARD_BENCH_REDIS (a server URL without a DB number; each benchmark flushes its own DB).
 """
 
 from __future__ import annotations
@@ -11,8 +15,10 @@ import asyncio
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,8 +59,16 @@ models:
 """
 
 
+RESULTS_DIR = Path(__file__).with_name("results")
+
+
 class BenchError(RuntimeError):
-    pass
+    """A benchmark could not run or its output was wrong; the runner records it and goes on with the next."""
+
+
+def log(msg: str) -> None:
+    """One progress line on stdout, timestamped."""
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def wait_until(predicate: Callable[[], Any], *, timeout: float, interval: float = 0.05, what: str = "") -> Any:
@@ -290,11 +304,77 @@ def run_raw(
     return LoadResult(n, secs, n / secs if secs else 0.0, bad, err, pct(0.5), pct(0.99), "asyncio")
 
 
+_warned_no_wrk = False
+
+
 def load(url: str, *, auth: str | None, connections: int, seconds: float, body: bytes = CHAT_BODY) -> LoadResult:
     """Keep-alive POSTs of `body` on `connections` connections for `seconds`: wrk when present, else asyncio."""
+    global _warned_no_wrk
     if shutil.which("wrk"):
         return run_wrk(url, auth=auth, connections=connections, seconds=seconds, body=body)
+    if not _warned_no_wrk:
+        # The asyncio generator shares this process's core with the runner and tops out far below wrk: its req/s
+        # are not comparable with a wrk run's, and on 2 cores it can be the bottleneck of both sides.
+        log("  WARNING: wrk is not installed (apt-get install -y wrk); using the asyncio load generator instead")
+        _warned_no_wrk = True
     return run_raw(url, auth=auth, connections=connections, seconds=seconds, body=body)
+
+
+def load_tool() -> str:
+    """What `load` will use, for the results file."""
+    return "wrk" if shutil.which("wrk") else "asyncio (wrk not installed)"
+
+
+# --- sampling and profiling -----------------------------------------------------------------------------------
+
+
+class Sampler:
+    """Polls `sample()` every `interval` seconds on a thread until stopped."""
+
+    def __init__(self, sample: Callable[[], None], interval: float) -> None:
+        self._sample = sample
+        self._interval = interval
+        self._stop = threading.Event()
+        self.errors: list[str] = []
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._sample()
+            except Exception as exc:
+                self.errors.append(repr(exc))
+            self._stop.wait(self._interval)
+
+    def stop(self) -> None:
+        """Stop polling and wait for the thread (bounded)."""
+        self._stop.set()
+        self._thread.join(10)
+
+
+class Profiler:
+    """py-spy record of one process, as collapsed stacks in bench/results/, when --profile is on."""
+
+    def __init__(self, enabled: bool, pid: int, name: str, seconds: float) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.path = RESULTS_DIR / f"profile-{name}.txt"
+        exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        if not enabled or not Path(exe).exists():
+            return
+        argv = [exe, "record", "--pid", str(pid), "--format", "raw", "--rate", "100", "--threads",
+                "--duration", str(max(1, round(seconds))), "--nonblocking", "-o", str(self.path)]  # fmt: skip
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop(self) -> None:
+        """Stop recording (py-spy writes its file on SIGINT)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
 
 
 # --- measuring the machine -------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@
 
 Queues N chat tasks through the real API (fake provider at 0 ms), then runs `Executor.run` on each in this
 process and reports CPU ms per task for the claim, the provider call and the finish. Comparing with the
-worker CPU per task of `bench.run end_to_end` (64 threads) shows what threading and Celery add on top.
+worker CPU per task of `bench.run --only end_to_end` (64 threads) shows what threading and Celery add on top.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 import psycopg
 
 from bench.harness import Env
-from bench.run import Switchyard
+from bench.stack import Switchyard
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,175 @@
+"""sync_throughput: `/v1/chat/completions` req/s at 32 connections against one `switchyard api` process and one
+`switchyard worker` (provider and control queues, SWITCHYARD_MAX_IN_FLIGHT=1000), vs LiteLLM's proxy
+(`litellm --config ... --num_workers 1`, no database, a master key) routing the same model to the same fake
+provider (target >= 3x).
+
+Same body (an OpenAI chat request), same wrk settings and duration for both; rounds alternate the proxy and
+ours so that neither always runs on the warmer machine. Every response must be a 2xx: non-2xx and socket
+errors are counted per side and reported, and ours must have recorded a succeeded task per 2xx.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import httpx
+
+from bench.harness import BenchError, Env, LoadResult, Profiler, cpu_seconds, load, load_tool, log
+from bench.registry import Benchmark, Options, Result, Row, standard_row
+from bench.stack import (
+    CONNECTIONS,
+    CONTROL_QUEUE,
+    LITELLM_MODEL,
+    MAX_IN_FLIGHT_ENV,
+    PROVIDER_QUEUE,
+    LiteLLMProxy,
+    Switchyard,
+    wait_worker,
+)
+from tests.processes import Process
+
+REDIS_DB = 4
+BODY = b'{"model":"%s","messages":[{"role":"user","content":"hello bench"}]}' % LITELLM_MODEL.encode()
+
+
+@dataclass(frozen=True)
+class Sizes:
+    warm_s: float
+    measure_s: float
+    rounds: int
+    fake_latency_ms: int
+    max_in_flight: int
+    # Threads of our worker's pool: above the connections, so that the pool never limits the calls.
+    worker_concurrency: int
+
+
+FULL = Sizes(warm_s=3.0, measure_s=10.0, rounds=3, fake_latency_ms=0, max_in_flight=1000, worker_concurrency=64)
+QUICK = Sizes(warm_s=1.0, measure_s=3.0, rounds=1, fake_latency_ms=0, max_in_flight=1000, worker_concurrency=64)
+
+
+def _check_answer(url: str, key: str, side: str) -> None:
+    """One request with the benchmark's body: a 200 with the fake's answer (ours through a task)."""
+    got = httpx.post(
+        f"{url}/v1/chat/completions",
+        content=BODY,
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        timeout=30,
+    )
+    if got.status_code != 200 or not got.json()["choices"][0]["message"]["content"]:
+        raise BenchError(f"{side} answered {got.status_code}: {got.text[:500]}")
+    if side == "ours" and "x-switchyard-task-id" not in got.headers:
+        raise BenchError("our /v1/chat/completions answered without a task id")
+
+
+def _summary(runs: list[LoadResult], cpu_ms: list[float]) -> dict[str, Any]:
+    return {
+        "rps": statistics.mean(r.rps for r in runs),
+        "latency_p50_ms": statistics.mean(r.latency_p50_ms or 0 for r in runs),
+        "latency_p99_ms": statistics.mean(r.latency_p99_ms or 0 for r in runs),
+        "requests": sum(r.requests for r in runs),
+        "non_2xx": sum(r.non_2xx for r in runs),
+        "socket_errors": sum(r.errors for r in runs),
+        "server_cpu_ms_per_request": statistics.mean(cpu_ms),
+    }
+
+
+def run(opts: Options) -> Result:
+    """Alternating rounds, the proxy first: warm-up then a measured wrk run per side."""
+    sz = opts.sizes("sync_throughput", FULL, QUICK)
+    env = Env("sync_throughput", REDIS_DB, opts.tmp / "sync_throughput")
+    try:
+        ours = Switchyard(env, fake_latency_ms=sz.fake_latency_ms)
+        worker = ours.start_worker(
+            sz.worker_concurrency, queues=f"{PROVIDER_QUEUE},{CONTROL_QUEUE}", max_in_flight=sz.max_in_flight
+        )
+        wait_worker(worker)
+        proxy = LiteLLMProxy(env, ours.fake_url)
+        assert ours.api is not None
+        _check_answer(ours.url, ours.key, "ours")
+        _check_answer(proxy.url, proxy.key, "LiteLLM's proxy")
+        sides: dict[str, tuple[str, str, list[Process]]] = {
+            "proxy": (proxy.url, proxy.key, [proxy.proc]),
+            "ours": (ours.url, ours.key, [ours.api, worker]),
+        }
+        runs: dict[str, list[LoadResult]] = {k: [] for k in sides}
+        cpu_ms: dict[str, list[float]] = {k: [] for k in sides}
+        ok_total = {k: 0 for k in sides}
+        for r in range(sz.rounds):
+            for side, (url, key, procs) in sides.items():
+                endpoint = f"{url}/v1/chat/completions"
+                warm = load(endpoint, auth=key, connections=CONNECTIONS, seconds=sz.warm_s, body=BODY)
+                prof = Profiler(opts.profile and side == "ours" and r == 0, procs[0].pid, "sync-api", sz.measure_s)
+                cpu0 = sum(cpu_seconds(p.pid) for p in procs)
+                try:
+                    res = load(endpoint, auth=key, connections=CONNECTIONS, seconds=sz.measure_s, body=BODY)
+                finally:
+                    prof.stop()
+                # Server-side CPU (ours: API + worker) per request: less sensitive than req/s to other load.
+                cpu_ms[side].append(1000 * (sum(cpu_seconds(p.pid) for p in procs) - cpu0) / max(1, res.requests))
+                runs[side].append(res)
+                ok_total[side] += warm.requests - warm.non_2xx + res.requests - res.non_2xx
+                log(f"  sync_throughput round {r + 1} {side:5}: {res.rps:7.0f} req/s  p50 {res.latency_p50_ms:.1f} ms"
+                    f"  p99 {res.latency_p99_ms:.1f} ms  non-2xx {res.non_2xx}  socket errors {res.errors}  "
+                    f"server CPU {cpu_ms[side][-1]:.2f} ms/req")  # fmt: skip
+        succeeded = ours.count("SELECT count(*) FROM tasks WHERE status = 'succeeded'")
+        failed = ours.count("SELECT count(*) FROM tasks WHERE status = 'failed'")
+        summary = {side: _summary(runs[side], cpu_ms[side]) for side in sides}
+        o, b = summary["ours"]["rps"], summary["proxy"]["rps"]
+        return {
+            "ours": o,
+            "baseline": b,
+            "unit": "req/s",
+            "ratio": o / b,
+            "target": 3.0,
+            "target_kind": ">=",
+            "connections": CONNECTIONS,
+            "load_tool": load_tool(),
+            "sizes": asdict(sz),
+            "worker": f"{PROVIDER_QUEUE},{CONTROL_QUEUE}, {sz.worker_concurrency} threads, "
+            f"{MAX_IN_FLIGHT_ENV}={sz.max_in_flight}",
+            "summary": summary,
+            "rounds": {k: [asdict(x) for x in v] for k, v in runs.items()},
+            "check": {
+                # Every 2xx of ours is a succeeded task; more tasks than 2xx are the requests wrk dropped at its end.
+                "ours_2xx_incl_warmup": ok_total["ours"],
+                "ours_tasks_succeeded": succeeded,
+                "ours_tasks_failed": failed,
+                "every_2xx_a_task": succeeded >= ok_total["ours"],
+                "proxy_2xx_incl_warmup": ok_total["proxy"],
+            },
+        }
+    finally:
+        env.close()
+
+
+def rows(name: str, res: Result) -> list[Row]:
+    """req/s ours vs the proxy."""
+    return [standard_row(f"{name}: /v1/chat/completions, 32 conns", res, baseline_note=" (LiteLLM proxy)")]
+
+
+def details(res: Result) -> None:
+    """Latency, errors and CPU per side, and the task check."""
+    s, c = res["summary"], res["check"]
+    for side, label in (("ours", "ours "), ("proxy", "proxy")):
+        x = s[side]
+        print(
+            f"sync_throughput {label}: {x['rps']:.0f} req/s, p50 {x['latency_p50_ms']:.1f} ms, p99 "
+            f"{x['latency_p99_ms']:.1f} ms, {x['requests']} requests measured, non-2xx {x['non_2xx']}, socket "
+            f"errors {x['socket_errors']}, server CPU {x['server_cpu_ms_per_request']:.2f} ms/request"
+        )
+    print(
+        f"  worker: {res['worker']}; load: {res['load_tool']}; check: {c['ours_2xx_incl_warmup']} 2xx (warm-ups "
+        f"included), {c['ours_tasks_succeeded']} tasks succeeded, {c['ours_tasks_failed']} failed"
+        + ("" if c["every_2xx_a_task"] else " (MISMATCH: fewer tasks than 2xx)")
+    )
+
+
+BENCHMARK = Benchmark(
+    name="sync_throughput",
+    summary="/v1/chat/completions req/s, 32 connections, 1 API + 1 worker vs LiteLLM's proxy (>= 3x)",
+    run=run,
+    rows=rows,
+    details=details,
+)
