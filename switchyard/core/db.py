@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from switchyard.settings import Settings
@@ -77,9 +77,12 @@ class Database:
         self.on_events_committed = on_events_committed
 
     @contextmanager
-    def transaction(self) -> Iterator[Tx]:
-        """Commit on success, roll back on error; after-commit work runs outside the transaction."""
-        with self.sessions() as session:
+    def transaction(self, *, bind: Connection | None = None) -> Iterator[Tx]:
+        """Commit on success, roll back on error; after-commit work runs outside the transaction.
+
+        `bind` runs it on a connection the caller holds (a leader's, whose lock lives in that session)
+        instead of one from the pool."""
+        with self.sessions() if bind is None else self.sessions(bind=bind) as session:
             tx = Tx(session)
             try:
                 yield tx
