@@ -1,6 +1,6 @@
 """The periodic duties run inside the workers, one leader at a time: a standby takes over from a SIGKILLed
-leader and recovery goes on; `switchyard scheduler` beside a leading worker only stands by; `/readyz` names a
-duty that has not run for too long.
+leader and recovery goes on; a leader whose connection dies stops leading; `switchyard scheduler` beside a
+leading worker only stands by; `/readyz` names a duty that has not run for too long.
 
 These tests own their stack (no provider worker): they start, stop and kill workers themselves.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Iterator
+from datetime import datetime
 
 import httpx
 import pytest
@@ -29,6 +30,8 @@ from tests.support import (
 )
 
 DUTIES = {"tasks", "workflow_runs", "webhook_deliveries"}
+# switchyard.workers.duties.LOCK_KEY, as the tests see it from outside.
+DUTIES_LOCK_KEY = 0x5377_7964_4475_7479
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +132,41 @@ def test_scheduler_beside_a_leading_worker_only_stands_by(own_stack: Stack) -> N
     finally:
         scheduler.stop()
     wait_until(lambda: led_by(own_stack, own_stack.control), timeout=20, what="the worker to lead again")
+
+
+def duties_lock_holder(stack: Stack) -> int | None:
+    """The server pid of the session holding the duties' advisory lock (its 64-bit key split in two halves)."""
+    rows = stack.sql(
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = %s AND objid = %s"
+        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        DUTIES_LOCK_KEY >> 32,
+        DUTIES_LOCK_KEY & 0xFFFF_FFFF,
+    )
+    return int(rows[0][0]) if rows else None
+
+
+def last_run(stack: Stack, name: str) -> datetime:
+    at: datetime = stack.sql("SELECT last_run_at FROM duties WHERE name = %s", name)[0][0]
+    return at
+
+
+def test_a_leader_whose_connection_dies_gives_way_and_the_duties_go_on(own_stack: Stack) -> None:
+    control = own_stack.control
+    wait_until(lambda: led_by(own_stack, control), timeout=30, what="the control worker to lead the duties")
+    standby = own_stack.start_worker("webhooks")
+    try:
+        holder = duties_lock_holder(own_stack)
+        assert holder is not None
+        # The server ends the leader's session, as a failover or a cut connection would: the lock goes with it,
+        # and the old leader's next sweep fails on the dead connection instead of running beside a new leader.
+        own_stack.sql("SELECT pg_terminate_backend(%s)", holder)
+        wait_until(lambda: "duties_failed" in control.log(), timeout=20, what="the old leader to notice")
+        wait_until(lambda: duties_lock_holder(own_stack) not in (None, holder), timeout=20, what="a new leader session")
+        since = last_run(own_stack, "tasks")
+        wait_until(lambda: last_run(own_stack, "tasks") > since, timeout=20, what="the duties to run again")
+    finally:
+        standby.stop()
+    wait_until(lambda: led_by(own_stack, own_stack.control), timeout=20, what="the control worker to lead")
 
 
 def start_api(stack: Stack, **overrides: str) -> tuple[Process, str]:
