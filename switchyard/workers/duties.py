@@ -33,11 +33,15 @@ from switchyard.core.db import Database, Tx
 from switchyard.core.leader import compete
 from switchyard.core.models import Duty as DutyRow
 from switchyard.core.models import utcnow
+from switchyard.core.redis_pool import shared_client
+from switchyard.events.bus import wake_relay
 from switchyard.settings import Settings
 from switchyard.tasks.service import RunDispatcher
 from switchyard.tasks.sweeper import sweep_tasks
 from switchyard.webhooks.delivery import DeliveryDispatcher
 from switchyard.webhooks.sweeper import sweep_deliveries
+from switchyard.workers.celery_app import app
+from switchyard.workers.dispatch import CeleryDispatcher
 from switchyard.workflows.sweeper import sweep_runs
 
 log = structlog.get_logger(__name__)
@@ -49,8 +53,7 @@ LOCK_FILE = "duties.lock"
 TASKS = "tasks"
 WORKFLOW_RUNS = "workflow_runs"
 WEBHOOK_DELIVERIES = "webhook_deliveries"
-# Every duty, in the order the leader runs them: runs after tasks, so a step task the tasks' sweep failed
-# is settled in the same pass.
+# Every duty, in the order the leader runs them (the order of the single sweep they were split from).
 NAMES = (TASKS, WORKFLOW_RUNS, WEBHOOK_DELIVERIES)
 
 
@@ -190,11 +193,6 @@ class DutyRunner:
 def run_scheduler(settings: Settings) -> None:
     """The duties in a process of their own, in the foreground until SIGTERM or SIGINT. The same runner and
     lock as the workers': beside a leading worker it stands by, and it takes over if that worker goes."""
-    from switchyard.core.redis_pool import shared_client
-    from switchyard.events.bus import wake_relay
-    from switchyard.workers.celery_app import app
-    from switchyard.workers.dispatch import CeleryDispatcher
-
     redis_client = shared_client(settings.redis_url) if settings.redis_url else None
     db = Database(
         settings, pool_size=2, on_events_committed=partial(wake_relay, redis_client) if redis_client else None
