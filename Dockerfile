@@ -47,7 +47,8 @@ WORKDIR /app
 COPY config/ /app/config/
 # The shipped ONNX models; config files name them relative to /app (the working directory).
 COPY models/ /app/models/
-# SWITCHYARD_DATA_DIR defaults to ./.switchyard (the beat schedule lives there): writable by the app user.
+# SWITCHYARD_DATA_DIR defaults to ./.switchyard (embedded mode keeps its broker and lock files there): writable by
+# the app user.
 RUN mkdir -p /app/.switchyard && chown switchyard:switchyard /app/.switchyard
 
 USER switchyard

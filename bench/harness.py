@@ -121,7 +121,8 @@ class Env:
             "SWITCHYARD_DATABASE_URL": self.database_url,
             "SWITCHYARD_REDIS_URL": self.redis_url,
             "SWITCHYARD_DATA_DIR": str(self.tmp / "data"),
-            # No sweeper runs here, and none may republish what the benchmark is timing.
+            # A worker leads the periodic duties (the sweeps), which must not republish what the benchmark is
+            # timing.
             "SWITCHYARD_REQUEUE_AFTER_S": "600",
         }
 

@@ -75,11 +75,14 @@ def _pool_for(queues: list[str]) -> str:
     help="pool size (default: 500 threads with the provider queue, else 64 with ml, else 16; cores for prefork)",
 )
 @click.option("--pool", type=click.Choice(["threads", "prefork", "solo"]), default=None)
-@click.option("--beat", is_flag=True, help="also run the periodic duties (sweeper) in this worker")
+# Kept so that existing command lines still start: every worker now competes to run the periodic duties.
+@click.option("--beat", is_flag=True, hidden=True, help="no longer needed (every worker runs the periodic duties)")
 @click.option("--loglevel", default="INFO", show_default=True)
 def worker(queues: str, concurrency: int | None, pool: str | None, beat: bool, loglevel: str) -> None:
-    """A Celery worker."""
+    """A Celery worker; one worker at a time also leads the periodic duties (sweeps)."""
     _check_config()
+    if beat:
+        click.echo("switchyard: --beat is no longer needed; every worker runs the periodic duties", err=True)
     names = [q.strip() for q in queues.split(",") if q.strip()]
     unknown = sorted(set(names) - set(ALL))
     if unknown:
@@ -109,19 +112,19 @@ def worker(queues: str, concurrency: int | None, pool: str | None, beat: bool, l
         "--without-gossip",
         "--without-mingle",
     ]
-    if beat:
-        argv.append("--beat")
     app.worker_main(argv)
 
 
 @main.command()
 @click.option("--loglevel", default="INFO", show_default=True)
 def scheduler(loglevel: str) -> None:
-    """Periodic duties (the sweeper) as a Celery beat process."""
+    """Periodic duties in a process of their own (optional: the workers run them). It competes for the same
+    leadership as the workers, so a duty never runs twice at once."""
+    del loglevel  # accepted for compatibility; the duties log through structlog
     _check_config()
-    from switchyard.workers.celery_app import app
+    from switchyard.workers.duties import run_scheduler
 
-    app.start(["beat", "--loglevel", loglevel])
+    run_scheduler(get_settings())
 
 
 @main.command()

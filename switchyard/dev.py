@@ -1,7 +1,7 @@
 """`switchyard dev`: the whole service on one machine with embedded defaults.
 
-SQLite in `.switchyard/`, the filesystem Celery transport, one real worker process (all queues, with the
-sweeper), the fake provider, migrations applied, a fresh admin key. The same code paths as production.
+SQLite in `.switchyard/`, the filesystem Celery transport, one real worker process (all queues; it leads the
+periodic duties), the fake provider, migrations applied, a fresh admin key. The same code paths as production.
 """
 
 from __future__ import annotations
@@ -76,9 +76,7 @@ def run_dev(*, host: str, port: int, fake_port: int) -> None:
     try:
         procs.append(subprocess.Popen([*cli, "fake-provider", "--port", str(fake_port)], env=env))
         _wait_http(f"http://127.0.0.1:{fake_port}/healthz", procs)
-        procs.append(
-            subprocess.Popen([*cli, "worker", "--beat", "--concurrency", "32", "--loglevel", "WARNING"], env=env)
-        )
+        procs.append(subprocess.Popen([*cli, "worker", "--concurrency", "32", "--loglevel", "WARNING"], env=env))
         procs.append(subprocess.Popen([*cli, "api", "--host", host, "--port", str(port)], env=env))
         url = f"http://{host}:{port}"
         _wait_http(f"{url}/healthz", procs)

@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     lease_grace_s: float = Field(default=30.0, gt=0)
     requeue_after_s: float = Field(default=60.0, gt=0)
     sweep_interval_s: float = Field(default=5.0, gt=0)
+    # /readyz fails when a periodic duty has not run for this long (unset: max(30 s, 5 sweep intervals), room
+    # for a leader to die and a standby to take over without the API flapping).
+    duty_stale_after_s: float | None = Field(default=None, gt=0)
     # Backoff waits up to this long are slept in the worker; longer ones become a due time in the database.
     inline_retry_max_s: float = Field(default=5.0, ge=0)
     retry_base_s: float = Field(default=0.5, gt=0)
@@ -85,6 +88,13 @@ class Settings(BaseSettings):
         if not self.database_url.startswith(("postgresql", "sqlite")):
             raise ValueError("SWITCHYARD_DATABASE_URL must be a postgresql:// or sqlite:// URL")
         return self
+
+    @property
+    def duty_stale_after(self) -> float:
+        """Seconds after which a periodic duty that has not run makes the service not ready."""
+        if self.duty_stale_after_s is not None:
+            return self.duty_stale_after_s
+        return max(30.0, 5 * self.sweep_interval_s)
 
     @property
     def embedded(self) -> bool:

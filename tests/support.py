@@ -16,11 +16,14 @@ from tests.processes import ROOT, Process, cli, create_database, drop_database, 
 
 __all__ = [
     "FINISHED",
+    "PG_ADMIN_URL",
     "ROOT",
     "Process",
     "Stack",
     "chat",
     "cli",
+    "create_database",
+    "drop_database",
     "free_port",
     "wait_http",
     "wait_status",
@@ -175,8 +178,9 @@ class Stack:
                     )
                     wait_http(f"http://127.0.0.1:{port}/healthz", server)
             self.api = self.start("api", cli("api", "--port", str(api_port)))
-            # Control work and the sweeper (beat) in one worker; provider calls in their own.
-            self.control = self.start_worker("control,webhooks", beat=True)
+            # Control work in one worker, provider calls in their own. No beat and no scheduler: the workers
+            # run the periodic duties themselves (one leads at a time).
+            self.control = self.start_worker("control,webhooks")
             self.provider: Process | None = self.start_worker("provider") if provider_worker else None
             self.more_providers = [self.start_worker("provider") for _ in range(provider_workers - 1)]
             self.ml: Process | None = self.start_worker("ml", concurrency=32) if ml else None
@@ -185,22 +189,22 @@ class Stack:
             self.close()
             raise
 
-    def start(self, name: str, argv: list[str]) -> Process:
-        proc = Process(name, argv, self.env, self.tmp)
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Process:
+        proc = Process(name, argv, {**self.env, **(env or {})}, self.tmp)
         self.processes.append(proc)
         return proc
 
-    def start_worker(self, queues: str, *, beat: bool = False, concurrency: int = 50) -> Process:
+    def start_worker(self, queues: str, *, concurrency: int = 50) -> Process:
         argv = cli("worker", "--queues", queues, "--concurrency", str(concurrency), "--loglevel", "INFO")
-        if beat:
-            argv.append("--beat")
         proc = self.start(f"worker-{queues.replace(',', '-')}", argv)
         wait_until(lambda: "ready." in proc.log() or not proc.alive(), timeout=60, what=f"worker {queues}")
         assert proc.alive(), proc.log()[-4000:]
         return proc
 
-    def run_cli(self, *args: str) -> str:
-        done = subprocess.run(cli(*args), env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    def run_cli(self, *args: str, env: dict[str, str] | None = None) -> str:
+        done = subprocess.run(
+            cli(*args), env={**self.env, **(env or {})}, cwd=ROOT, capture_output=True, text=True, timeout=120
+        )
         assert done.returncode == 0, done.stdout + done.stderr
         return done.stdout
 

@@ -172,7 +172,7 @@ def test_events_survive_the_relay_being_killed(own_stack: Stack, api: httpx.Clie
         # Written, but no relay has numbered them: not readable as events yet.
         assert api.get("/v1/events", params={"task_id": later}).json()["data"] == []
         with api.stream("GET", f"/v1/tasks/{later}/events") as stream:
-            own_stack.control = own_stack.start_worker("control,webhooks", beat=True)
+            own_stack.control = own_stack.start_worker("control,webhooks")
             types = [line.removeprefix("event: ") for line in stream.iter_lines() if line.startswith("event:")]
     finally:
         worker.stop()

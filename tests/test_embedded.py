@@ -41,7 +41,15 @@ def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
 def test_dev_mode_runs_chat_and_embed_tasks(dev: tuple[str, str]) -> None:
     url, key = dev
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as client:
-        assert client.get("/readyz").json()["checks"] == {"database": "ok", "broker": "ok"}
+        # The worker leads the periodic duties (a file lock on SQLite); until its first pass they are waited for.
+        ready = wait_until(
+            lambda: (r := client.get("/readyz")).json()["checks"].get("duties") == "ok" and r,
+            timeout=60,
+            what="the embedded worker to run the periodic duties",
+        )
+        assert ready.status_code == 200
+        assert ready.json()["checks"] == {"database": "ok", "broker": "ok", "duties": "ok"}
+        assert ready.json()["duties"]["tasks"]["leader"].endswith(":worker")
         chat_id = client.post(
             "/v1/tasks", json={"type": "chat", "model": "chat-default", "input": chat("hello embedded")}
         ).json()["id"]

@@ -196,10 +196,8 @@ def run(opts: Options) -> Result:
         assert ours.api is not None
         assert ours.fake is not None
         provider = ours.start_worker(WS_PROVIDER_CONCURRENCY)
-        # The control worker runs the event relay (numbering, then publishing on Redis) and the sweeper (beat).
-        control = env.start(
-            "worker-control", cli("worker", "--queues", "control,webhooks", "--beat", "--loglevel", "INFO")
-        )
+        # The control worker runs the event relay (numbering, then publishing on Redis) and the periodic duties.
+        control = env.start("worker-control", cli("worker", "--queues", "control,webhooks", "--loglevel", "INFO"))
         for proc in (provider, control):
             wait_worker(proc)
         wait_log(control, "event_relay_leading", timeout=60)

@@ -93,9 +93,12 @@ class Database:
                 log.warning("after_commit_failed", exc_info=True)
 
     @contextmanager
-    def transaction(self) -> Iterator[Tx]:
-        """Commit on success, roll back on error; after-commit work runs outside the transaction."""
-        with self.sessions() as session:
+    def transaction(self, *, bind: Connection | None = None) -> Iterator[Tx]:
+        """Commit on success, roll back on error; after-commit work runs outside the transaction.
+
+        `bind` runs it on a connection the caller holds (a leader's, whose lock lives in that session)
+        instead of one from the pool."""
+        with self.sessions() if bind is None else self.sessions(bind=bind) as session:
             tx = Tx(session)
             try:
                 yield tx

@@ -369,6 +369,18 @@ class WebhookAttempt(Base):
     __table_args__ = (Index("ix_webhook_attempts_delivery_id_n", "delivery_id", "n"),)
 
 
+class Duty(Base):
+    """A periodic duty (a domain's sweep) and its last successful run, written by the leader that ran it in
+    the sweep's own transaction; `/readyz` reads it to tell when no process has been doing the duty."""
+
+    __tablename__ = "duties"
+
+    name: Mapped[str] = mapped_column(String(40), primary_key=True)
+    # Who ran it last: host, process id and role (worker or scheduler).
+    leader: Mapped[str] = mapped_column(String(200))
+    last_run_at: Mapped[datetime]
+
+
 # The tables themselves, for hot-path Core inserts that skip the ORM's unit of work.
 ATTEMPTS = cast(Table, Attempt.__table__)
 EVENTS = cast(Table, Event.__table__)

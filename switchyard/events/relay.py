@@ -6,20 +6,19 @@ takes the committed rows that have none, in insert order, gives them the next nu
 batch at a time. So `seq` grows in the order events become readable, a cursor on it never skips a late
 commit, and the one publisher sends them on Redis in that order.
 
-One relay runs at a time: on Postgres the one holding a session advisory lock on its own connection (its
-batches run on that same connection, so losing the connection loses the lock and the batch together); on
-SQLite the one holding a file lock. Every control worker runs a relay thread that waits to become leader.
+One relay runs at a time, the leader of `core.leader`: on Postgres the one holding a session advisory lock on
+its own connection (its batches run on that same connection, so losing the connection loses the lock and the
+batch together); on SQLite the one holding a file lock. Every control worker runs a relay thread that waits
+to become leader.
 In the batch's transaction the relay also derives what events cause, webhook deliveries (`derive`).
 """
 
 from __future__ import annotations
 
-import fcntl
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from sqlalchemy import Connection, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from switchyard.core.db import Database, Tx
+from switchyard.core.leader import compete
 from switchyard.core.models import EVENTS
 from switchyard.events.bus import RELAY_WAKE, RESYNC, encode_events, tenant_channel
 from switchyard.events.log import COLUMNS, event_view
@@ -94,18 +94,14 @@ class EventRelay:
             self.redis.close()
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                with self._leadership() as conn:
-                    if conn is None:
-                        self._stop.wait(1.0)
-                        continue
-                    log.info("event_relay_leading")
-                    self._lead(conn)
-            except Exception:
-                # The database or Redis went away; a new connection (and leadership) is tried shortly.
-                log.warning("event_relay_failed", exc_info=True)
-                self._stop.wait(1.0)
+        compete(
+            self.db.engine,
+            name="event_relay",
+            key=LOCK_KEY,
+            lock_file=self.lock_dir / "event-relay.lock",
+            stop=self._stop,
+            lead=self._lead,
+        )
 
     def _lead(self, conn: Connection) -> None:
         self._last_seq = None
@@ -151,35 +147,6 @@ class EventRelay:
             wake.close()
             self._stop.wait(self.poll_s)
             return None
-
-    @contextmanager
-    def _leadership(self) -> Iterator[Connection | None]:
-        """A connection of the leading relay, or None when another process leads."""
-        with self.db.engine.connect() as conn:
-            if conn.dialect.name == "postgresql":
-                got = bool(conn.execute(select(func.pg_try_advisory_lock(LOCK_KEY))).scalar())
-                conn.commit()
-                if not got:
-                    yield None
-                    return
-                try:
-                    yield conn
-                finally:
-                    if not conn.invalidated:
-                        conn.execute(select(func.pg_advisory_unlock(LOCK_KEY)))
-                        conn.commit()
-                return
-            self.lock_dir.mkdir(parents=True, exist_ok=True)
-            with (self.lock_dir / "event-relay.lock").open("w") as lock:
-                try:
-                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    yield None
-                    return
-                try:
-                    yield conn
-                finally:
-                    fcntl.flock(lock, fcntl.LOCK_UN)
 
     # --- one batch ----------------------------------------------------------------------------------------------
 

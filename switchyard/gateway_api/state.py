@@ -61,6 +61,8 @@ class ApiState:
     ws_slots: ConnectionSlots
     health: DeploymentHealth
     limits: RateLimits
+    # When this process started (monotonic): /readyz gives workers that long to run the duties a first time.
+    started: float = field(default_factory=time.monotonic)
 
     async def aclose(self) -> None:
         await self.hub.close()

@@ -4,7 +4,8 @@ In the relay's batch transaction every numbered event that a webhook wants becom
 once, and its id is published to the webhooks queue after commit. A worker claims the row (a lease), makes
 one signed POST, and records the attempt: success, a retry at the next step of the schedule (never sooner
 than the receiver's `Retry-After`), or failure after the last step. `410 Gone` disables the webhook. The
-sweeper publishes deliveries that fall due and takes back the leases of workers that died.
+deliveries' sweep (`webhooks/sweeper.py`) publishes those that fall due and takes back the leases of workers
+that died.
 """
 
 from __future__ import annotations

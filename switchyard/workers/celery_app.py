@@ -3,14 +3,13 @@ claim on the row makes a redelivered message harmless. Results live in the datab
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from celery import Celery
 from kombu import Exchange, Queue
 
 from switchyard.settings import Settings, get_settings
-from switchyard.workers.queues import ALL, CONTROL, SWEEP
+from switchyard.workers.queues import ALL, CONTROL
 
 
 def broker_options(settings: Settings) -> dict[str, Any]:
@@ -33,9 +32,12 @@ def broker_options(settings: Settings) -> dict[str, Any]:
 
 
 def make_celery(settings: Settings) -> Celery:
-    # Beat keeps its schedule state in the data folder.
-    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
-    app = Celery("switchyard", broker=settings.celery_broker_url, include=["switchyard.workers.tasks"])
+    # The duty hooks join in through the worker's signals: every worker competes to run the periodic duties.
+    app = Celery(
+        "switchyard",
+        broker=settings.celery_broker_url,
+        include=["switchyard.workers.tasks", "switchyard.workers.duty_hooks"],
+    )
     app.conf.update(
         broker_transport_options=broker_options(settings),
         broker_connection_retry_on_startup=True,
@@ -54,14 +56,6 @@ def make_celery(settings: Settings) -> Celery:
         task_queues=[Queue(name, Exchange(name, type="direct"), routing_key=name) for name in ALL],
         worker_prefetch_multiplier=1,
         worker_hijack_root_logger=False,
-        beat_schedule={
-            "sweep": {
-                "task": SWEEP,
-                "schedule": settings.sweep_interval_s,
-                "options": {"queue": CONTROL, "expires": max(1.0, settings.sweep_interval_s)},
-            }
-        },
-        beat_schedule_filename=str(Path(settings.data_dir) / "celerybeat-schedule"),
     )
     return app
 

@@ -9,7 +9,6 @@ WEBHOOKS = "webhooks"
 ALL = (PROVIDER, ML, CONTROL, WEBHOOKS)
 
 EXECUTE_TASK = "switchyard.execute_task"
-SWEEP = "switchyard.sweep"
 ADVANCE_RUN = "switchyard.advance_run"
 DELIVER_WEBHOOK = "switchyard.deliver_webhook"
 

@@ -3,9 +3,8 @@ calls (one per state change), so nothing here holds a transaction across a provi
 
 from __future__ import annotations
 
-from switchyard.tasks.sweeper import sweep
 from switchyard.workers.celery_app import app
-from switchyard.workers.queues import ADVANCE_RUN, DELIVER_WEBHOOK, EXECUTE_TASK, SWEEP
+from switchyard.workers.queues import ADVANCE_RUN, DELIVER_WEBHOOK, EXECUTE_TASK
 from switchyard.workers.resources import get_resources
 from switchyard.workflows.runner import advance_with_retry
 
@@ -28,10 +27,3 @@ def advance_run(run_id: str) -> None:
 def deliver_webhook(delivery_id: str) -> None:
     """One attempt of a webhook delivery (the retries are due times in the database)."""
     get_resources().deliverer.deliver(delivery_id)
-
-
-@app.task(name=SWEEP, acks_late=True)
-def sweep_task() -> None:
-    """Re-publish lost or due tasks and reclaim expired leases."""
-    res = get_resources()
-    sweep(res.db, res.dispatcher, res.settings)

@@ -1,7 +1,8 @@
 """Durable execution of runs. Each step becomes tasks (one, or one per `for_each` item) that the workers run
 like any other; when a task of a run finishes, the worker asks for the run to be advanced. `advance` holds
 the run's row lock, settles the steps whose tasks are done, schedules the steps that became ready, and
-publishes their tasks after commit. It is idempotent: the sweeper calls it again for runs that sat still.
+publishes their tasks after commit. It is idempotent: the runs' sweep (`workflows/sweeper.py`) calls it again for
+runs that sat still.
 """
 
 from __future__ import annotations

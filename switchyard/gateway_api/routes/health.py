@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 from fastapi import APIRouter
 from sqlalchemy import text
 
 from switchyard.gateway_api.deps import StateDep
 from switchyard.gateway_api.responses import FastJSONResponse, error_body
+from switchyard.workers.duties import DutyHealth, duty_health
 
 router = APIRouter(tags=["health"])
 
@@ -18,14 +21,20 @@ def healthz() -> FastJSONResponse:
 
 @router.get("/readyz")
 def readyz(state: StateDep) -> FastJSONResponse:
-    """Database, broker and Redis reachable; 503 names what is not."""
+    """Database, broker and Redis reachable, and the periodic duties run recently; 503 names what is not."""
     checks: dict[str, str] = {}
+    duties: DutyHealth | None = None
     try:
         with state.db.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
-        checks["database"] = "ok"
+            checks["database"] = "ok"
+            try:
+                duties = duty_health(conn, state.settings, up_for_s=time.monotonic() - state.started)
+            except Exception as exc:
+                # Reachable, but not what this code expects (migrations not applied, say).
+                checks["duties"] = f"unreadable: {type(exc).__name__}"
     except Exception as exc:
-        checks["database"] = f"unreachable: {type(exc).__name__}"
+        checks.setdefault("database", f"unreachable: {type(exc).__name__}")
     try:
         with state.celery.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, timeout=2)
@@ -38,9 +47,21 @@ def readyz(state: StateDep) -> FastJSONResponse:
             checks["redis"] = "ok"
         except Exception as exc:
             checks["redis"] = f"unreachable: {type(exc).__name__}"
-    down = [name for name, value in checks.items() if value != "ok"]
-    if down:
-        body = error_body("service_unavailable", f"not ready: {', '.join(down)} unreachable")
+    down = [name for name, value in checks.items() if value != "ok" and name != "duties"]
+    problems = [f"{', '.join(down)} unreachable"] if down else []
+    if "duties" in checks:
+        problems.append("the duties table is unreadable (are the migrations applied?)")
+    if duties is not None:
+        checks["duties"] = duties.summary
+        if duties.stale:
+            problems.append(
+                f"periodic duties not run for over {state.settings.duty_stale_after:g}s: "
+                f"{', '.join(duties.stale)} (is any worker running?)"
+            )
+    if problems:
+        body = error_body("service_unavailable", f"not ready: {'; '.join(problems)}")
         body["checks"] = checks
+        if duties is not None:
+            body["duties"] = duties.detail
         return FastJSONResponse(body, status_code=503, headers={"Retry-After": "5"})
-    return FastJSONResponse({"status": "ready", "checks": checks})
+    return FastJSONResponse({"status": "ready", "checks": checks, "duties": duties.detail if duties else {}})
