@@ -98,11 +98,15 @@ def rss_mb(pid: int) -> float:
 
 @dataclass
 class Env:
-    """One benchmark's world: a fresh database, a Redis DB, a temp dir, the processes it started."""
+    """One benchmark's world: a fresh database, a Redis DB, a temp dir, the processes it started.
+
+    `redis_base` is the server (default SWITCHYARD_BENCH_REDIS); a benchmark that counts Redis commands passes
+    its own server's, since other traffic on a shared one would be counted too."""
 
     name: str
     redis_db: int
     tmp: Path
+    redis_base: str = REDIS_BASE
     db_name: str = ""
     database_url: str = ""
     redis_url: str = ""
@@ -112,7 +116,7 @@ class Env:
     def __post_init__(self) -> None:
         self.tmp.mkdir(parents=True, exist_ok=True)
         self.db_name, self.database_url = create_database(PG_ADMIN_URL, f"bench_{self.name}")
-        self.redis_url = f"{REDIS_BASE}/{self.redis_db}"
+        self.redis_url = f"{self.redis_base}/{self.redis_db}"
         self.redis = redis.Redis.from_url(self.redis_url)
         self.redis.flushdb()
         self.env = {

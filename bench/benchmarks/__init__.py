@@ -20,6 +20,7 @@ NAMES: tuple[str, ...] = (
     "ws_fanout",
     "sync_overhead",
     "sync_throughput",
+    "task_cost",
 )
 
 
