@@ -9,13 +9,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import structlog
-from sqlalchemy import Connection, Engine, create_engine, event
+from psycopg_pool import AsyncConnectionPool
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from switchyard.settings import Settings
 
 log = structlog.get_logger(__name__)
+
+# The relay LISTENs on this channel (Postgres): a writer of events notifies it in the transaction that writes
+# them, so the wake-up costs no extra round trip to anything and arrives exactly when the events are readable.
+RELAY_CHANNEL = "switchyard_events"
+WAKE_RELAY = text(f"SELECT pg_notify('{RELAY_CHANNEL}', '')")
 
 # `session.info` key set by `events.log.append_event`: the transaction wrote events, so its commit is worth a
 # nudge to the relay that numbers and publishes them.
@@ -46,7 +53,14 @@ def make_engine(settings: Settings, *, pool_size: int | None = None) -> Engine:
         max_overflow=settings.db_max_overflow,
         pool_recycle=1800,
         pool_timeout=30,
+        # JSONB values (inputs, results, event data) are written on every transition: orjson encodes them
+        # several times faster than the standard library.
+        json_serializer=_json_text,
     )
+
+
+def _json_text(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS).decode()
 
 
 @dataclass
@@ -61,6 +75,21 @@ class Tx:
         self._after_commit.append(fn)
 
 
+def async_pool(settings: Settings) -> AsyncConnectionPool | None:
+    """Postgres only: an asyncio pool of autocommit connections, for the single-statement transitions an async
+    route runs itself (no thread hop, no ORM). Opened by the owner (`await pool.open()`)."""
+    url = settings.database_url
+    if not url.startswith(("postgresql", "postgres:")):
+        return None
+    return AsyncConnectionPool(
+        url.replace("postgresql+psycopg://", "postgresql://"),
+        min_size=1,
+        max_size=settings.db_pool_size,
+        kwargs={"autocommit": True},
+        open=False,
+    )
+
+
 class Database:
     """Owns the engine and the session factory of one process."""
 
@@ -69,12 +98,9 @@ class Database:
         settings: Settings,
         *,
         pool_size: int | None = None,
-        on_events_committed: Callable[[], None] | None = None,
     ) -> None:
         self.engine = make_engine(settings, pool_size=pool_size)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
-        # Called after a commit that wrote events (the relay is woken rather than left to its polling).
-        self.on_events_committed = on_events_committed
         self.is_postgres = self.engine.dialect.name == "postgresql"
 
     @contextmanager
@@ -83,14 +109,6 @@ class Database:
         transition (a data-modifying CTE), no BEGIN and COMMIT around it."""
         with self.engine.connect() as conn:
             yield conn.execution_options(isolation_level="AUTOCOMMIT")
-
-    def events_committed(self) -> None:
-        """Tell the relay that a statement run outside `transaction` committed events."""
-        if self.on_events_committed is not None:
-            try:
-                self.on_events_committed()
-            except Exception:
-                log.warning("after_commit_failed", exc_info=True)
 
     @contextmanager
     def transaction(self, *, bind: Connection | None = None) -> Iterator[Tx]:
@@ -102,13 +120,13 @@ class Database:
             tx = Tx(session)
             try:
                 yield tx
+                if session.info.pop(WROTE_EVENTS, False) and self.is_postgres:
+                    # Delivered to the relay when (and only if) this transaction commits.
+                    session.execute(WAKE_RELAY)
                 session.commit()
             except BaseException:
                 session.rollback()
                 raise
-            wrote_events = session.info.pop(WROTE_EVENTS, False)
-        if wrote_events and self.on_events_committed is not None:
-            tx._after_commit.append(self.on_events_committed)
         for fn in tx._after_commit:
             try:
                 fn()

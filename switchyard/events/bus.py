@@ -18,7 +18,6 @@ import structlog
 log = structlog.get_logger(__name__)
 
 EVENTS_PREFIX = "switchyard:events:"
-RELAY_WAKE = "switchyard:relay:wake"
 # Told by a relay that starts leading or that could not publish: every feed should look at the table.
 RESYNC = "switchyard:events-resync"
 # An event whose data is larger than this travels without it; listeners read it from the table.
@@ -27,14 +26,6 @@ MAX_INLINE_BYTES = 256 * 1024
 
 def tenant_channel(tenant_id: str) -> str:
     return EVENTS_PREFIX + tenant_id
-
-
-def wake_relay(client: redis.Redis) -> None:
-    """Tell the relay that events were committed (it also polls, so a lost wake-up costs only latency)."""
-    try:
-        client.publish(RELAY_WAKE, b"1")
-    except redis.RedisError:
-        pass  # Redis is away; the relay's polling numbers the events
 
 
 def encode_events(events: Iterable[dict[str, Any]]) -> bytes:

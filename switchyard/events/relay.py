@@ -23,15 +23,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import redis
 import structlog
-from sqlalchemy import Connection, bindparam, func, select, update
+from sqlalchemy import Connection, bindparam, func, select, text, update
 from sqlalchemy.orm import Session
 
-from switchyard.core.db import Database, Tx
+from switchyard.core.db import RELAY_CHANNEL, Database, Tx
 from switchyard.core.leader import compete
 from switchyard.core.models import EVENTS
-from switchyard.events.bus import RELAY_WAKE, RESYNC, encode_events, tenant_channel
+from switchyard.events.bus import RESYNC, encode_events, tenant_channel
 from switchyard.events.log import COLUMNS, event_view
 
 log = structlog.get_logger(__name__)
@@ -108,45 +109,34 @@ class EventRelay:
         self._tenant_seq.clear()
         # The leader before may have numbered events it never published.
         self._resync()
-        wake: Any = None
+        listening = conn.dialect.name == "postgresql"
+        if listening:
+            conn.execute(text(f"LISTEN {RELAY_CHANNEL}"))
+            conn.commit()
         last = 0.0
-        try:
-            while not self._stop.is_set():
-                if self._resync_due:
-                    self._resync()
-                since = time.monotonic() - last
-                if since < self.gather_s:
-                    self._stop.wait(self.gather_s - since)
-                last = time.monotonic()
-                if self.relay_batch(conn) == BATCH:
-                    continue  # more are waiting
-                wake = self._wait(wake)
-        finally:
-            if wake is not None:
-                wake.close()
+        while not self._stop.is_set():
+            if self._resync_due:
+                self._resync()
+            since = time.monotonic() - last
+            if since < self.gather_s:
+                self._stop.wait(self.gather_s - since)
+            last = time.monotonic()
+            if self.relay_batch(conn) == BATCH:
+                continue  # more are waiting
+            if listening:
+                self._wait(conn)
+            else:
+                self._stop.wait(self.poll_s)
 
-    def _wait(self, wake: Any) -> Any:
-        """Wait for a commit's wake-up (or poll_s); returns the wake-up subscription to keep. With Redis away
-        the relay just polls."""
-        if self.redis is not None and wake is None:
-            try:
-                wake = self.redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
-                wake.subscribe(RELAY_WAKE)
-            except redis.RedisError:
-                wake = None
-        if wake is None:
-            self._stop.wait(self.poll_s)
-            return None
-        try:
-            # Then take what else arrived meanwhile, to number it in the same batch.
-            if wake.get_message(timeout=self.poll_s) is not None:
-                while wake.get_message(timeout=0) is not None:
-                    pass
-            return wake
-        except redis.RedisError:
-            wake.close()
-            self._stop.wait(self.poll_s)
-            return None
+    def _wait(self, conn: Connection) -> None:
+        """Until a writer's NOTIFY (it commits with the events it announces) or poll_s; then take the other
+        notifications that arrived meanwhile, as this batch covers their events too."""
+        driver = conn.connection.driver_connection
+        assert isinstance(driver, psycopg.Connection)
+        for _ in driver.notifies(timeout=self.poll_s, stop_after=1):
+            pass
+        for _ in driver.notifies(timeout=0):
+            pass
 
     # --- one batch ----------------------------------------------------------------------------------------------
 
@@ -207,13 +197,21 @@ class EventRelay:
             view = event_view(row) | {"id": seq}
             relayed.append(RelayedEvent(row.tenant_id, view, previous.get(row.tenant_id, 0)))
             previous[row.tenant_id] = seq
-        session.execute(
-            update(EVENTS)
-            .where(EVENTS.c.id == bindparam("row_id"))
-            .values(seq=bindparam("new_seq"))
-            .execution_options(synchronize_session=False),
-            numbers,
-        )
+        if session.get_bind().dialect.name == "postgresql":
+            # One statement for the batch, not one per event.
+            session.connection().exec_driver_sql(
+                "UPDATE events SET seq = n.seq FROM unnest(%(ids)s::bigint[], %(seqs)s::bigint[]) AS n(id, seq)"
+                " WHERE events.id = n.id",
+                {"ids": [n["row_id"] for n in numbers], "seqs": [n["new_seq"] for n in numbers]},
+            )
+        else:
+            session.execute(
+                update(EVENTS)
+                .where(EVENTS.c.id == bindparam("row_id"))
+                .values(seq=bindparam("new_seq"))
+                .execution_options(synchronize_session=False),
+                numbers,
+            )
         self._last_seq = seq
         return relayed
 

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from functools import partial
 
 import anyio.to_thread
 from fastapi import Depends, FastAPI
 
 from switchyard.core.config import load_config
-from switchyard.core.db import Database
+from switchyard.core.db import Database, async_pool
 from switchyard.core.redis_pool import shared_client
-from switchyard.events.bus import wake_relay
 from switchyard.events.feed import EventHub
 from switchyard.gateway_api.errors import install_error_handlers
 from switchyard.gateway_api.input_guard import reject_unstorable_strings
@@ -37,7 +35,7 @@ from switchyard.providers.limits import RateLimits
 from switchyard.settings import Settings, get_settings
 from switchyard.tasks.completion import Completions
 from switchyard.workers.celery_app import make_celery
-from switchyard.workers.dispatch import CeleryDispatcher
+from switchyard.workers.dispatch import PublishQueue
 from switchyard.workflows.engine import Engine
 from switchyard.workflows.service import load_shared
 
@@ -55,8 +53,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.db_pool_size + settings.db_max_overflow
         celery = make_celery(settings)
         redis_client = shared_client(settings.redis_url) if settings.redis_url else None
-        db = Database(settings, on_events_committed=partial(wake_relay, redis_client) if redis_client else None)
-        dispatcher = CeleryDispatcher(celery)
+        db = Database(settings)
+        dispatcher = PublishQueue(celery)
+        pg = async_pool(settings)
+        if pg is not None:
+            await pg.open()
         # Shared definitions from config/workflows/ (a bad file stops start-up with its problem named).
         with db.transaction() as tx:
             load_shared(tx, config, settings.config.parent / "workflows")
@@ -67,6 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             db=db,
             celery=celery,
             dispatcher=dispatcher,
+            pg=pg,
             redis=redis_client,
             completions=Completions(db, settings.redis_url),
             engine=Engine(config, dispatcher),

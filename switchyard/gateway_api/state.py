@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import redis
 from celery import Celery
+from psycopg_pool import AsyncConnectionPool
 
 from switchyard.core.config import AppConfig
 from switchyard.core.db import Database
@@ -19,7 +20,7 @@ from switchyard.providers.limits import RateLimits
 from switchyard.settings import Settings
 from switchyard.tasks.completion import Completions
 from switchyard.tenancy.service import Principal
-from switchyard.workers.dispatch import CeleryDispatcher
+from switchyard.workers.dispatch import PublishQueue
 from switchyard.workflows.engine import Engine
 
 
@@ -52,7 +53,9 @@ class ApiState:
     signatures: dict[str, Signature]
     db: Database
     celery: Celery
-    dispatcher: CeleryDispatcher
+    dispatcher: PublishQueue
+    # Postgres only: the async pool of the single-statement transitions async routes run themselves.
+    pg: AsyncConnectionPool | None
     redis: redis.Redis | None
     completions: Completions
     engine: Engine
@@ -68,6 +71,9 @@ class ApiState:
         await self.hub.close()
         await self.ws_slots.close()
         await self.completions.close()
+        self.dispatcher.close()
+        if self.pg is not None:
+            await self.pg.close()
         self.db.dispose()
         if self.redis is not None:
             self.redis.close()

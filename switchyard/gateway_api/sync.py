@@ -33,22 +33,20 @@ async def create(
     """Submit the task (committed and published before this returns); its id (a replay's, for a repeated
     Idempotency-Key)."""
 
-    def insert() -> str:
-        created = service.submit(
-            state.db,
-            state.config,
-            state.signatures,
-            state.dispatcher,
-            tenant_id=principal.tenant_id,
-            body=body,
-            pinned_provider=request.headers.get("x-provider"),
-            idempotency_key=request.headers.get("idempotency-key"),
-            idempotency_ttl_s=state.settings.idempotency_ttl_s,
-            task_id=task_id,
-        )
-        return created.task.id
-
-    return await anyio.to_thread.run_sync(insert)
+    created = await service.submit_async(
+        state.db,
+        state.pg,
+        state.config,
+        state.signatures,
+        state.dispatcher,
+        tenant_id=principal.tenant_id,
+        body=body,
+        pinned_provider=request.headers.get("x-provider"),
+        idempotency_key=request.headers.get("idempotency-key"),
+        idempotency_ttl_s=state.settings.idempotency_ttl_s,
+        task_id=task_id,
+    )
+    return created.task.id
 
 
 async def read(state: ApiState, principal: Principal, task_id: str) -> dict[str, Any]:

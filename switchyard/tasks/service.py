@@ -7,9 +7,12 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
+import anyio.to_thread
 import orjson
+from psycopg_pool import AsyncConnectionPool
 from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 
@@ -103,6 +106,47 @@ def submit(
             allow_private_webhooks=allow_private_webhooks,
             task_id=task_id,
         )
+
+
+async def submit_async(
+    db: Database,
+    pool: AsyncConnectionPool | None,
+    config: AppConfig,
+    signatures: Mapping[str, Signature],
+    dispatcher: Dispatcher,
+    *,
+    tenant_id: str,
+    body: TaskCreate,
+    pinned_provider: str | None,
+    idempotency_key: str | None,
+    idempotency_ttl_s: float,
+    allow_private_webhooks: bool = False,
+    task_id: str | None = None,
+) -> Created:
+    """`submit` from an event loop: on Postgres the common case is one statement on `pool`, with no thread;
+    the rest runs `submit` on a thread. `dispatcher.publish_task` must not block."""
+    if pool is not None and idempotency_key is None and body.webhook is None:
+        pinned = body.options.provider or pinned_provider
+        normalised = validate_input(config, signatures, body, pinned)
+        task = _new(tenant_id, body, pinned, normalised, task_id=task_id)
+        await transitions.acreate_plain(pool, dispatcher, task)
+        return Created(task=task, replayed=False)
+    return await anyio.to_thread.run_sync(
+        partial(
+            submit,
+            db,
+            config,
+            signatures,
+            dispatcher,
+            tenant_id=tenant_id,
+            body=body,
+            pinned_provider=pinned_provider,
+            idempotency_key=idempotency_key,
+            idempotency_ttl_s=idempotency_ttl_s,
+            allow_private_webhooks=allow_private_webhooks,
+            task_id=task_id,
+        )
+    )
 
 
 def _new(

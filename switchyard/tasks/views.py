@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from switchyard.core.models import Attempt, Task
 
@@ -13,7 +13,51 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def attempt_view(attempt: Attempt) -> dict[str, Any]:
+class AttemptFields(Protocol):
+    """What an attempt is shown from: the ORM row, or the worker's record of the call it just made."""
+
+    n: int
+    model: str | None
+    provider: str
+    deployment: str
+    provider_model: str
+    status: str
+    error_type: str | None
+    error_message: str | None
+    status_code: int | None
+    latency_ms: int
+    input_tokens: int
+    output_tokens: int
+    cached_input_tokens: int
+    cache_write_tokens: int
+    predictions: int
+    compute_ms: float
+    cost_usd: float
+    started_at: datetime
+    finished_at: datetime
+
+
+class TaskFields(Protocol):
+    """What a task is shown from: the ORM row, or what the worker holds when it finishes it."""
+
+    id: str
+    type: str
+    model: str
+    status: str
+    input: dict[str, Any]
+    options: dict[str, Any]
+    result: dict[str, Any] | None
+    error: dict[str, Any] | None
+    usage: dict[str, Any] | None
+    cost_usd: float
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    metadata_: dict[str, Any]
+    webhook: dict[str, Any] | None
+
+
+def attempt_view(attempt: Attempt | AttemptFields) -> dict[str, Any]:
     error = None
     if attempt.error_type is not None:
         error = {"type": attempt.error_type, "message": attempt.error_message, "status_code": attempt.status_code}
@@ -39,7 +83,7 @@ def attempt_view(attempt: Attempt) -> dict[str, Any]:
     }
 
 
-def task_view(task: Task, attempts: Sequence[Attempt]) -> dict[str, Any]:
+def task_view(task: Task | TaskFields, attempts: Sequence[Attempt | AttemptFields]) -> dict[str, Any]:
     return {
         "id": task.id,
         "type": task.type,

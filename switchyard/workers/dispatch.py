@@ -2,9 +2,27 @@
 
 from __future__ import annotations
 
+import queue
+import threading
+from collections import defaultdict
+
+import structlog
 from celery import Celery
 
-from switchyard.workers.queues import ADVANCE_RUN, CONTROL, DELIVER_WEBHOOK, EXECUTE_TASK, WEBHOOKS, queue_for
+from switchyard.workers.queues import (
+    ADVANCE_RUN,
+    CONTROL,
+    DELIVER_WEBHOOK,
+    EXECUTE_TASK,
+    EXECUTE_TASKS,
+    WEBHOOKS,
+    queue_for,
+)
+
+log = structlog.get_logger(__name__)
+
+# Ids one message may carry: a worker claims them in one statement.
+MAX_IDS_PER_MESSAGE = 100
 
 
 class CeleryDispatcher:
@@ -16,6 +34,13 @@ class CeleryDispatcher:
     def publish_task(self, task_id: str, task_type: str) -> None:
         self._app.send_task(EXECUTE_TASK, args=[task_id], queue=queue_for(task_type))
 
+    def publish_tasks(self, queue_name: str, task_ids: list[str]) -> None:
+        """Several ids of one queue in one message."""
+        if len(task_ids) == 1:
+            self._app.send_task(EXECUTE_TASK, args=[task_ids[0]], queue=queue_name)
+        else:
+            self._app.send_task(EXECUTE_TASKS, args=[task_ids], queue=queue_name)
+
     def publish_advance(self, run_id: str) -> None:
         """Ask the control workers to advance a workflow run."""
         self._app.send_task(ADVANCE_RUN, args=[run_id], queue=CONTROL)
@@ -23,3 +48,49 @@ class CeleryDispatcher:
     def publish_delivery(self, delivery_id: str) -> None:
         """Ask the webhook workers to attempt a delivery."""
         self._app.send_task(DELIVER_WEBHOOK, args=[delivery_id], queue=WEBHOOKS)
+
+
+class PublishQueue(CeleryDispatcher):
+    """The API's dispatcher: `publish_task` only queues the id (an async request never waits on the broker)
+    and a thread of its own publishes. Ids queued while it publishes go together in the next message, so
+    under load a message carries many ids and the broker and the workers pay per message, not per task.
+
+    The row is committed before its id is queued, so an id lost here (the process dies, the broker is down)
+    is only late: the sweeper publishes tasks whose message never came."""
+
+    def __init__(self, app: Celery) -> None:
+        super().__init__(app)
+        self._queue: queue.SimpleQueue[tuple[str, str] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="sy-publish", daemon=True)
+        self._thread.start()
+
+    def publish_task(self, task_id: str, task_type: str) -> None:
+        self._queue.put((task_id, task_type))
+
+    def close(self) -> None:
+        """Publish what is queued, then stop."""
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            items = [first]
+            while len(items) < 10 * MAX_IDS_PER_MESSAGE:
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            by_queue: dict[str, list[str]] = defaultdict(list)
+            for item in items:
+                if item is None:
+                    stopping = True
+                else:
+                    by_queue[queue_for(item[1])].append(item[0])
+            for queue_name, ids in by_queue.items():
+                for start in range(0, len(ids), MAX_IDS_PER_MESSAGE):
+                    try:
+                        self.publish_tasks(queue_name, ids[start : start + MAX_IDS_PER_MESSAGE])
+                    except Exception:
+                        log.warning("publish_failed", queue=queue_name, tasks=len(ids), exc_info=True)

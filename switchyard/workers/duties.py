@@ -21,7 +21,6 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from functools import partial
 from types import FrameType
 from typing import Any, Protocol
 
@@ -33,8 +32,6 @@ from switchyard.core.db import Database, Tx
 from switchyard.core.leader import compete
 from switchyard.core.models import Duty as DutyRow
 from switchyard.core.models import utcnow
-from switchyard.core.redis_pool import shared_client
-from switchyard.events.bus import wake_relay
 from switchyard.settings import Settings
 from switchyard.tasks.sweeper import sweep_tasks
 from switchyard.tasks.transitions import RunDispatcher
@@ -193,10 +190,7 @@ class DutyRunner:
 def run_scheduler(settings: Settings) -> None:
     """The duties in a process of their own, in the foreground until SIGTERM or SIGINT. The same runner and
     lock as the workers': beside a leading worker it stands by, and it takes over if that worker goes."""
-    redis_client = shared_client(settings.redis_url) if settings.redis_url else None
-    db = Database(
-        settings, pool_size=2, on_events_committed=partial(wake_relay, redis_client) if redis_client else None
-    )
+    db = Database(settings, pool_size=2)
     runner = DutyRunner(db, CeleryDispatcher(app), settings, role="scheduler")
 
     def on_signal(_signum: int, _frame: FrameType | None) -> None:
@@ -209,5 +203,3 @@ def run_scheduler(settings: Settings) -> None:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         db.dispose()
-        if redis_client is not None:
-            redis_client.close()

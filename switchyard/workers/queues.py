@@ -9,6 +9,7 @@ WEBHOOKS = "webhooks"
 ALL = (PROVIDER, ML, CONTROL, WEBHOOKS)
 
 EXECUTE_TASK = "switchyard.execute_task"
+EXECUTE_TASKS = "switchyard.execute_tasks"
 ADVANCE_RUN = "switchyard.advance_run"
 DELIVER_WEBHOOK = "switchyard.deliver_webhook"
 

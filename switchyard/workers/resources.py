@@ -13,7 +13,7 @@ from celery import signals
 from switchyard.core.config import load_config
 from switchyard.core.db import Database
 from switchyard.core.redis_pool import shared_client
-from switchyard.events.bus import publish_delta, wake_relay
+from switchyard.events.bus import publish_delta
 from switchyard.events.relay import EventRelay
 from switchyard.providers.health import DeploymentHealth, health_store
 from switchyard.providers.limits import RateLimits
@@ -85,7 +85,7 @@ def init_resources() -> WorkerResources:
             settings = get_settings()
             config = load_config(settings.config)
             redis_client = shared_client(settings.redis_url) if settings.redis_url else None
-            db = Database(settings, on_events_committed=partial(wake_relay, redis_client) if redis_client else None)
+            db = Database(settings)
             providers = ProviderSet(config)
             on_finished = partial(signal_done, redis_client) if redis_client is not None else None
             dispatcher = CeleryDispatcher(app)

@@ -46,6 +46,7 @@ class Runtime:
         self._pending: list[tuple[str, Future[Execution | None]]] = []
         self._claiming = False
         self._lock = threading.Lock()
+        self._acquiring = threading.Lock()
         self._closing = False
 
     @property
@@ -54,27 +55,36 @@ class Runtime:
 
     # --- the Celery side --------------------------------------------------------------------------------------
 
-    def submit(self, task_id: str) -> None:
-        """Take a task into this worker: returns once it is claimed (or found not claimable)."""
+    def submit(self, task_ids: list[str]) -> None:
+        """Take tasks into this worker: returns once they are claimed (or found not claimable)."""
         if self._closing:
             raise RuntimeError("worker is shutting down")  # the message is redelivered or re-published
-        self._slots.acquire()
-        try:
-            execution = self._claim(task_id)
-        except BaseException:
-            self._slots.release()
-            raise
-        if execution is None:
-            self._slots.release()
+        if len(task_ids) > self.max_in_flight:
+            for start in range(0, len(task_ids), self.max_in_flight):
+                self.submit(task_ids[start : start + self.max_in_flight])
             return
-        self._running[execution.claim.task_id] = execution
-        asyncio.run_coroutine_threadsafe(self._drive(execution), self._loop)
+        # One thread at a time takes its slots: two threads each holding part of what they need could
+        # otherwise wait on each other forever.
+        with self._acquiring:
+            for _ in task_ids:
+                self._slots.acquire()
+        try:
+            executions = self._claim(task_ids)
+        except BaseException:
+            for _ in task_ids:
+                self._slots.release()
+            raise
+        for _ in range(len(task_ids) - len(executions)):
+            self._slots.release()
+        for execution in executions:
+            self._running[execution.claim.task_id] = execution
+            asyncio.run_coroutine_threadsafe(self._drive(execution), self._loop)
 
-    def _claim(self, task_id: str) -> Execution | None:
+    def _claim(self, task_ids: list[str]) -> list[Execution]:
         """Group commit: the first thread in writes the claims of every thread that arrives meanwhile."""
-        mine: Future[Execution | None] = Future()
+        mine = [(task_id, Future[Execution | None]()) for task_id in task_ids]
         with self._lock:
-            self._pending.append((task_id, mine))
+            self._pending.extend(mine)
             lead = not self._claiming
             self._claiming = True
         while lead:
@@ -91,7 +101,8 @@ class Runtime:
             else:
                 for tid, fut in batch:
                     fut.set_result(started.get(tid))
-        return mine.result(timeout=_CLAIM_WAIT_S)
+        executions = (fut.result(timeout=_CLAIM_WAIT_S) for _, fut in mine)
+        return [ex for ex in executions if ex is not None]
 
     # --- the loop side ----------------------------------------------------------------------------------------
 

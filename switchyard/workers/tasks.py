@@ -4,7 +4,7 @@ calls (one per state change), so nothing here holds a transaction across a provi
 from __future__ import annotations
 
 from switchyard.workers.celery_app import app
-from switchyard.workers.queues import ADVANCE_RUN, DELIVER_WEBHOOK, EXECUTE_TASK
+from switchyard.workers.queues import ADVANCE_RUN, DELIVER_WEBHOOK, EXECUTE_TASK, EXECUTE_TASKS
 from switchyard.workers.resources import get_resources
 from switchyard.workflows.runner import advance_with_retry
 
@@ -13,7 +13,13 @@ from switchyard.workflows.runner import advance_with_retry
 def execute_task(task_id: str) -> None:
     """Take one inference task into this worker's runtime. Returns once the task is claimed, so the message is
     acknowledged when the row (with its lease) has become the truth; the call goes on on the event loop."""
-    get_resources().runtime.submit(task_id)
+    get_resources().runtime.submit([task_id])
+
+
+@app.task(name=EXECUTE_TASKS, acks_late=True, reject_on_worker_lost=True)
+def execute_tasks(task_ids: list[str]) -> None:
+    """Several tasks of one message (published together under load): claimed in one statement."""
+    get_resources().runtime.submit(task_ids)
 
 
 @app.task(name=ADVANCE_RUN, acks_late=True, reject_on_worker_lost=True)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Annotated, Literal
 
-import anyio.to_thread
 from fastapi import APIRouter, Header, Query
 
 from switchyard.gateway_api.deps import Member, StateDep, TxDep, Viewer
@@ -28,21 +26,19 @@ async def create_task(
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
     x_provider: Annotated[str | None, Header(max_length=100)] = None,
 ) -> FastJSONResponse:
-    # Committed (and published) in a worker thread before the 202 leaves.
-    created = await anyio.to_thread.run_sync(
-        partial(
-            service.submit,
-            state.db,
-            state.config,
-            state.signatures,
-            state.dispatcher,
-            tenant_id=principal.tenant_id,
-            body=body,
-            pinned_provider=x_provider,
-            idempotency_key=idempotency_key,
-            idempotency_ttl_s=state.settings.idempotency_ttl_s,
-            allow_private_webhooks=state.settings.webhook_allow_private,
-        )
+    # Committed before the 202 leaves.
+    created = await service.submit_async(
+        state.db,
+        state.pg,
+        state.config,
+        state.signatures,
+        state.dispatcher,
+        tenant_id=principal.tenant_id,
+        body=body,
+        pinned_provider=x_provider,
+        idempotency_key=idempotency_key,
+        idempotency_ttl_s=state.settings.idempotency_ttl_s,
+        allow_private_webhooks=state.settings.webhook_allow_private,
     )
     headers = {"Idempotent-Replayed": "true"} if created.replayed else None
     return FastJSONResponse(task_created_view(created.task), status_code=202, headers=headers)

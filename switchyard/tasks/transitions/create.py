@@ -1,0 +1,139 @@
+"""Creating a task: the row, its `task.queued` event, and its message once committed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from psycopg_pool import AsyncConnectionPool
+
+from switchyard.core.db import Database, Tx
+from switchyard.core.ids import new_id
+from switchyard.core.models import Task, utcnow
+from switchyard.events.log import append_event
+from switchyard.tasks.transitions.common import Dispatcher, TaskStatus, jsonb
+
+log = structlog.get_logger(__name__)
+
+
+def new_task(
+    *,
+    task_id: str | None = None,
+    tenant_id: str,
+    type: str,
+    model: str,
+    input: dict[str, Any],
+    options: dict[str, Any],
+    metadata: dict[str, Any] | None = None,
+    webhook: dict[str, Any] | None = None,
+    idempotency_key: str | None = None,
+    request_hash: str | None = None,
+    run_id: str | None = None,
+    step_id: str | None = None,
+    item_index: int | None = None,
+    step_generation: int | None = None,
+) -> Task:
+    """A queued task row, not yet added to a session (inputs already checked by the caller)."""
+    now = utcnow()
+    return Task(
+        id=task_id or new_id("task"),
+        tenant_id=tenant_id,
+        type=type,
+        model=model,
+        status=TaskStatus.QUEUED,
+        input=input,
+        options=options,
+        metadata_=metadata or {},
+        webhook=webhook,
+        cost_usd=0.0,
+        attempt_count=0,
+        reclaim_count=0,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+        cancel_requested=False,
+        created_at=now,
+        published_at=now,
+        run_id=run_id,
+        step_id=step_id,
+        item_index=item_index,
+        step_generation=step_generation,
+    )
+
+
+def queued_event(task: Task) -> dict[str, Any]:
+    return {"id": task.id, "status": TaskStatus.QUEUED.value, "type": task.type, "model": task.model}
+
+
+def enqueue(tx: Tx, dispatcher: Dispatcher, task: Task) -> None:
+    """The `task.queued` event in this transaction, and the message once it has committed."""
+    append_event(
+        tx.session,
+        tenant_id=task.tenant_id,
+        type="task.queued",
+        task_id=task.id,
+        run_id=task.run_id,
+        step_id=task.step_id,
+        data=queued_event(task),
+    )
+    task_id, task_type = task.id, task.type
+    tx.after_commit(lambda: dispatcher.publish_task(task_id, task_type))
+
+
+# One statement, one commit: the task, its event, and the relay's wake-up (delivered when it commits).
+_PG_CREATE = """
+    WITH t AS (
+        INSERT INTO tasks (id, tenant_id, type, model, status, input, options, metadata, cost_usd, attempt_count,
+                           reclaim_count, cancel_requested, created_at, published_at)
+        VALUES (%(id)s, %(tenant_id)s, %(type)s, %(model)s, 'queued', %(input)s, %(options)s, %(metadata)s,
+                0, 0, 0, false, %(now)s, %(now)s)
+        RETURNING id
+    ), e AS (
+        INSERT INTO events (tenant_id, type, task_id, data, created_at)
+        SELECT %(tenant_id)s, 'task.queued', t.id, %(event)s, %(now)s FROM t
+        RETURNING 1
+    )
+    SELECT pg_notify('switchyard_events', '') FROM e
+"""
+
+
+def _create_params(task: Task) -> dict[str, Any]:
+    return {
+        "id": task.id,
+        "tenant_id": task.tenant_id,
+        "type": task.type,
+        "model": task.model,
+        "input": jsonb(task.input),
+        "options": jsonb(task.options),
+        "metadata": jsonb(task.metadata_),
+        "now": task.created_at,
+        "event": jsonb(queued_event(task)),
+    }
+
+
+def create_plain(db: Database, dispatcher: Dispatcher, task: Task) -> None:
+    """Insert a task that has no idempotency key, webhook or run, with its `task.queued` event, and publish
+    it: the API's common case, one statement and one commit on Postgres."""
+    if not db.is_postgres:
+        with db.transaction() as tx:
+            tx.session.add(task)
+            enqueue(tx, dispatcher, task)
+        return
+    with db.autocommit() as conn:
+        conn.exec_driver_sql(_PG_CREATE, _create_params(task))
+    _publish(dispatcher, task)
+
+
+async def acreate_plain(pool: AsyncConnectionPool, dispatcher: Dispatcher, task: Task) -> None:
+    """`create_plain` on Postgres from an event loop: no thread, no ORM. `dispatcher` must not block (the
+    API's publishes from a thread of its own)."""
+    async with pool.connection() as conn:
+        await conn.execute(_PG_CREATE, _create_params(task))
+    _publish(dispatcher, task)
+
+
+def _publish(dispatcher: Dispatcher, task: Task) -> None:
+    try:
+        dispatcher.publish_task(task.id, task.type)
+    except Exception:
+        # The row is committed; the sweeper publishes what could not be published now.
+        log.warning("publish_failed", task_id=task.id, exc_info=True)
