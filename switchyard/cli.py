@@ -72,13 +72,22 @@ def _pool_for(queues: list[str]) -> str:
     "--concurrency",
     type=int,
     default=None,
-    help="pool size (default: 500 threads with the provider queue, else 64 with ml, else 16; cores for prefork)",
+    help="Celery pool size (default: 64 threads with the provider or ml queue, else 16; cores for prefork); "
+    "provider and ML calls run on the worker's event loop, bounded by --max-in-flight, not by this",
+)
+@click.option(
+    "--max-in-flight",
+    type=int,
+    default=None,
+    help="calls this worker process has in flight at once (default: SWITCHYARD_MAX_IN_FLIGHT, 1000)",
 )
 @click.option("--pool", type=click.Choice(["threads", "prefork", "solo"]), default=None)
 # Kept so that existing command lines still start: every worker now competes to run the periodic duties.
 @click.option("--beat", is_flag=True, hidden=True, help="no longer needed (every worker runs the periodic duties)")
 @click.option("--loglevel", default="INFO", show_default=True)
-def worker(queues: str, concurrency: int | None, pool: str | None, beat: bool, loglevel: str) -> None:
+def worker(
+    queues: str, concurrency: int | None, max_in_flight: int | None, pool: str | None, beat: bool, loglevel: str
+) -> None:
     """A Celery worker; one worker at a time also leads the periodic duties (sweeps)."""
     _check_config()
     if beat:
@@ -89,9 +98,12 @@ def worker(queues: str, concurrency: int | None, pool: str | None, beat: bool, l
         raise click.BadParameter(f"unknown queue(s) {', '.join(unknown)}; known: {', '.join(ALL)}")
     pool = pool or _pool_for(names)
     if concurrency is None:
-        concurrency = (
-            (os.cpu_count() or 1) if pool == "prefork" else 500 if PROVIDER in names else 64 if ML in names else 16
-        )
+        concurrency = (os.cpu_count() or 1) if pool == "prefork" else 64 if (PROVIDER in names or ML in names) else 16
+    if max_in_flight is not None:
+        if max_in_flight < 1:
+            raise click.BadParameter("must be at least 1", param_hint="--max-in-flight")
+        # Read by the worker's settings when its resources are made.
+        os.environ["SWITCHYARD_MAX_IN_FLIGHT"] = str(max_in_flight)
     if pool == "prefork":
         # ONNX Runtime sizes its threads to the cores divided among the processes (ml/batching.py).
         os.environ["SWITCHYARD_ML_PROCESSES"] = str(concurrency)
