@@ -65,8 +65,9 @@ def test_redis_flushed_after_202_sweeper_republishes(own_stack: Stack, api: http
     response = api.post("/v1/tasks", json=body)
     assert response.status_code == 202
     task_id = response.json()["id"]
-    # No provider worker runs: the message sits in Redis until we throw it away.
-    assert own_stack.redis.llen("provider") == 1
+    # No provider worker runs: the message sits in Redis (the API publishes from a thread of its own, just
+    # after the 202) until we throw it away.
+    wait_until(lambda: own_stack.redis.llen("provider") == 1, timeout=10, what="the task's message")
     own_stack.redis.flushdb()
     assert own_stack.redis.llen("provider") == 0
     worker = own_stack.start_worker("provider")

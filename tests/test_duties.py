@@ -95,7 +95,7 @@ def test_one_worker_leads_and_a_standby_takes_over_from_a_killed_leader(own_stac
         # Recovery goes on under the new leader: a task whose message was flushed is published again.
         body = {"type": "chat", "model": "chat-default", "input": chat(f"after takeover {secrets.token_hex(4)}")}
         task_id = api.post("/v1/tasks", json=body).json()["id"]
-        assert own_stack.redis.llen("provider") == 1
+        wait_until(lambda: own_stack.redis.llen("provider") == 1, timeout=10, what="the task's message")
         own_stack.redis.delete("provider")
         provider = own_stack.start_worker("provider")
         try:

@@ -65,7 +65,9 @@ class ProviderConfig(_Strict):
     aws_session_token: str | None = None
     access_token: str | None = None
     timeout_s: float | None = Field(default=None, gt=0)
-    max_connections: int = Field(default=1000, ge=1)
+    # Connections to the account per worker process. Large by default: the worker's max_in_flight is the bound
+    # meant to hold (a call waiting here for a connection still holds an in-flight slot).
+    max_connections: int = Field(default=10_000, ge=1)
     # onnx only: dynamic micro-batching (1 turns it off) and ONNX Runtime's intra-op threads
     # (default: the cores divided among the worker's processes).
     max_batch_size: int = Field(default=32, ge=1, le=4096)
