@@ -60,7 +60,7 @@ class Settings(BaseSettings):
     relay_poll_s: float = Field(default=0.5, gt=0)
     # The relay numbers at most one batch per relay_gather_s (events wait that much longer at most, and under
     # load each batch carries many events).
-    relay_gather_s: float = Field(default=0.02, ge=0, le=1)
+    relay_gather_s: float = Field(default=0.05, ge=0, le=1)
     feed_poll_s: float = Field(default=15.0, gt=0)
     # WebSocket: connections per tenant (across API processes when Redis is shared) and the events a
     # connection may fall behind before it is closed as a slow consumer.

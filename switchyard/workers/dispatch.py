@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections import defaultdict
 
 import structlog
@@ -23,6 +24,10 @@ log = structlog.get_logger(__name__)
 
 # Ids one message may carry: a worker claims them in one statement.
 MAX_IDS_PER_MESSAGE = 100
+# Under load (the previous message went out less than BUSY_S ago) the publisher lingers up to LINGER_S for
+# more ids to share the next message; a lone request (sequential callers) is published at once.
+BUSY_S = 0.01
+LINGER_S = 0.002
 
 
 class CeleryDispatcher:
@@ -74,14 +79,18 @@ class PublishQueue(CeleryDispatcher):
 
     def _run(self) -> None:
         stopping = False
+        last = 0.0
         while not stopping:
             first = self._queue.get()
             items = [first]
+            deadline = time.monotonic() + LINGER_S if time.monotonic() - last < BUSY_S else 0.0
             while len(items) < 10 * MAX_IDS_PER_MESSAGE:
                 try:
-                    items.append(self._queue.get_nowait())
+                    wait = deadline - time.monotonic()
+                    items.append(self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait())
                 except queue.Empty:
                     break
+            last = time.monotonic()
             by_queue: dict[str, list[str]] = defaultdict(list)
             for item in items:
                 if item is None:

@@ -28,6 +28,7 @@ from switchyard.workers.dispatch import CeleryDispatcher
 from switchyard.workers.queues import CONTROL
 from switchyard.workers.runtime import Runtime
 from switchyard.workflows.engine import Engine
+from switchyard.workflows.runner import LocalAdvancer
 
 log = structlog.get_logger(__name__)
 
@@ -94,13 +95,14 @@ def init_resources() -> WorkerResources:
                 max_response_bytes=settings.webhook_max_response_bytes,
                 allow_private=settings.webhook_allow_private,
             )
+            engine = Engine(config, dispatcher)
             executor = Executor(
                 settings,
                 config,
                 db,
                 providers,
                 Router(config, DeploymentHealth(health_store(redis_client)), RateLimits(settings.redis_url)),
-                dispatcher,
+                LocalAdvancer(db, engine, dispatcher),
                 on_finished=on_finished,
                 deltas=partial(publish_delta, redis_client) if redis_client is not None else None,
                 dispatch=dispatcher,
@@ -116,7 +118,7 @@ def init_resources() -> WorkerResources:
                     # The blocking steps hold a database connection each: no more threads than connections.
                     blocking_threads=settings.db_pool_size,
                 ),
-                engine=Engine(config, dispatcher),
+                engine=engine,
                 dispatcher=dispatcher,
                 redis=redis_client,
                 sender=sender,

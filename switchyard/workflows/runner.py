@@ -6,11 +6,30 @@ import structlog
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from switchyard.core.db import Database
+from switchyard.tasks.transitions import RunAdvancer
 from switchyard.workflows.engine import Engine
 
 log = structlog.get_logger(__name__)
 
 ATTEMPTS = 3
+
+
+class LocalAdvancer:
+    """A worker that finished a run's step task advances the run itself, on the same thread, rather than
+    sending a message to a control worker and waiting for it: a step's successors start one broker hop
+    sooner. Should that fail, the message goes as before (the runs' sweep is the last resort)."""
+
+    def __init__(self, db: Database, engine: Engine, fallback: RunAdvancer) -> None:
+        self._db = db
+        self._engine = engine
+        self._fallback = fallback
+
+    def publish_advance(self, run_id: str) -> None:
+        try:
+            advance_with_retry(self._db, self._engine, run_id)
+        except Exception:
+            log.warning("local_advance_failed", run_id=run_id, exc_info=True)
+            self._fallback.publish_advance(run_id)
 
 
 def advance_with_retry(db: Database, engine: Engine, run_id: str) -> None:
