@@ -24,7 +24,7 @@ from bench.harness import (
     wait_until,
 )
 from bench.registry import Benchmark, Options, Result
-from bench.stack import CONNECTIONS, PROVIDER_QUEUE, Switchyard
+from bench.stack import CONNECTIONS, Switchyard
 from tests.processes import free_port
 
 REDIS_DB = 12
@@ -82,7 +82,7 @@ def run(opts: Options) -> Result:
         last: list[tuple[int, int]] = []
 
         def settled() -> bool:
-            last.append((ours.count("SELECT count(*) FROM tasks"), int(env.redis.llen(PROVIDER_QUEUE))))
+            last.append((ours.count("SELECT count(*) FROM tasks"), ours.queued_ids()))
             return len(last) > 1 and last[-1] == last[-2] and last[-1][0] == last[-1][1]
 
         try:
@@ -91,7 +91,7 @@ def run(opts: Options) -> Result:
             pass  # reported below as a mismatch
         rows = ours.count("SELECT count(*) FROM tasks")
         events = ours.count("SELECT count(*) FROM events")
-        messages = int(env.redis.llen(PROVIDER_QUEUE))
+        messages = ours.queued_ids()
         base_rows = int(sql_one(env.database_url, "SELECT count(*) FROM baseline_tasks"))
         base_pushed = int(env.redis.llen("bench:baseline:tasks"))
         ours_rps = statistics.mean(r.rps for r in runs["ours"])
@@ -111,7 +111,7 @@ def run(opts: Options) -> Result:
             "check": {
                 "task_rows": rows,
                 "event_rows": events,
-                "provider_queue_messages": messages,
+                "provider_queue_ids": messages,
                 "baseline_rows": base_rows,
                 "baseline_pushed": base_pushed,
                 "every_row_published": rows == messages,
@@ -126,7 +126,7 @@ def details(res: Result) -> None:
     c, cpu = res["check"], res["server_cpu_ms_per_request"]
     print(
         f"enqueue:    server CPU {cpu['ours']:.2f} ms/request (ours) vs {cpu['baseline']:.2f} (baseline); "
-        f"{c['task_rows']} task rows, {c['provider_queue_messages']} messages in Redis "
+        f"{c['task_rows']} task rows, {c['provider_queue_ids']} task ids in the messages in Redis "
         f"({'every row published' if c['every_row_published'] else 'MISMATCH'})"
     )
 
