@@ -181,3 +181,31 @@ def test_events_survive_the_relay_being_killed(own_stack: Stack, api: httpx.Clie
     ids = [e["id"] for e in api.get("/v1/events", params={"task_id": task_id}).json()["data"]]
     assert len(ids) == 3
     assert ids == sorted(ids)
+
+
+def test_canceling_a_queued_step_task_advances_its_run(tmp_path_factory: pytest.TempPathFactory) -> None:
+    # No provider worker: the step's task stays queued until it is canceled. The runs' sweep re-advances only
+    # runs that sat still for ten minutes here, so only the cancel itself can move the run on.
+    stack = Stack(
+        tmp_path_factory.mktemp("cancel-step"),
+        redis_db=13,
+        provider_worker=False,
+        ml=False,
+        env={"SWITCHYARD_REQUEUE_AFTER_S": "600"},
+    )
+    try:
+        with stack.client(stack.new_key("steps", "admin")) as api:
+            step = {"id": "only", "type": "chat", "model": "chat-default", "input": chat("waits")}
+            assert api.post("/v1/workflows", json={"name": "one_step", "steps": [step]}).status_code == 201
+            run_id = api.post("/v1/workflows/one_step/runs", json={"input": {}}).json()["id"]
+            task_ids: list[str] = wait_until(
+                lambda: api.get(f"/v1/runs/{run_id}").json()["steps"]["only"]["task_ids"], timeout=20
+            )
+            canceled = api.post(f"/v1/tasks/{task_ids[0]}/cancel")
+            assert canceled.status_code == 200
+            assert canceled.json()["status"] == "canceled"
+            run = wait_status(api, f"/v1/runs/{run_id}", timeout=30)
+    finally:
+        stack.close()
+    assert run["status"] == "failed", run
+    assert run["steps"]["only"]["status"] == "canceled"
