@@ -39,12 +39,14 @@ async def create(
         state.config,
         state.signatures,
         state.dispatcher,
-        tenant_id=principal.tenant_id,
-        body=body,
-        pinned_provider=request.headers.get("x-provider"),
-        idempotency_key=request.headers.get("idempotency-key"),
-        idempotency_ttl_s=state.settings.idempotency_ttl_s,
-        task_id=task_id,
+        service.Submission(
+            tenant_id=principal.tenant_id,
+            body=body,
+            pinned_provider=request.headers.get("x-provider"),
+            idempotency_key=request.headers.get("idempotency-key"),
+            idempotency_ttl_s=state.settings.idempotency_ttl_s,
+            task_id=task_id,
+        ),
     )
     return created.task.id
 

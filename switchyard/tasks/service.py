@@ -70,26 +70,36 @@ def validate_input(
     return normalised
 
 
+@dataclass(frozen=True)
+class Submission:
+    """A task as a caller submits it: the body and what the request adds to it."""
+
+    tenant_id: str
+    body: TaskCreate
+    pinned_provider: str | None = None
+    idempotency_key: str | None = None
+    idempotency_ttl_s: float = 24 * 3600
+    allow_private_webhooks: bool = False
+    # An id chosen beforehand (a caller that listens to the task's events from the start).
+    task_id: str | None = None
+
+
+def _plain(config: AppConfig, signatures: Mapping[str, Signature], sub: Submission) -> Task | None:
+    """The checked task row when the submission is the common case (no idempotency key, no webhook), which
+    is inserted with one statement; None for the rest, which `create_task` inserts in a transaction."""
+    if sub.idempotency_key is not None or sub.body.webhook is not None:
+        return None
+    pinned = sub.body.options.provider or sub.pinned_provider
+    normalised = validate_input(config, signatures, sub.body, pinned)
+    return _new(sub.tenant_id, sub.body, pinned, normalised, task_id=sub.task_id)
+
+
 def submit(
-    db: Database,
-    config: AppConfig,
-    signatures: Mapping[str, Signature],
-    dispatcher: Dispatcher,
-    *,
-    tenant_id: str,
-    body: TaskCreate,
-    pinned_provider: str | None,
-    idempotency_key: str | None,
-    idempotency_ttl_s: float,
-    allow_private_webhooks: bool = False,
-    task_id: str | None = None,
+    db: Database, config: AppConfig, signatures: Mapping[str, Signature], dispatcher: Dispatcher, sub: Submission
 ) -> Created:
-    """Validate, insert and publish a task, committed before this returns. The common case (no idempotency
-    key, no webhook) is one statement; the rest runs `create_task` in a transaction."""
-    if idempotency_key is None and body.webhook is None:
-        pinned = body.options.provider or pinned_provider
-        normalised = validate_input(config, signatures, body, pinned)
-        task = _new(tenant_id, body, pinned, normalised, task_id=task_id)
+    """Validate, insert and publish a task, committed before this returns."""
+    task = _plain(config, signatures, sub)
+    if task is not None:
         transitions.create_plain(db, dispatcher, task)
         return Created(task=task, replayed=False)
     with db.transaction() as tx:
@@ -98,13 +108,13 @@ def submit(
             config,
             signatures,
             dispatcher,
-            tenant_id=tenant_id,
-            body=body,
-            pinned_provider=pinned_provider,
-            idempotency_key=idempotency_key,
-            idempotency_ttl_s=idempotency_ttl_s,
-            allow_private_webhooks=allow_private_webhooks,
-            task_id=task_id,
+            tenant_id=sub.tenant_id,
+            body=sub.body,
+            pinned_provider=sub.pinned_provider,
+            idempotency_key=sub.idempotency_key,
+            idempotency_ttl_s=sub.idempotency_ttl_s,
+            allow_private_webhooks=sub.allow_private_webhooks,
+            task_id=sub.task_id,
         )
 
 
@@ -114,39 +124,15 @@ async def submit_async(
     config: AppConfig,
     signatures: Mapping[str, Signature],
     dispatcher: Dispatcher,
-    *,
-    tenant_id: str,
-    body: TaskCreate,
-    pinned_provider: str | None,
-    idempotency_key: str | None,
-    idempotency_ttl_s: float,
-    allow_private_webhooks: bool = False,
-    task_id: str | None = None,
+    sub: Submission,
 ) -> Created:
     """`submit` from an event loop: on Postgres the common case is one statement on `pool`, with no thread;
     the rest runs `submit` on a thread. `dispatcher.publish_task` must not block."""
-    if pool is not None and idempotency_key is None and body.webhook is None:
-        pinned = body.options.provider or pinned_provider
-        normalised = validate_input(config, signatures, body, pinned)
-        task = _new(tenant_id, body, pinned, normalised, task_id=task_id)
+    task = _plain(config, signatures, sub) if pool is not None else None
+    if pool is not None and task is not None:
         await transitions.acreate_plain(pool, dispatcher, task)
         return Created(task=task, replayed=False)
-    return await anyio.to_thread.run_sync(
-        partial(
-            submit,
-            db,
-            config,
-            signatures,
-            dispatcher,
-            tenant_id=tenant_id,
-            body=body,
-            pinned_provider=pinned_provider,
-            idempotency_key=idempotency_key,
-            idempotency_ttl_s=idempotency_ttl_s,
-            allow_private_webhooks=allow_private_webhooks,
-            task_id=task_id,
-        )
-    )
+    return await anyio.to_thread.run_sync(partial(submit, db, config, signatures, dispatcher, sub))
 
 
 def _new(

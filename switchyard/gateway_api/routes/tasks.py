@@ -33,12 +33,14 @@ async def create_task(
         state.config,
         state.signatures,
         state.dispatcher,
-        tenant_id=principal.tenant_id,
-        body=body,
-        pinned_provider=x_provider,
-        idempotency_key=idempotency_key,
-        idempotency_ttl_s=state.settings.idempotency_ttl_s,
-        allow_private_webhooks=state.settings.webhook_allow_private,
+        service.Submission(
+            tenant_id=principal.tenant_id,
+            body=body,
+            pinned_provider=x_provider,
+            idempotency_key=idempotency_key,
+            idempotency_ttl_s=state.settings.idempotency_ttl_s,
+            allow_private_webhooks=state.settings.webhook_allow_private,
+        ),
     )
     headers = {"Idempotent-Replayed": "true"} if created.replayed else None
     return FastJSONResponse(task_created_view(created.task), status_code=202, headers=headers)
