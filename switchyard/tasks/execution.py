@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import structlog
@@ -19,6 +20,7 @@ from sqlalchemy import select
 from switchyard.core.config import AppConfig, Deployment
 from switchyard.core.db import Database
 from switchyard.core.errors import ProviderError
+from switchyard.core.group_commit import GroupCommit
 from switchyard.core.models import Attempt, utcnow
 from switchyard.events.bus import delta_event
 from switchyard.providers.base import CallResult, ProviderAdapter, Usage
@@ -112,6 +114,12 @@ class Executor:
         self.deltas = deltas
         # Publishes a task handed back at shutdown.
         self.dispatch = dispatch
+        # Finishes settled at the same time on several threads are written in one statement.
+        self.finishes: transitions.FinishGroup | None = (
+            GroupCommit(partial(transitions.write_first_finishes, db), key=_finished_id, timeout_s=60.0)
+            if db.is_postgres
+            else None
+        )
 
     # --- blocking steps (the runtime's threads) ---------------------------------------------------------------
 
@@ -172,6 +180,7 @@ class Executor:
                 result=result,
                 error=None,
                 then=self.finished,
+                group=self.finishes,
             )
             return None
         error = outcome.error
@@ -188,6 +197,7 @@ class Executor:
                 result=None,
                 error=failure,
                 then=self.finished,
+                group=self.finishes,
             )
             return None
         wait = 0.0
@@ -316,6 +326,10 @@ async def _invoke(
     if task_type == "predict":
         return await adapter.apredict(model, request, timeout_s)
     raise ProviderError("invalid_request", f"{task_type} tasks are not served yet", retryable=False)
+
+
+def _finished_id(finish: transitions.FirstFinish) -> str:
+    return finish.claim.task_id
 
 
 def _health_outcome(outcome: Outcome) -> str | None:

@@ -16,11 +16,12 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import structlog
 
+from switchyard.core.group_commit import GroupCommit
 from switchyard.tasks.execution import Execution, Executor
 
 log = structlog.get_logger(__name__)
@@ -43,9 +44,9 @@ class Runtime:
         self._thread = threading.Thread(target=self._loop.run_forever, name="sy-loop", daemon=True)
         self._thread.start()
         self._running: dict[str, Execution] = {}
-        self._pending: list[tuple[str, Future[Execution | None]]] = []
-        self._claiming = False
-        self._lock = threading.Lock()
+        self._claims: GroupCommit[str, str, Execution] = GroupCommit(
+            lambda ids: {ex.claim.task_id: ex for ex in executor.start(ids)}, key=lambda i: i, timeout_s=_CLAIM_WAIT_S
+        )
         self._acquiring = threading.Lock()
         self._closing = False
 
@@ -81,28 +82,8 @@ class Runtime:
             asyncio.run_coroutine_threadsafe(self._drive(execution), self._loop)
 
     def _claim(self, task_ids: list[str]) -> list[Execution]:
-        """Group commit: the first thread in writes the claims of every thread that arrives meanwhile."""
-        mine = [(task_id, Future[Execution | None]()) for task_id in task_ids]
-        with self._lock:
-            self._pending.extend(mine)
-            lead = not self._claiming
-            self._claiming = True
-        while lead:
-            with self._lock:
-                batch, self._pending = self._pending, []
-                if not batch:
-                    self._claiming = False
-                    break
-            try:
-                started = {ex.claim.task_id: ex for ex in self.executor.start([tid for tid, _ in batch])}
-            except BaseException as exc:
-                for _, fut in batch:
-                    fut.set_exception(exc)
-            else:
-                for tid, fut in batch:
-                    fut.set_result(started.get(tid))
-        executions = (fut.result(timeout=_CLAIM_WAIT_S) for _, fut in mine)
-        return [ex for ex in executions if ex is not None]
+        """Claims arriving from several Celery threads at once are written in one statement."""
+        return [ex for ex in self._claims.submit(task_ids) if ex is not None]
 
     # --- the loop side ----------------------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from switchyard.tasks.transitions.common import (
     TaskStatus,
 )
 from switchyard.tasks.transitions.create import acreate_plain, create_plain, enqueue, new_task
-from switchyard.tasks.transitions.finish import finish
+from switchyard.tasks.transitions.finish import FinishGroup, FirstFinish, finish, write_first_finishes
 from switchyard.tasks.transitions.running import cancel_released, claim, hand_back, record_retry, release
 from switchyard.tasks.transitions.sweep import reclaim_expired, republish_due
 
@@ -35,7 +35,9 @@ __all__ = [
     "AttemptRecord",
     "Claim",
     "Dispatcher",
+    "FinishGroup",
     "Finished",
+    "FirstFinish",
     "OnFinished",
     "RunAdvancer",
     "RunDispatcher",
@@ -54,4 +56,5 @@ __all__ = [
     "record_retry",
     "release",
     "republish_due",
+    "write_first_finishes",
 ]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import insert, select
 
 from switchyard.core.db import Database
+from switchyard.core.group_commit import GroupCommit
 from switchyard.core.models import ATTEMPTS, Task, utcnow
 from switchyard.tasks.transitions.common import (
     CANCELED_ERROR,
@@ -23,30 +25,56 @@ from switchyard.tasks.transitions.common import (
     usage_of_attempts,
 )
 
-# The common finish in one statement: the task (unless a cancel arrived meanwhile), its attempt and its terminal
-# event, and the relay's wake-up; no row back means canceled or no longer ours.
+# The common finish, for a batch of tasks in one statement: each task (unless a cancel arrived meanwhile), its
+# attempt and its terminal event, and the relay's wake-up. A task whose id does not come back was canceled
+# meanwhile or is no longer ours: the general path tells which.
 _PG_FINISH = """
-    WITH d AS (
-        UPDATE tasks SET status = %(status)s, result = %(result)s, error = %(error)s, usage = %(usage)s,
-                         cost_usd = %(cost)s, finished_at = %(now)s, lease_expires_at = NULL, attempt_count = %(n)s
-        WHERE id = %(id)s AND claim_id = %(claim_id)s AND status = 'running' AND NOT cancel_requested
-        RETURNING id
+    WITH v AS (
+        SELECT * FROM jsonb_to_recordset(%(rows)s) AS x(
+            id text, claim_id text, status text, result jsonb, error jsonb, usage jsonb, cost float8, n int,
+            finished_at timestamptz, tenant_id text, run_id text, step_id text, view jsonb,
+            a_model text, a_provider text, a_deployment text, a_provider_model text, a_status text,
+            a_error_type text, a_error_message text, a_status_code int, a_latency_ms int, a_input_tokens int,
+            a_output_tokens int, a_cached_input_tokens int, a_cache_write_tokens int, a_predictions int,
+            a_compute_ms float8, a_cost_usd float8, a_started_at timestamptz)
+    ), d AS (
+        UPDATE tasks t SET status = v.status, result = v.result, error = v.error, usage = v.usage,
+                           cost_usd = v.cost, finished_at = v.finished_at, lease_expires_at = NULL, attempt_count = v.n
+        FROM v
+        WHERE t.id = v.id AND t.claim_id = v.claim_id AND t.status = 'running' AND NOT t.cancel_requested
+        RETURNING t.id
     ), a AS (
         INSERT INTO attempts (task_id, n, model, provider, deployment, provider_model, status, error_type,
                               error_message, status_code, latency_ms, input_tokens, output_tokens,
                               cached_input_tokens, cache_write_tokens, predictions, compute_ms, cost_usd,
                               started_at, finished_at)
-        SELECT d.id, %(a_n)s, %(a_model)s, %(a_provider)s, %(a_deployment)s, %(a_provider_model)s, %(a_status)s,
-               %(a_error_type)s, %(a_error_message)s, %(a_status_code)s, %(a_latency_ms)s, %(a_input_tokens)s,
-               %(a_output_tokens)s, %(a_cached_input_tokens)s, %(a_cache_write_tokens)s, %(a_predictions)s,
-               %(a_compute_ms)s, %(a_cost_usd)s, %(a_started_at)s, %(a_finished_at)s
-        FROM d
+        SELECT v.id, v.n, v.a_model, v.a_provider, v.a_deployment, v.a_provider_model, v.a_status, v.a_error_type,
+               v.a_error_message, v.a_status_code, v.a_latency_ms, v.a_input_tokens, v.a_output_tokens,
+               v.a_cached_input_tokens, v.a_cache_write_tokens, v.a_predictions, v.a_compute_ms, v.a_cost_usd,
+               v.a_started_at, v.finished_at
+        FROM v JOIN d ON d.id = v.id
     ), e AS (
         INSERT INTO events (tenant_id, type, task_id, run_id, step_id, data, created_at)
-        SELECT %(tenant_id)s, %(event_type)s, d.id, %(run_id)s, %(step_id)s, %(view)s, %(now)s FROM d
+        SELECT v.tenant_id, 'task.' || v.status, v.id, v.run_id, v.step_id, v.view, v.finished_at
+        FROM v JOIN d ON d.id = v.id
     )
-    SELECT pg_notify('switchyard_events', '') FROM d
+    SELECT d.id, (SELECT pg_notify('switchyard_events', '')) AS woke FROM d
 """
+
+
+@dataclass(frozen=True)
+class FirstFinish:
+    """The common finish: the task's first call settled it, so its totals are that call's."""
+
+    claim: Claim
+    attempt: AttemptRecord
+    status: TaskStatus
+    result: dict[str, Any] | None
+    error: dict[str, Any] | None
+
+
+# Writes common finishes together (`write_first_finishes` behind a group commit); None writes each alone.
+FinishGroup = GroupCommit[str, FirstFinish, dict[str, Any]]
 
 
 def finish(
@@ -58,12 +86,14 @@ def finish(
     result: dict[str, Any] | None,
     error: dict[str, Any] | None,
     then: Finished,
+    group: FinishGroup | None = None,
 ) -> dict[str, Any] | None:
     """Write the final state once, with the last attempt, the totals and the terminal event; the task as
     shown, or None when the claim was lost. A cancel that arrived while the last call was in flight wins."""
     view: dict[str, Any] | None = None
     if attempt is not None and c.attempt_count == 0 and db.is_postgres:
-        view = _finish_first(db, c, attempt, status=status, result=result, error=error)
+        first = FirstFinish(c, attempt, status, result, error)
+        view = group.submit([first])[0] if group is not None else write_first_finishes(db, [first]).get(c.task_id)
     if view is None:
         view = _finish_general(db, c, attempt, status=status, result=result, error=error)
     if view is None:
@@ -75,42 +105,36 @@ def finish(
     return view
 
 
-def _finish_first(
-    db: Database,
-    c: Claim,
-    attempt: AttemptRecord,
-    *,
-    status: TaskStatus,
-    result: dict[str, Any] | None,
-    error: dict[str, Any] | None,
-) -> dict[str, Any] | None:
-    """The common case, one statement: the first call settled it, so the totals are that call's."""
-    now = utcnow()
-    usage = attempt.usage.as_dict()
-    values = attempt.values(c.task_id)
-    view = finished_view(c, status, result, error, usage, attempt.cost_usd, now, [values])
-    params = {f"a_{k}": v for k, v in values.items() if k != "task_id"}
-    params.update(
-        id=c.task_id,
-        claim_id=c.claim_id,
-        status=status.value,
-        result=jsonb(result),
-        error=jsonb(error),
-        usage=jsonb(usage),
-        cost=attempt.cost_usd,
-        now=now,
-        n=attempt.n,
-        tenant_id=c.tenant_id,
-        event_type=f"task.{status.value}",
-        run_id=c.run_id,
-        step_id=c.step_id,
-        view=jsonb(view),
-    )
+def write_first_finishes(db: Database, finishes: list[FirstFinish]) -> dict[str, dict[str, Any]]:
+    """Common finishes in one statement (Postgres); the task as shown, by id, of each one written."""
+    rows, views = [], {}
+    for f in finishes:
+        c, attempt = f.claim, f.attempt
+        usage = attempt.usage.as_dict()
+        values = attempt.values(c.task_id)
+        views[c.task_id] = finished_view(
+            c, f.status, f.result, f.error, usage, attempt.cost_usd, attempt.finished_at, [values]
+        )
+        row = {f"a_{k}": v for k, v in values.items() if k not in ("task_id", "n", "finished_at")}
+        row.update(
+            id=c.task_id,
+            claim_id=c.claim_id,
+            status=f.status.value,
+            result=f.result,
+            error=f.error,
+            usage=usage,
+            cost=attempt.cost_usd,
+            n=attempt.n,
+            finished_at=attempt.finished_at,
+            tenant_id=c.tenant_id,
+            run_id=c.run_id,
+            step_id=c.step_id,
+            view=views[c.task_id],
+        )
+        rows.append(row)
     with db.autocommit() as conn:
-        done = conn.exec_driver_sql(_PG_FINISH, params).first()
-    if done is None:
-        return None  # canceled meanwhile, or the claim was lost: the general path tells which
-    return view
+        written = [r.id for r in conn.exec_driver_sql(_PG_FINISH, {"rows": jsonb(rows)})]
+    return {task_id: views[task_id] for task_id in written}
 
 
 def _finish_general(
