@@ -54,13 +54,12 @@ class Settings(BaseSettings):
     # as unavailable once it is this old.
     unavailable_timeout_s: float = Field(default=600.0, gt=0)
 
-    # Events. The relay numbers committed events (woken by each commit; it also looks every relay_poll_s);
-    # API processes look at the table every feed_poll_s in case a Redis message was lost (embedded mode, with
-    # no Redis, polls both far more often).
-    relay_poll_s: float = Field(default=0.5, gt=0)
-    # The relay numbers at most one batch per relay_gather_s (events wait that much longer at most, and under
-    # load each batch carries many events).
-    relay_gather_s: float = Field(default=0.05, ge=0, le=1)
+    # Events. The relay looks for committed events every relay_poll_s and numbers what it finds in one batch:
+    # writers do not wake it (a NOTIFY serialises every notifying commit, fsync included, on one lock; a
+    # publish per commit is a round trip per write), and under load each look finds a batch. API processes
+    # look at the table every feed_poll_s in case a Redis message was lost (embedded mode, with no Redis,
+    # polls far more often).
+    relay_poll_s: float = Field(default=0.05, gt=0, le=5)
     feed_poll_s: float = Field(default=15.0, gt=0)
     # WebSocket: connections per tenant (across API processes when Redis is shared) and the events a
     # connection may fall behind before it is closed as a slow consumer.

@@ -12,21 +12,12 @@ from typing import Any
 import orjson
 import structlog
 from psycopg_pool import AsyncConnectionPool
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from switchyard.settings import Settings
 
 log = structlog.get_logger(__name__)
-
-# The relay LISTENs on this channel (Postgres): a writer of events notifies it in the transaction that writes
-# them, so the wake-up costs no extra round trip to anything and arrives exactly when the events are readable.
-RELAY_CHANNEL = "switchyard_events"
-WAKE_RELAY = text(f"SELECT pg_notify('{RELAY_CHANNEL}', '')")
-
-# `session.info` key set by `events.log.append_event`: the transaction wrote events, so its commit is worth a
-# nudge to the relay that numbers and publishes them.
-WROTE_EVENTS = "switchyard.wrote_events"
 
 
 def make_engine(settings: Settings, *, pool_size: int | None = None) -> Engine:
@@ -120,9 +111,6 @@ class Database:
             tx = Tx(session)
             try:
                 yield tx
-                if session.info.pop(WROTE_EVENTS, False) and self.is_postgres:
-                    # Delivered to the relay when (and only if) this transaction commits.
-                    session.execute(WAKE_RELAY)
                 session.commit()
             except BaseException:
                 session.rollback()

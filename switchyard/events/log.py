@@ -13,7 +13,6 @@ from typing import Any
 from sqlalchemy import Row, func, insert, select
 from sqlalchemy.orm import Session
 
-from switchyard.core.db import WROTE_EVENTS
 from switchyard.core.models import EVENTS, utcnow
 
 TERMINAL_TYPES = frozenset(
@@ -55,7 +54,6 @@ def append_event(
             created_at=utcnow(),
         )
     )
-    session.info[WROTE_EVENTS] = True
 
 
 # The columns an event is shown with; `seq` is shown as `id`.

@@ -16,20 +16,18 @@ In the batch's transaction the relay also derives what events cause, webhook del
 from __future__ import annotations
 
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import redis
 import structlog
-from sqlalchemy import Connection, bindparam, func, select, text, update
+from sqlalchemy import Connection, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
-from switchyard.core.db import RELAY_CHANNEL, Database, Tx
+from switchyard.core.db import Database, Tx
 from switchyard.core.leader import compete
 from switchyard.core.models import EVENTS
 from switchyard.events.bus import RESYNC, encode_events, tenant_channel
@@ -64,15 +62,11 @@ class EventRelay:
         lock_dir: Path,
         poll_s: float,
         derive: Derive | None = None,
-        gather_s: float = 0.0,
     ) -> None:
         self.db = db
         self.redis = redis.Redis.from_url(redis_url) if redis_url else None
         self.lock_dir = lock_dir
         self.poll_s = poll_s
-        # At most one batch per gather_s: under load a wake-up comes with nearly every commit, and a batch's
-        # own cost (read, number, commit, publish) is then paid for many events instead of one or two.
-        self.gather_s = gather_s
         self.derive = derive
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -109,34 +103,12 @@ class EventRelay:
         self._tenant_seq.clear()
         # The leader before may have numbered events it never published.
         self._resync()
-        listening = conn.dialect.name == "postgresql"
-        if listening:
-            conn.execute(text(f"LISTEN {RELAY_CHANNEL}"))
-            conn.commit()
-        last = 0.0
         while not self._stop.is_set():
             if self._resync_due:
                 self._resync()
-            since = time.monotonic() - last
-            if since < self.gather_s:
-                self._stop.wait(self.gather_s - since)
-            last = time.monotonic()
             if self.relay_batch(conn) == BATCH:
                 continue  # more are waiting
-            if listening:
-                self._wait(conn)
-            else:
-                self._stop.wait(self.poll_s)
-
-    def _wait(self, conn: Connection) -> None:
-        """Until a writer's NOTIFY (it commits with the events it announces) or poll_s; then take the other
-        notifications that arrived meanwhile, as this batch covers their events too."""
-        driver = conn.connection.driver_connection
-        assert isinstance(driver, psycopg.Connection)
-        for _ in driver.notifies(timeout=self.poll_s, stop_after=1):
-            pass
-        for _ in driver.notifies(timeout=0):
-            pass
+            self._stop.wait(self.poll_s)
 
     # --- one batch ----------------------------------------------------------------------------------------------
 

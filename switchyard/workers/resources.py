@@ -50,14 +50,12 @@ class WorkerResources:
     def start_relay(self) -> None:
         """Run an event relay thread in this process (it numbers events while it holds the leadership)."""
         if self.relay is None:
-            embedded = self.settings.embedded
             self.relay = EventRelay(
                 self.db,
                 redis_url=self.settings.redis_url,
                 lock_dir=self.settings.data_dir,
-                poll_s=min(self.settings.relay_poll_s, 0.05) if embedded else self.settings.relay_poll_s,
+                poll_s=self.settings.relay_poll_s,
                 derive=partial(derive_deliveries, self.dispatcher),
-                gather_s=self.settings.relay_gather_s,
             )
             self.relay.start()
 

@@ -79,7 +79,7 @@ def enqueue(tx: Tx, dispatcher: Dispatcher, task: Task) -> None:
     tx.after_commit(lambda: dispatcher.publish_task(task_id, task_type))
 
 
-# One statement, one commit: the task, its event, and the relay's wake-up (delivered when it commits).
+# One statement, one commit: the task and its event.
 _PG_CREATE = """
     WITH t AS (
         INSERT INTO tasks (id, tenant_id, type, model, status, input, options, metadata, cost_usd, attempt_count,
@@ -87,12 +87,9 @@ _PG_CREATE = """
         VALUES (%(id)s, %(tenant_id)s, %(type)s, %(model)s, 'queued', %(input)s, %(options)s, %(metadata)s,
                 0, 0, 0, false, %(now)s, %(now)s)
         RETURNING id
-    ), e AS (
-        INSERT INTO events (tenant_id, type, task_id, data, created_at)
-        SELECT %(tenant_id)s, 'task.queued', t.id, %(event)s, %(now)s FROM t
-        RETURNING 1
     )
-    SELECT pg_notify('switchyard_events', '') FROM e
+    INSERT INTO events (tenant_id, type, task_id, data, created_at)
+    SELECT %(tenant_id)s, 'task.queued', t.id, %(event)s, %(now)s FROM t
 """
 
 

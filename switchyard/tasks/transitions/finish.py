@@ -26,7 +26,7 @@ from switchyard.tasks.transitions.common import (
 )
 
 # The common finish, for a batch of tasks in one statement: each task (unless a cancel arrived meanwhile), its
-# attempt and its terminal event, and the relay's wake-up. A task whose id does not come back was canceled
+# attempt and its terminal event. A task whose id does not come back was canceled
 # meanwhile or is no longer ours: the general path tells which.
 _PG_FINISH = """
     WITH v AS (
@@ -58,7 +58,7 @@ _PG_FINISH = """
         SELECT v.tenant_id, 'task.' || v.status, v.id, v.run_id, v.step_id, v.view, v.finished_at
         FROM v JOIN d ON d.id = v.id
     )
-    SELECT d.id, (SELECT pg_notify('switchyard_events', '')) AS woke FROM d
+    SELECT d.id FROM d
 """
 
 

@@ -42,7 +42,7 @@ _PG_CLAIM = f"""
                jsonb_build_object('id', id, 'status', 'running', 'attempt', attempt_count + 1), %(now)s
         FROM c
     )
-    SELECT {_CLAIM_COLUMNS}, (SELECT pg_notify('switchyard_events', '')) AS woke FROM c
+    SELECT {_CLAIM_COLUMNS} FROM c
 """
 
 
