@@ -39,6 +39,7 @@ BATCH = 1000
 # An arbitrary constant naming the relay's advisory lock.
 LOCK_KEY = 0x5377_7964_5265_6C79
 _KNOWN_TENANTS = 50_000
+_ANY_UNNUMBERED = "SELECT 1 FROM events WHERE seq IS NULL LIMIT 1"
 
 
 @dataclass(frozen=True)
@@ -106,9 +107,17 @@ class EventRelay:
         while not self._stop.is_set():
             if self._resync_due:
                 self._resync()
-            if self.relay_batch(conn) == BATCH:
+            if self._waiting(conn) and self.relay_batch(conn) == BATCH:
                 continue  # more are waiting
             self._stop.wait(self.poll_s)
+
+    @staticmethod
+    def _waiting(conn: Connection) -> bool:
+        """Whether any committed event awaits its number: one probe of the unnumbered-events index, so that
+        the polls of an idle system cost next to nothing (a whole batch's work is not)."""
+        found = conn.exec_driver_sql(_ANY_UNNUMBERED).first() is not None
+        conn.rollback()
+        return found
 
     # --- one batch ----------------------------------------------------------------------------------------------
 
