@@ -57,7 +57,7 @@ from sklearn.metrics import (
 from sklearn.model_selection import train_test_split
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS_DIR = ROOT / "models"
+MODELS_DIR = ROOT / "switchyard" / "defaults" / "models"
 
 # Opsets supported by onnxruntime 1.32 (and by much older releases): keep them modest so the files load anywhere.
 TARGET_OPSET: dict[str, int] = {"": 17, "ai.onnx.ml": 3}

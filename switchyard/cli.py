@@ -4,27 +4,94 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 import click
+from pydantic import ValidationError
 
 from switchyard.core.config import load_config
 from switchyard.core.errors import ConfigError
-from switchyard.settings import get_settings
+from switchyard.settings import Settings, get_settings
 from switchyard.workers.queues import ALL, ML, PROVIDER
+
+
+def _settings() -> Settings:
+    """The process settings, or one line naming the variable that is wrong."""
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"SWITCHYARD_{'_'.join(str(p) for p in err['loc']).upper() or '*'}: "
+            f"{err['msg'].removeprefix('Value error, ')}"
+            for err in exc.errors()
+        )
+        raise click.ClickException(f"invalid setting: {problems}") from None
 
 
 def _check_config() -> None:
     """Stop the process with the file, the key and the problem when the config cannot be used."""
     try:
-        load_config(get_settings().config)
+        load_config(_settings().config)
     except ConfigError as exc:
         click.echo(f"switchyard: configuration error\n{exc}", err=True)
         sys.exit(2)
 
 
-@click.group()
+def _check_database() -> None:
+    """Refuse to run against an embedded database that does not exist: opening it would create an empty file
+    beside the real one (the classic symptom: `no such table` from a command run in another folder)."""
+    settings = _settings()
+    path = settings.sqlite_path
+    if path is not None and not path.is_file():
+        raise click.ClickException(
+            f"no database at {path}: start `switchyard dev` in this folder, run `switchyard migrate`, or set "
+            "SWITCHYARD_DATABASE_URL (or SWITCHYARD_DATA_DIR) to the one in use"
+        )
+
+
+def _one_line(exc: BaseException) -> str:
+    """What went wrong, in one line a user can act on."""
+    from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
+
+    url = _settings().database_url.split("@")[-1]
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, (OperationalError, ProgrammingError)) and (
+        "no such table" in text or ("does not exist" in text and "relation" in text)
+    ):
+        return f"the database ({url}) has no Switchyard tables: run `switchyard migrate` first ({text})"
+    if isinstance(exc, DBAPIError):
+        return f"database error ({url}): {text}"
+    try:
+        import redis
+
+        if isinstance(exc, redis.ConnectionError):
+            return f"cannot reach Redis ({_settings().redis_url}): {text}"
+    except ImportError:  # pragma: no cover - redis is a dependency
+        pass
+    return f"{type(exc).__name__}: {text}"
+
+
+class _Main(click.Group):
+    """Every command's failure is one line on stderr, never a traceback (SWITCHYARD_DEBUG=1 shows it)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            if os.environ.get("SWITCHYARD_DEBUG"):
+                raise
+            click.echo(f"switchyard: error: {_one_line(exc)}", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=_Main)
 def main() -> None:
     """Switchyard: orchestration for AI inference."""
+    from switchyard.core.logs import configure_logging
+
+    configure_logging(_settings().log_level)
 
 
 @main.command()
@@ -47,16 +114,18 @@ def api(host: str, port: int, workers: int) -> None:
     import uvicorn
 
     _check_config()
+    _check_database()
     uvicorn.run(
         "switchyard.gateway_api.app:create_app",
         factory=True,
         host=host,
         port=port,
         workers=workers,
-        log_level="warning",
+        # Logging stays as configure_logging set it (the app factory sets it again in each worker process).
+        log_config=None,
         access_log=False,
         # Compressing is done per socket: one event sent to a thousand listeners is compressed a thousand times.
-        ws_per_message_deflate=get_settings().ws_compression,
+        ws_per_message_deflate=_settings().ws_compression,
     )
 
 
@@ -84,12 +153,23 @@ def _pool_for(queues: list[str]) -> str:
 @click.option("--pool", type=click.Choice(["threads", "prefork", "solo"]), default=None)
 # Kept so that existing command lines still start: every worker now competes to run the periodic duties.
 @click.option("--beat", is_flag=True, hidden=True, help="no longer needed (every worker runs the periodic duties)")
-@click.option("--loglevel", default="INFO", show_default=True)
+@click.option("--loglevel", default=None, help="default: SWITCHYARD_LOG_LEVEL (INFO)")
 def worker(
-    queues: str, concurrency: int | None, max_in_flight: int | None, pool: str | None, beat: bool, loglevel: str
+    queues: str,
+    concurrency: int | None,
+    max_in_flight: int | None,
+    pool: str | None,
+    beat: bool,
+    loglevel: str | None,
 ) -> None:
     """A Celery worker; one worker at a time also leads the periodic duties (sweeps)."""
     _check_config()
+    _check_database()
+    loglevel = loglevel or _settings().log_level
+    if loglevel.upper() != _settings().log_level.upper():
+        from switchyard.core.logs import configure_logging
+
+        configure_logging(loglevel)
     if beat:
         click.echo("switchyard: --beat is no longer needed; every worker runs the periodic duties", err=True)
     names = [q.strip() for q in queues.split(",") if q.strip()]
@@ -128,15 +208,19 @@ def worker(
 
 
 @main.command()
-@click.option("--loglevel", default="INFO", show_default=True)
-def scheduler(loglevel: str) -> None:
+@click.option("--loglevel", default=None, help="default: SWITCHYARD_LOG_LEVEL (INFO)")
+def scheduler(loglevel: str | None) -> None:
     """Periodic duties in a process of their own (optional: the workers run them). It competes for the same
     leadership as the workers, so a duty never runs twice at once."""
-    del loglevel  # accepted for compatibility; the duties log through structlog
+    if loglevel:
+        from switchyard.core.logs import configure_logging
+
+        configure_logging(loglevel)
     _check_config()
+    _check_database()
     from switchyard.workers.duties import run_scheduler
 
-    run_scheduler(get_settings())
+    run_scheduler(_settings())
 
 
 @main.command()
@@ -144,8 +228,11 @@ def migrate() -> None:
     """`alembic upgrade head` on the configured database."""
     from switchyard.core.migrate import upgrade
 
-    upgrade(get_settings().sqlalchemy_url)
-    click.echo("database is at the latest revision")
+    settings = _settings()
+    if settings.sqlite_path is not None:
+        settings.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.sqlalchemy_url)
+    click.echo(f"database is at the latest revision ({settings.database_url.split('@')[-1]})")
 
 
 @main.group()
@@ -161,7 +248,8 @@ def keys_create(tenant: str, role: str) -> None:
     from switchyard.core.db import Database
     from switchyard.tenancy.service import create_key
 
-    db = Database(get_settings(), pool_size=1)
+    _check_database()
+    db = Database(_settings(), pool_size=1)
     with db.transaction() as tx:
         key, plain = create_key(tx.session, tenant, role)  # type: ignore[arg-type]
         click.echo(f"created {role} key {key.id} for tenant '{tenant}' ({key.tenant_id})")

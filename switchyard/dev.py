@@ -42,13 +42,14 @@ def run_dev(*, host: str, port: int, fake_port: int) -> None:
     data_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env.setdefault("SWITCHYARD_DATA_DIR", str(data_dir))
-    env.setdefault("SWITCHYARD_DATABASE_URL", f"sqlite:///{data_dir / 'switchyard.db'}")
     env.setdefault("SWITCHYARD_FAKE_URL", f"http://127.0.0.1:{fake_port}")
     # A short sweep interval keeps embedded mode responsive after restarts.
     env.setdefault("SWITCHYARD_SWEEP_INTERVAL_S", "2")
     os.environ.update(env)
     settings = Settings()
 
+    # The database defaults to the SQLite file in the data directory, as for every other command run here.
+    env.setdefault("SWITCHYARD_DATABASE_URL", settings.database_url)
     upgrade(settings.sqlalchemy_url)
     db = Database(settings, pool_size=1)
     with db.transaction() as tx:
@@ -76,7 +77,7 @@ def run_dev(*, host: str, port: int, fake_port: int) -> None:
     try:
         procs.append(subprocess.Popen([*cli, "fake-provider", "--port", str(fake_port)], env=env))
         _wait_http(f"http://127.0.0.1:{fake_port}/healthz", procs)
-        procs.append(subprocess.Popen([*cli, "worker", "--concurrency", "32", "--loglevel", "WARNING"], env=env))
+        procs.append(subprocess.Popen([*cli, "worker", "--concurrency", "32"], env=env))
         procs.append(subprocess.Popen([*cli, "api", "--host", host, "--port", str(port)], env=env))
         url = f"http://{host}:{port}"
         _wait_http(f"{url}/healthz", procs)

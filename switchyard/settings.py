@@ -8,18 +8,29 @@ from pathlib import Path
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from switchyard.defaults import DEFAULT_CONFIG, DEFAULT_WORKFLOWS
+
 
 class Settings(BaseSettings):
     """One place for configuration; nonsense is refused when the process starts."""
 
     model_config = SettingsConfigDict(env_prefix="SWITCHYARD_", extra="ignore")
 
-    # Storage and transport. No Redis URL means embedded mode: SQLite, a local Celery transport.
-    database_url: str = "sqlite:///./switchyard.db"
+    # Storage and transport. No Redis URL means embedded mode: SQLite, a local Celery transport. Unset, the
+    # database is the SQLite file in the data directory, so every command run beside `switchyard dev` (which
+    # uses the same defaults) finds the same database.
+    database_url: str = ""
     redis_url: str | None = None
     broker_url: str | None = None
-    config: Path = Path("config/switchyard.yaml")
     data_dir: Path = Path(".switchyard")
+    # The providers/models file; unset, the one packaged with Switchyard (everything on the fake provider).
+    config: Path = DEFAULT_CONFIG
+    # Shared workflow definitions loaded at start-up; unset, the `workflows/` folder beside the config file
+    # when there is one, else the packaged ones.
+    workflows_dir: Path | None = None
+
+    # Logging: the level of every process (a command's --loglevel overrides it).
+    log_level: str = Field(default="INFO", pattern="(?i)^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
 
     # HTTP edge.
     max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
@@ -84,6 +95,8 @@ class Settings(BaseSettings):
             raise ValueError("SWITCHYARD_RETRY_BASE_S must not exceed SWITCHYARD_RETRY_MAX_S")
         if any(wait < 0 for wait in self.webhook_retry_schedule_s):
             raise ValueError("SWITCHYARD_WEBHOOK_RETRY_SCHEDULE_S must list waits of zero seconds or more")
+        if not self.database_url:
+            self.database_url = f"sqlite:///{(self.data_dir / 'switchyard.db').resolve()}"
         if not self.database_url.startswith(("postgresql", "sqlite")):
             raise ValueError("SWITCHYARD_DATABASE_URL must be a postgresql:// or sqlite:// URL")
         return self
@@ -94,6 +107,22 @@ class Settings(BaseSettings):
         if self.duty_stale_after_s is not None:
             return self.duty_stale_after_s
         return max(30.0, 5 * self.sweep_interval_s)
+
+    @property
+    def shared_workflows(self) -> Path:
+        """The folder of workflow definitions shared by every tenant."""
+        if self.workflows_dir is not None:
+            return self.workflows_dir
+        beside = self.config.parent / "workflows"
+        return beside if beside.is_dir() else DEFAULT_WORKFLOWS
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The database file in embedded mode (None on Postgres or an in-memory database)."""
+        prefix = "sqlite:///"
+        if not self.database_url.startswith(prefix) or self.database_url in (prefix, prefix + ":memory:"):
+            return None
+        return Path(self.database_url[len(prefix) :])
 
     @property
     def embedded(self) -> bool:
@@ -116,7 +145,8 @@ class Settings(BaseSettings):
             return self.broker_url
         if self.redis_url:
             return self.redis_url
-        return "filesystem://"
+        # kombu warns on every connection when the URL names no host (the transport ignores it).
+        return "filesystem://localhost/"
 
 
 @lru_cache(maxsize=1)

@@ -12,6 +12,7 @@ import httpx
 import psycopg
 import redis
 
+from switchyard.defaults import MODELS_DIR
 from tests.processes import ROOT, Process, cli, create_database, drop_database, free_port, wait_http, wait_until
 
 __all__ = [
@@ -130,7 +131,7 @@ class Stack:
                 fake_b=self.fake_b_url,
                 kserve=self.kserve_url,
                 tfserving=self.tfserving_url,
-                models=ROOT / "models",
+                models=MODELS_DIR,
             )
             + extra_models
         )
@@ -173,7 +174,7 @@ class Stack:
                             "--port",
                             str(port),
                             "--models-dir",
-                            str(ROOT / "models"),
+                            str(MODELS_DIR),
                         ],
                     )
                     wait_http(f"http://127.0.0.1:{port}/healthz", server)

@@ -20,10 +20,11 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
 from websockets.asyncio.client import connect
 
+from switchyard.defaults import MODELS_DIR
 from switchyard.gateway_api.errors import unstorable_in_database
-from tests.support import ROOT, Stack, wait_task
+from tests.support import Stack, wait_task
 
-REFERENCE = json.loads((ROOT / "models" / "risk_classifier.reference.json").read_text())
+REFERENCE = json.loads((MODELS_DIR / "risk_classifier.reference.json").read_text())
 ROWS: list[list[float]] = REFERENCE["inputs"]
 
 # Each bad character, and how it is written back in a `param` (escaped: a lone surrogate cannot be encoded).

@@ -9,6 +9,7 @@ import pytest
 
 from switchyard.core.config import load_config
 from switchyard.core.errors import ConfigError
+from switchyard.defaults import DEFAULT_CONFIG
 from switchyard.providers.registry import ProviderSet
 from tests.support import ROOT, cli
 
@@ -74,6 +75,6 @@ def test_worker_and_api_refuse_to_start_on_a_bad_file(tmp_path: Path) -> None:
 
 def test_shipped_config_files_are_valid(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SWITCHYARD_FAKE_URL", "http://127.0.0.1:8911")
-    for path in sorted((ROOT / "config").glob("*.yaml")):
+    for path in [DEFAULT_CONFIG, *sorted((ROOT / "config").glob("*.yaml"))]:
         # Every provider's client can be made from it (the SDK's Azure, Bedrock and Vertex clients too).
         ProviderSet(load_config(path)).close()

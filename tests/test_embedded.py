@@ -13,6 +13,7 @@ import httpx
 import pytest
 from websockets.asyncio.client import connect
 
+from switchyard.defaults import DEFAULT_CONFIG
 from tests.support import ROOT, Process, chat, cli, free_port, wait_status, wait_task, wait_until
 
 
@@ -21,7 +22,7 @@ def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     tmp = tmp_path_factory.mktemp("embedded")
     # Nothing of the outer test environment: no database URL, no Redis, so the embedded defaults apply.
     env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_")}
-    env["SWITCHYARD_CONFIG"] = str(ROOT / "config" / "switchyard.yaml")
+    env["SWITCHYARD_CONFIG"] = str(DEFAULT_CONFIG)
     env["SWITCHYARD_DATA_DIR"] = str(tmp / ".switchyard")
     port, fake_port = free_port(), free_port()
     proc = Process("dev", cli("dev", "--port", str(port), "--fake-port", str(fake_port)), env, tmp)

@@ -11,9 +11,10 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.support import ROOT, Stack, wait_task
+from switchyard.defaults import MODELS_DIR
+from tests.support import Stack, wait_task
 
-REFERENCE = json.loads((ROOT / "models" / "risk_classifier.reference.json").read_text())
+REFERENCE = json.loads((MODELS_DIR / "risk_classifier.reference.json").read_text())
 ROWS: list[list[float]] = REFERENCE["inputs"]
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,7 +16,8 @@ import onnxruntime as ort
 import pytest
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
-MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+from switchyard.defaults import MODELS_DIR
+
 MAX_BYTES = 300 * 1024
 RTOL = ATOL = 1e-4
 N_REFERENCE = 16

@@ -16,13 +16,14 @@ import pytest
 
 from switchyard.core.config import ProviderConfig
 from switchyard.core.errors import ProviderError
+from switchyard.defaults import MODELS_DIR
 from switchyard.providers.anthropic_adapter import AnthropicAdapter
 from switchyard.providers.base import ProviderAdapter
 from switchyard.providers.loop_clients import LoopClients
 from switchyard.providers.model_servers import KServeAdapter, TFServingAdapter
 from switchyard.providers.onnx_adapter import OnnxAdapter
 from switchyard.providers.openai_adapter import OpenAIAdapter
-from tests.support import ROOT, Stack
+from tests.support import Stack
 
 
 @pytest.fixture(scope="module")
@@ -350,7 +351,7 @@ def test_loop_clients_makes_one_client_per_loop() -> None:
 
 
 def test_model_servers_apredict(stack: Stack) -> None:
-    rows = json.loads((ROOT / "models" / "risk_classifier.reference.json").read_text())["inputs"][:5]
+    rows = json.loads((MODELS_DIR / "risk_classifier.reference.json").read_text())["inputs"][:5]
     request = {"inputs": {"features": rows}}
     kserve = KServeAdapter(ProviderConfig(kind="kserve", base_url=stack.kserve_url))
     tfserving = TFServingAdapter(ProviderConfig(kind="tfserving", base_url=stack.tfserving_url))
@@ -372,8 +373,8 @@ def test_model_servers_apredict(stack: Stack) -> None:
 
 def test_onnx_apredict_calls_are_merged_into_batches() -> None:
     adapter = OnnxAdapter(ProviderConfig(kind="onnx", max_batch_size=32, max_batch_wait_ms=20))
-    path = str(ROOT / "models" / "risk_classifier.onnx")
-    rows = json.loads((ROOT / "models" / "risk_classifier.reference.json").read_text())["inputs"]
+    path = str(MODELS_DIR / "risk_classifier.onnx")
+    rows = json.loads((MODELS_DIR / "risk_classifier.reference.json").read_text())["inputs"]
 
     async def body() -> list[Any]:
         return await asyncio.gather(

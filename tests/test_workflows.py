@@ -11,7 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import FINISHED, ROOT, Stack, wait_status, wait_until
+from switchyard.defaults import DEFAULT_CONFIG, DEFAULT_WORKFLOWS
+from tests.support import FINISHED, Stack, wait_status, wait_until
 
 FEATURES = [0.9, 0.2, 68.4, 1.0, 2.0, 0.14, 0.05, 286.5]
 
@@ -326,6 +327,6 @@ def test_shipped_example_workflows_are_valid() -> None:
     from switchyard.core.config import load_config
     from switchyard.workflows.service import parse_spec
 
-    config = load_config(ROOT / "config" / "switchyard.yaml")
-    for path in sorted((ROOT / "config" / "workflows").glob("*.yaml")):
+    config = load_config(DEFAULT_CONFIG)
+    for path in sorted(DEFAULT_WORKFLOWS.glob("*.yaml")):
         parse_spec(yaml.safe_load(path.read_text()), config)

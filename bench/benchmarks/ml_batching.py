@@ -33,7 +33,8 @@ from bench.harness import (
 )
 from bench.registry import Benchmark, Options, Result, Row, standard_row
 from bench.stack import wait_worker
-from tests.processes import ROOT, cli, free_port
+from switchyard.defaults import MODELS_DIR
+from tests.processes import cli, free_port
 
 REDIS_DB = 11
 
@@ -66,7 +67,7 @@ ML_LAYER_MODELS = ("risk_classifier", "revenue_regressor", "anomaly_detector")
 
 
 def _reference(model_file: str) -> tuple[str, list[list[float]]]:
-    ref = json.loads((ROOT / "models" / f"{model_file}.reference.json").read_text())
+    ref = json.loads((MODELS_DIR / f"{model_file}.reference.json").read_text())
     return ref["input"], ref["inputs"]
 
 
@@ -79,7 +80,7 @@ def _ml_stack_run(tmp: Path, side: str, rnd: int, warm_s: float, measure_s: floa
         config = env.tmp / "switchyard.yaml"
         provider_options = ", ".join(f"{k}: {v}" for k, v in options.items())
         config.write_text(
-            ML_CONFIG.format(provider_options=provider_options, model_path=ROOT / "models" / "risk_classifier.onnx")
+            ML_CONFIG.format(provider_options=provider_options, model_path=MODELS_DIR / "risk_classifier.onnx")
         )
         env.env["SWITCHYARD_CONFIG"] = str(config)
         url = f"http://127.0.0.1:{free_port()}"
@@ -202,7 +203,7 @@ def _inference_layer(model_file: str, max_batch_size: int, warm_s: float, measur
     from switchyard.providers.onnx_adapter import OnnxAdapter
 
     name, rows = _reference(model_file)
-    path = str(ROOT / "models" / f"{model_file}.onnx")
+    path = str(MODELS_DIR / f"{model_file}.onnx")
     adapter = OnnxAdapter(ProviderConfig(kind="onnx", max_batch_size=max_batch_size, max_batch_wait_ms=2))
     try:
         adapter.predict(path, {"inputs": {name: [rows[0]]}}, 10)  # make the session outside the timing

@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from switchyard.core.errors import ConfigError
+from switchyard.defaults import DEFAULTS_DIR
 
 TaskType = Literal["chat", "embed", "moderate", "predict"]
 Strategy = Literal["weighted", "round_robin", "least_latency", "least_busy", "lowest_cost", "ordered"]
@@ -243,7 +244,8 @@ def load_config(path: Path) -> AppConfig:
 
 def _resolve_model_files(config: AppConfig, path: Path) -> AppConfig:
     """Local model files (onnx deployments) are found relative to the working directory, else to the config
-    file's folder, else to its parent (the project root for `config/switchyard.yaml`); missing ones are refused."""
+    file's folder, else to its parent (a project root for `config/x.yaml`), else among the models packaged with
+    Switchyard (`models/risk_classifier.onnx` always names the shipped one); missing ones are refused."""
     problems: list[str] = []
     models = dict(config.models)
     for name, model in config.models.items():
@@ -251,7 +253,12 @@ def _resolve_model_files(config: AppConfig, path: Path) -> AppConfig:
         for i, dep in enumerate(model.deployments):
             if config.providers[dep.provider].kind != "onnx":
                 continue
-            candidates = [Path(dep.model), path.parent / dep.model, path.parent.parent / dep.model]
+            candidates = [
+                Path(dep.model),
+                path.parent / dep.model,
+                path.parent.parent / dep.model,
+                DEFAULTS_DIR / dep.model,
+            ]
             found = next((c for c in candidates if c.is_file()), None)
             if found is None:
                 problems.append(f"{path}: models.{name}.deployments[{i}].model: model file not found: {dep.model}")

@@ -71,6 +71,10 @@ class GatewayTimeout(AppError):
     type = "timeout_error"
 
 
+class UnsupportedMediaType(AppError):
+    status = 415
+
+
 class ServiceUnavailable(AppError):
     status = 503
     type = "service_unavailable"

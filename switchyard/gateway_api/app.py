@@ -10,6 +10,7 @@ from fastapi import Depends, FastAPI
 
 from switchyard.core.config import load_config
 from switchyard.core.db import Database, async_pool
+from switchyard.core.logs import configure_logging
 from switchyard.core.redis_pool import shared_client
 from switchyard.events.feed import EventHub
 from switchyard.gateway_api.errors import install_error_handlers
@@ -42,6 +43,8 @@ from switchyard.workflows.service import load_shared
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    # In each process uvicorn starts (`--workers N` spawns fresh interpreters).
+    configure_logging(settings.log_level)
     # Refuse a bad config file before serving anything.
     config = load_config(settings.config)
     signatures = model_signatures(config)
@@ -58,9 +61,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         pg = async_pool(settings)
         if pg is not None:
             await pg.open()
-        # Shared definitions from config/workflows/ (a bad file stops start-up with its problem named).
+        # Shared definitions (a bad file stops start-up with its problem named).
         with db.transaction() as tx:
-            load_shared(tx, config, settings.config.parent / "workflows")
+            load_shared(tx, config, settings.shared_workflows)
         state = ApiState(
             settings=settings,
             config=config,

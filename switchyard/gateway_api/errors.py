@@ -14,6 +14,7 @@ from starlette.responses import Response
 
 from switchyard.core.errors import AppError, InvalidRequest, MalformedRequest, ServiceUnavailable
 from switchyard.core.validation import loc_to_param
+from switchyard.gateway_api.bodies import unparsed_body_error
 from switchyard.gateway_api.input_guard import unstorable_error
 from switchyard.gateway_api.responses import FastJSONResponse, error_body, error_response
 
@@ -28,10 +29,15 @@ _HTTP_TYPES = {
 }
 
 
-def _validation_error(exc: RequestValidationError) -> AppError:
+def _validation_error(request: Request, exc: RequestValidationError) -> AppError:
     errors = exc.errors()
     if any(e.get("type") == "json_invalid" for e in errors):
         return MalformedRequest("request body is not valid JSON", param="body")
+    if any(list(e.get("loc", ())) == ["body"] for e in errors):
+        # FastAPI parses a body as JSON only when its Content-Type says so; anything else arrives as bytes.
+        whole = MalformedRequest("request body must be a JSON object", param="body")
+        if (error := unparsed_body_error(request, whole)) is not whole:
+            return error
     problems = []
     params = []
     for err in errors:
@@ -76,8 +82,8 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> Response:
-        return error_response(_validation_error(exc))
+    async def _validation(request: Request, exc: RequestValidationError) -> Response:
+        return error_response(_validation_error(request, exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> Response:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
 from kombu import Exchange, Queue
 
 from switchyard.settings import Settings, get_settings
@@ -29,6 +29,12 @@ def broker_options(settings: Settings) -> dict[str, Any]:
             "control_folder": str(folder / "control"),
         }
     return {"visibility_timeout": 3600}
+
+
+@signals.setup_logging.connect
+def _keep_logging(**_: Any) -> None:
+    """A receiver here tells Celery to leave logging alone: `switchyard worker` has set it up already
+    (core/logs.py), with true levels and one format for Celery's lines and ours."""
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -56,6 +62,8 @@ def make_celery(settings: Settings) -> Celery:
         task_queues=[Queue(name, Exchange(name, type="direct"), routing_key=name) for name in ALL],
         worker_prefetch_multiplier=1,
         worker_hijack_root_logger=False,
+        # Redirected stdout is logged at WARNING, which mislabels anything printed; nothing of ours prints.
+        worker_redirect_stdouts=False,
     )
     return app
 

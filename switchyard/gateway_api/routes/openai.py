@@ -26,6 +26,7 @@ from switchyard.core.ids import new_id
 from switchyard.core.validation import invalid_request
 from switchyard.events.feed import FeedEvent, Following, object_key
 from switchyard.gateway_api import sync
+from switchyard.gateway_api.bodies import unparsed_body_error
 from switchyard.gateway_api.deps import Member, StateDep
 from switchyard.gateway_api.responses import FastJSONResponse, error_response
 from switchyard.gateway_api.state import ApiState
@@ -42,9 +43,9 @@ async def _json_object(request: Request) -> dict[str, Any]:
     try:
         body = orjson.loads(await request.body())
     except orjson.JSONDecodeError:
-        raise MalformedRequest("request body is not valid JSON", param="body") from None
+        raise unparsed_body_error(request, MalformedRequest("request body is not valid JSON", param="body")) from None
     if not isinstance(body, dict):
-        raise MalformedRequest("request body must be a JSON object", param="body")
+        raise unparsed_body_error(request, MalformedRequest("request body must be a JSON object", param="body"))
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise MalformedRequest("model is required", param="model")
@@ -302,9 +303,9 @@ async def moderations(request: Request, principal: Member, state: StateDep) -> R
     try:
         raw = orjson.loads(await request.body())
     except orjson.JSONDecodeError:
-        raise MalformedRequest("request body is not valid JSON", param="body") from None
+        raise unparsed_body_error(request, MalformedRequest("request body is not valid JSON", param="body")) from None
     if not isinstance(raw, dict):
-        raise MalformedRequest("request body must be a JSON object", param="body")
+        raise unparsed_body_error(request, MalformedRequest("request body must be a JSON object", param="body"))
     # OpenAI's `model` is optional here: the first moderation model of the config stands in.
     model = raw.get("model") or next((n for n, m in state.config.models.items() if m.type == "moderate"), None)
     if model is None:

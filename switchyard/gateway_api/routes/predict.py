@@ -12,9 +12,10 @@ import orjson
 from fastapi import APIRouter, Request
 from pydantic import ValidationError
 
-from switchyard.core.errors import InvalidRequest, MalformedRequest
+from switchyard.core.errors import InvalidRequest, MalformedRequest, NotFound
 from switchyard.core.validation import invalid_request
 from switchyard.gateway_api import sync
+from switchyard.gateway_api.bodies import unparsed_body_error
 from switchyard.gateway_api.deps import Member, StateDep
 from switchyard.gateway_api.responses import FastJSONResponse
 from switchyard.gateway_api.state import ApiState
@@ -28,6 +29,9 @@ DEFAULT_WAIT_S = 30.0
 @router.post("/{model}")
 async def predict(model: str, request: Request, principal: Member, state: StateDep) -> FastJSONResponse:
     started = time.perf_counter()
+    if model not in state.config.models:
+        # The model is the resource the path names: unknown, it is a 404 (as for GET /v1/models/{name}).
+        raise NotFound(f"model '{model}' not found", param="model", code="model_not_found")
     inputs, options = await _read_body(request, state, model)
     try:
         body = TaskCreate(type="predict", model=model, input={"inputs": inputs}, options=options)
@@ -64,12 +68,17 @@ async def _read_body(request: Request, state: ApiState, model: str) -> tuple[Any
             raise InvalidRequest("a multipart upload needs a CSV file in the 'file' field", param="file")
         text = (await upload.read()).decode("utf-8-sig", "replace")
         return _csv_inputs(text, state, model, request), {}
+    accepted = "application/json, text/csv or multipart/form-data"
     try:
         payload = orjson.loads(await request.body())
     except orjson.JSONDecodeError:
-        raise MalformedRequest("request body is not valid JSON", param="body") from None
+        raise unparsed_body_error(
+            request, MalformedRequest("request body is not valid JSON", param="body"), accepted
+        ) from None
     if not isinstance(payload, dict) or "inputs" not in payload:
-        raise InvalidRequest('the body must be {"inputs": {name: array}}', param="inputs")
+        raise unparsed_body_error(
+            request, InvalidRequest('the body must be {"inputs": {name: array}}', param="inputs"), accepted
+        )
     unknown = set(payload) - {"inputs", "options"}
     if unknown:
         raise InvalidRequest("unknown field", param=sorted(unknown)[0])
@@ -90,8 +99,6 @@ def _csv_inputs(text: str, state: ApiState, model: str, request: Request) -> dic
                 f"CSV upload needs a model with one 2-D input; '{model}' has other inputs", param="file"
             )
         name = matrices[0].name
-    elif model not in state.config.models:
-        raise InvalidRequest(f"unknown model '{model}'", param="model")
     elif name is None:
         raise InvalidRequest("for a model without a local signature, name the input: ?input=NAME", param="input")
     rows = [row for row in csv.reader(io.StringIO(text)) if row and any(cell.strip() for cell in row)]

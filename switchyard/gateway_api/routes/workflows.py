@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from switchyard.core.errors import MalformedRequest
 from switchyard.core.validation import invalid_request
+from switchyard.gateway_api.bodies import YAML_TYPES, media_type, unparsed_body_error
 from switchyard.gateway_api.deps import Member, StateDep, TxDep, Viewer
 from switchyard.gateway_api.responses import FastJSONResponse
 from switchyard.webhooks.service import WebhookTarget
@@ -31,15 +32,16 @@ class RunCreate(BaseModel):
 @router.post("/v1/workflows", status_code=201)
 async def register_workflow(request: Request, principal: Member, tx: TxDep, state: StateDep) -> FastJSONResponse:
     body = await request.body()
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type in ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml"):
+    if media_type(request) in YAML_TYPES:
         raw = service.parse_yaml(body)
     else:
         try:
             raw = orjson.loads(body)
         except orjson.JSONDecodeError:
-            raise MalformedRequest(
-                "request body is not valid JSON (send YAML as application/yaml)", param="body"
+            raise unparsed_body_error(
+                request,
+                MalformedRequest("request body is not valid JSON (send YAML as application/yaml)", param="body"),
+                accepted="application/json or application/yaml",
             ) from None
     workflow = service.register(tx, state.config, principal.tenant_id, raw)
     return FastJSONResponse(service.workflow_view(workflow), status_code=201)
