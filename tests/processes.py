@@ -72,7 +72,14 @@ class Process:
     """A child process with its output in a log file, in its own process group."""
 
     def __init__(
-        self, name: str, argv: list[str], env: dict[str, str], log_dir: Path, *, stop_timeout: float = 15
+        self,
+        name: str,
+        argv: list[str],
+        env: dict[str, str],
+        log_dir: Path,
+        *,
+        stop_timeout: float = 15,
+        cwd: Path = ROOT,
     ) -> None:
         self.name = name
         self.stop_timeout = stop_timeout
@@ -80,7 +87,7 @@ class Process:
         self._log = self.log_path.open("wb")
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
-            argv, env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+            argv, env=env, cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
         )
 
     @property
