@@ -21,14 +21,16 @@ RUN --mount=type=cache,target=/root/.cache/pip \
         > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt
 
-# Then the package itself (including switchyard/migrations and its versions/*.py, env.py, script.py.mako);
-# the check runs outside /src so that it imports the installed package, not the source tree.
+# Then the package itself (including switchyard/migrations and its versions/*.py, env.py, script.py.mako, and
+# switchyard/defaults: the default config, workflows and models); the check runs outside /src so that it imports
+# the installed package, not the source tree.
 COPY . .
 RUN --mount=type=cache,target=/root/.cache/pip \
     pip install --no-deps . \
     && cd / && python -c "import switchyard.cli, switchyard.migrations, pathlib, sys; \
 v = pathlib.Path(switchyard.migrations.__file__).parent / 'versions'; \
-sys.exit(0 if any(v.glob('0*.py')) else 'migrations/versions missing from the installed package')"
+sys.exit(0 if any(v.glob('0*.py')) else 'migrations/versions missing from the installed package')" \
+    && python -c "from switchyard.defaults import MODELS_DIR; assert any(MODELS_DIR.glob('*.onnx'))"
 
 # ---- runtime ---------------------------------------------------------------------------------------------
 FROM python:3.11-slim
@@ -44,9 +46,8 @@ RUN groupadd --system --gid 10001 switchyard \
 COPY --from=builder /opt/venv /opt/venv
 
 WORKDIR /app
+# The compose config; the default config, shared workflows and ONNX models come with the installed package.
 COPY config/ /app/config/
-# The shipped ONNX models; config files name them relative to /app (the working directory).
-COPY models/ /app/models/
 # SWITCHYARD_DATA_DIR defaults to ./.switchyard (embedded mode keeps its broker and lock files there): writable by
 # the app user.
 RUN mkdir -p /app/.switchyard && chown switchyard:switchyard /app/.switchyard
