@@ -117,7 +117,7 @@ def test_dev_mode_predicts_with_the_shipped_models(dev: tuple[str, str]) -> None
 
 
 def test_dev_mode_runs_the_shipped_risk_analysis_workflow(dev: tuple[str, str]) -> None:
-    # Loaded from config/workflows/ at start-up: predict steps on the shipped models, then LLM steps.
+    # Packaged with Switchyard, loaded at start-up: predict steps on the shipped models, then LLM steps.
     url, key = dev
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:
         body = {
@@ -134,6 +134,15 @@ def test_dev_mode_runs_the_shipped_risk_analysis_workflow(dev: tuple[str, str]) 
         assert len(result["output"]["scenarios"]) == 3
         assert result["steps"]["classify"]["output"]["outputs"]["probabilities"]
         assert result["cost_usd"] > 0
+        # The worker and the sweep may advance a run at the same moment; SQLite has no row locks, yet each
+        # step's transition happens once (the advance takes the database's write lock first).
+        events = client.get("/v1/events", params={"run_id": run_id, "limit": 500}).json()["data"]
+        transitions = [
+            (e["type"], e.get("step_id") or e["data"].get("step_id"))
+            for e in events
+            if e["type"].startswith("run.") and e["type"] != "run.progress"  # progress is told many times
+        ]
+        assert len(transitions) == len(set(transitions)), transitions
 
         body = {
             "input": {

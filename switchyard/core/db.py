@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import structlog
 from psycopg_pool import AsyncConnectionPool
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from switchyard.settings import Settings
@@ -48,6 +48,15 @@ def make_engine(settings: Settings, *, pool_size: int | None = None) -> Engine:
         # several times faster than the standard library.
         json_serializer=_json_text,
     )
+
+
+def lock_for_update(session: Session) -> None:
+    """Call before a `SELECT … FOR UPDATE` whose rows the transaction then changes. SQLite has no row locks and
+    drops FOR UPDATE, so two processes advancing one workflow run could both read it unchanged and both act
+    (a step's event written twice): there, an empty write takes the database's write lock now, and what is read
+    next cannot change before this transaction ends. On Postgres it does nothing (the row lock does the work)."""
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(text("UPDATE duties SET name = name WHERE 0"))
 
 
 def _json_text(value: Any) -> str:

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import select, update
 
-from switchyard.core.db import Tx
+from switchyard.core.db import Tx, lock_for_update
 from switchyard.core.errors import Conflict, InvalidRequest, NotFound
 from switchyard.core.ids import new_id
 from switchyard.core.models import Tenant, Webhook, WebhookAttempt, WebhookDelivery, utcnow
@@ -148,6 +148,8 @@ def list_webhooks(tx: Tx, tenant_id: str) -> list[dict[str, Any]]:
 def get(tx: Tx, tenant_id: str, webhook_id: str, *, lock: bool = False) -> Webhook:
     """A subscription or per-object webhook of the tenant (another tenant's ids are unknown)."""
     query = select(Webhook).where(Webhook.id == webhook_id, Webhook.tenant_id == tenant_id)
+    if lock:
+        lock_for_update(tx.session)
     hook = tx.session.scalar(query.with_for_update() if lock else query)
     if hook is None:
         raise NotFound(f"no webhook '{webhook_id}'", param="id")
@@ -252,6 +254,7 @@ def list_deliveries(
 def retry_delivery(tx: Tx, tenant_id: str, webhook_id: str, delivery_id: str) -> WebhookDelivery:
     """A failed delivery goes out again (same `webhook-id`), with a fresh schedule; the caller publishes it."""
     hook = get(tx, tenant_id, webhook_id)
+    lock_for_update(tx.session)
     delivery = tx.session.scalar(
         select(WebhookDelivery)
         .where(WebhookDelivery.id == delivery_id, WebhookDelivery.webhook_id == webhook_id)

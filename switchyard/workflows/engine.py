@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from sqlalchemy import select
 
 from switchyard.core.config import AppConfig
-from switchyard.core.db import Tx
+from switchyard.core.db import Tx, lock_for_update
 from switchyard.core.models import Run, RunStep, Task, Workflow, utcnow
 from switchyard.core.validation import invalid_request
 from switchyard.events.log import append_event
@@ -84,6 +84,7 @@ class Engine:
 
     def advance(self, tx: Tx, run_id: str) -> None:
         session = tx.session
+        lock_for_update(session)
         run = session.scalar(select(Run).where(Run.id == run_id).with_for_update())
         if run is None or run.status in RUN_TERMINAL:
             return

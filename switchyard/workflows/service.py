@@ -15,7 +15,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from switchyard.core.config import AppConfig
-from switchyard.core.db import Tx
+from switchyard.core.db import Tx, lock_for_update
 from switchyard.core.errors import ConfigError, Conflict, InvalidRequest, NotFound
 from switchyard.core.ids import new_id
 from switchyard.core.models import Run, RunStep, Task, Workflow
@@ -176,6 +176,8 @@ def start_run(
 
 def _run(tx: Tx, tenant_id: str, run_id: str, *, lock: bool = False) -> Run:
     query = select(Run).where(Run.id == run_id, Run.tenant_id == tenant_id)
+    if lock:
+        lock_for_update(tx.session)
     run = tx.session.scalar(query.with_for_update() if lock else query)
     if run is None:
         raise NotFound(f"no run '{run_id}'", param="id")
