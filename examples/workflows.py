@@ -1,4 +1,4 @@
-"""Run the shipped workflows (config/workflows/*.yaml) and follow each run to its end.
+"""Run the shipped workflows (switchyard/defaults/workflows/*.yaml) and follow each run to its end.
 
 Run it with the service up (`make dev` in another terminal prints the URL and a key):
 

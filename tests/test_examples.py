@@ -2,7 +2,7 @@
 that neither can drift from the code.
 
 The stack is this module's own: the examples need what the shared one has not got — the shipped workflows
-(config/workflows/, loaded from the config file's folder at start-up) with the `anomaly-detector` model they
+(switchyard/defaults/workflows/, loaded at start-up) with the `anomaly-detector` model they
 use, and `SWITCHYARD_WEBHOOK_ALLOW_PRIVATE` for the webhook receiver on 127.0.0.1. The shared stack, which
 runs without that setting, shows the receiver's message when its registration is refused."""
 
@@ -12,7 +12,6 @@ import ast
 import os
 import re
 import secrets
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from switchyard.defaults import DEFAULT_CONFIG, DEFAULT_WORKFLOWS, MODELS_DIR
 from tests.support import ROOT, Stack
 
 EXAMPLES = ROOT / "examples"
@@ -84,16 +84,15 @@ ANOMALY_DETECTOR = f"""
   anomaly-detector:
     type: predict
     deployments:
-      - {{provider: onnx, model: "{ROOT / "models" / "anomaly_detector.onnx"}", price: {{per_1k_predictions: 0.01}}}}
+      - {{provider: onnx, model: "{MODELS_DIR / "anomaly_detector.onnx"}", price: {{per_1k_predictions: 0.01}}}}
 """
 
 
 @pytest.fixture(scope="module")
 def examples_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("examples")
-    # The stack's config file is tmp/switchyard.yaml: the API loads shared workflows from tmp/workflows/.
-    shutil.copytree(ROOT / "config" / "workflows", tmp / "workflows")
-    s = Stack(tmp, redis_db=14, env={"SWITCHYARD_WEBHOOK_ALLOW_PRIVATE": "true"}, extra_models=ANOMALY_DETECTOR)
+    env = {"SWITCHYARD_WEBHOOK_ALLOW_PRIVATE": "true", "SWITCHYARD_WORKFLOWS_DIR": str(DEFAULT_WORKFLOWS)}
+    s = Stack(tmp, redis_db=14, env=env, extra_models=ANOMALY_DETECTOR)
     yield s
     s.close()
 
@@ -156,8 +155,8 @@ def test_webhook_receiver_explains_a_refused_registration(stack: Stack, tmp_path
 
 
 def test_examples_name_what_make_dev_serves() -> None:
-    # The stack above runs the tests' config; `make dev` runs config/switchyard.yaml, which must have them too.
-    config = yaml.safe_load((ROOT / "config" / "switchyard.yaml").read_text())
+    # The stack above runs the tests' config; `make dev` runs the packaged one, which must have them too.
+    config = yaml.safe_load(DEFAULT_CONFIG.read_text())
     sources = "\n".join(path.read_text() for path in EXAMPLES.glob("*.py"))
     # `model="chat-default"`, `"model": "embed-default"`, `MODEL = "risk-classifier"`.
     named = set(re.findall(r"model['\"]?\s*[:=]\s*\"([\w.-]+)\"", sources, re.I))
@@ -166,9 +165,9 @@ def test_examples_name_what_make_dev_serves() -> None:
     # openai_sdk.py's moderation names no model: the config's first moderation model answers.
     assert any(model["type"] == "moderate" for model in config["models"].values())
     # One input file per shipped workflow, and none for a workflow that is not shipped.
-    shipped = {path.stem for path in (ROOT / "config" / "workflows").glob("*.yaml")}
+    shipped = {path.stem for path in DEFAULT_WORKFLOWS.glob("*.yaml")}
     assert shipped == {path.stem for path in (EXAMPLES / "workflows").glob("*.json")}
-    assert shipped == {yaml.safe_load(p.read_text())["name"] for p in (ROOT / "config" / "workflows").glob("*.yaml")}
+    assert shipped == {yaml.safe_load(p.read_text())["name"] for p in DEFAULT_WORKFLOWS.glob("*.yaml")}
 
 
 # --- README.md --------------------------------------------------------------------------------------------------
