@@ -47,7 +47,10 @@ COPY --from=builder /opt/venv /opt/venv
 
 WORKDIR /app
 # The compose config; the default config, shared workflows and ONNX models come with the installed package.
+# The shipped workflows sit beside the compose config (they name the same models), so the API loads them.
 COPY config/ /app/config/
+RUN ln -s "$(python -c 'from switchyard.defaults import DEFAULT_WORKFLOWS; print(DEFAULT_WORKFLOWS)')" \
+        /app/config/workflows
 # SWITCHYARD_DATA_DIR defaults to ./.switchyard (embedded mode keeps its broker and lock files there): writable by
 # the app user.
 RUN mkdir -p /app/.switchyard && chown switchyard:switchyard /app/.switchyard

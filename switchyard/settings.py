@@ -26,7 +26,7 @@ class Settings(BaseSettings):
     # The providers/models file; unset, the one packaged with Switchyard (everything on the fake provider).
     config: Path = DEFAULT_CONFIG
     # Shared workflow definitions loaded at start-up; unset, the `workflows/` folder beside the config file
-    # when there is one, else the packaged ones.
+    # when there is one, else the packaged ones with the packaged config (they name its models), else none.
     workflows_dir: Path | None = None
 
     # Logging: the level of every process (a command's --loglevel overrides it).
@@ -110,11 +110,11 @@ class Settings(BaseSettings):
 
     @property
     def shared_workflows(self) -> Path:
-        """The folder of workflow definitions shared by every tenant."""
+        """The folder of workflow definitions shared by every tenant (one that does not exist holds none)."""
         if self.workflows_dir is not None:
             return self.workflows_dir
         beside = self.config.parent / "workflows"
-        return beside if beside.is_dir() else DEFAULT_WORKFLOWS
+        return beside if beside.is_dir() or self.config.resolve() != DEFAULT_CONFIG else DEFAULT_WORKFLOWS
 
     @property
     def sqlite_path(self) -> Path | None:

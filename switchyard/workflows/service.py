@@ -63,8 +63,8 @@ def register(tx: Tx, config: AppConfig, tenant_id: str | None, raw: Any) -> Work
 
 
 def load_shared(tx: Tx, config: AppConfig, folder: Path) -> list[Workflow]:
-    """Definitions from `config/workflows/*.yaml`, shared by all tenants; a changed file makes a new version.
-    A bad file stops start-up with the file and the problem named."""
+    """Definitions from `folder/*.yaml` (SWITCHYARD_WORKFLOWS_DIR), shared by all tenants; a changed file makes
+    a new version. A bad file stops start-up with the file and the problem named."""
     loaded = []
     for path in sorted(folder.glob("*.y*ml")):
         try:
