@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Make sure the Postgres and Redis the tests use answer; start local ones if they do not, installing
-# them from Debian's packages on a machine that has none.
+# them from Debian's packages on a machine that has none (and Chromium, for the browser test of /docs).
 set -euo pipefail
 
 PG_HOST=${PG_HOST:-127.0.0.1}
@@ -26,6 +26,12 @@ install_missing() {
 
 if ! pg_up || ! redis_up; then
   install_missing
+fi
+# tests/test_openapi.py renders /docs in headless Chromium (skipped, saying so, where there is none).
+if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "installing chromium"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+    || echo "chromium could not be installed: the browser test of /docs will be skipped" >&2
 fi
 if ! pg_up; then
   echo "starting PostgreSQL"

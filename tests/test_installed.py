@@ -110,6 +110,11 @@ def test_installed_dev_serves_tasks_models_and_workflows(installed: Installed) -
         assert len(predicted.json()["outputs"]["probabilities"][0]) == 3
         names = {w["name"] for w in client.get("/v1/workflows").json()["data"]}
         assert {"risk_analysis", "scenario_generation"} <= names
+        # The interactive docs' assets come with the installed packages, not from a CDN.
+        assert "/static/docs/swagger-ui-bundle.js" in client.get("/docs").text
+        for asset in ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js"):
+            served = client.get(f"/static/docs/{asset}")
+            assert served.status_code == 200 and len(served.content) > 10_000, asset
     # Everything the service wrote is in the data directory of the folder it ran in.
     assert sorted(p.name for p in installed.folder.iterdir()) == [".switchyard"]
     assert (installed.folder / ".switchyard" / "switchyard.db").is_file()

@@ -13,6 +13,7 @@ from switchyard.core.db import Database, async_pool
 from switchyard.core.logs import configure_logging
 from switchyard.core.redis_pool import shared_client
 from switchyard.events.feed import EventHub
+from switchyard.gateway_api.api_docs import install_docs
 from switchyard.gateway_api.errors import install_error_handlers
 from switchyard.gateway_api.input_guard import reject_unstorable_strings
 from switchyard.gateway_api.middleware import BodySizeLimit
@@ -93,19 +94,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         summary="Orchestration service for AI inference",
         lifespan=lifespan,
+        # Served by install_docs, with Swagger UI's and ReDoc's assets from this process rather than a CDN.
+        docs_url=None,
+        redoc_url=None,
         # Before any endpoint: a string Postgres cannot store is a 4xx naming its field, never a 500.
         dependencies=[Depends(reject_unstorable_strings)],
     )
     install_error_handlers(app)
-    app.include_router(health.router)
-    app.include_router(tasks.router)
-    app.include_router(models.router)
-    app.include_router(predict.router)
-    app.include_router(workflows.router)
-    app.include_router(events.router)
-    app.include_router(webhooks.router)
-    app.include_router(providers.router)
-    app.include_router(openai.router)
-    app.include_router(usage.router)
+    routers = [
+        health.router,
+        tasks.router,
+        models.router,
+        predict.router,
+        workflows.router,
+        events.router,
+        webhooks.router,
+        providers.router,
+        openai.router,
+        usage.router,
+    ]
+    for router in routers:
+        app.include_router(router)
+    install_docs(app, routers)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app

@@ -3,8 +3,8 @@ and the caller's principal."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine, Iterator
-from typing import Annotated, Any
+from collections.abc import Iterator
+from typing import Annotated
 
 import anyio.to_thread
 from fastapi import Depends, Request
@@ -67,16 +67,25 @@ async def principal_of(conn: HTTPConnection) -> Principal:
     return principal
 
 
-def require(role: str) -> Callable[[Request], Coroutine[Any, Any, Principal]]:
-    """A dependency admitting callers whose role is at least `role` (viewer < member < admin)."""
+class RoleRequired:
+    """A dependency admitting callers whose role is at least `role` (viewer < member < admin).
 
-    async def dependency(request: Request) -> Principal:
+    A class rather than a closure so that the OpenAPI document can tell which routes need a key, and which role.
+    """
+
+    def __init__(self, role: str) -> None:
+        self.role = role
+
+    async def __call__(self, request: Request) -> Principal:
         principal = await principal_of(request)
-        if not principal.allows(role):
-            raise Forbidden(f"this key's role '{principal.role}' may not do this; '{role}' is needed")
+        if not principal.allows(self.role):
+            raise Forbidden(f"this key's role '{principal.role}' may not do this; '{self.role}' is needed")
         return principal
 
-    return dependency
+
+def require(role: str) -> RoleRequired:
+    """The dependency admitting callers whose role is at least `role`."""
+    return RoleRequired(role)
 
 
 Viewer = Annotated[Principal, Depends(require("viewer"))]

@@ -88,3 +88,106 @@ INPUT_MODELS: dict[str, type[BaseModel]] = {
     "moderate": ModerateInput,
     "predict": PredictInput,
 }
+
+
+# --- views (what the API answers; documentation of `views.py`'s dicts) -------------------------------------------
+
+TaskStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
+TaskType = Literal["chat", "embed", "moderate", "predict"]
+
+
+class TaskCreated(BaseModel):
+    id: str
+    status: TaskStatus
+    type: TaskType
+    model: str
+    created_at: str
+
+
+class AttemptError(BaseModel):
+    type: str
+    message: str | None
+    status_code: int | None
+
+
+class AttemptUsage(BaseModel):
+    input_tokens: int
+    output_tokens: int
+    cached_input_tokens: int
+    cache_write_tokens: int
+    predictions: int | None = Field(default=None, description="ML models only.")
+    compute_ms: float | None = Field(default=None, description="ML models only.")
+
+
+class AttemptView(BaseModel):
+    """One call to one provider deployment on the task's behalf."""
+
+    n: int
+    model: str | None = Field(description="The logical model the call was for (a fallback's, maybe).")
+    provider: str
+    deployment: str
+    provider_model: str
+    status: str
+    error: AttemptError | None
+    latency_ms: int
+    usage: AttemptUsage
+    cost_usd: float
+    started_at: str | None
+    finished_at: str | None
+
+
+class ObjectWebhook(BaseModel):
+    id: str
+    url: str
+    events: list[str]
+
+
+class TaskView(BaseModel):
+    id: str
+    type: TaskType
+    model: str
+    status: TaskStatus
+    input: dict[str, Any]
+    options: dict[str, Any]
+    result: dict[str, Any] | None = Field(description="By type: content, embeddings, flagged..., outputs.")
+    error: dict[str, Any] | None = Field(description="`type` (provider_error, rate_limited, timeout, ...), `message`.")
+    usage: dict[str, Any] | None
+    cost_usd: float
+    attempts: list[AttemptView]
+    created_at: str | None
+    started_at: str | None
+    finished_at: str | None
+    metadata: dict[str, JsonScalar]
+    webhook: ObjectWebhook | None
+
+
+class TaskPage(BaseModel):
+    data: list[TaskView]
+    next: str | None = Field(description="The `after` of the next page; null on the last one.")
+
+
+class UsageTotal(BaseModel):
+    requests: int = Field(description="Provider calls.")
+    errors: int
+    input_tokens: int
+    output_tokens: int
+    cached_input_tokens: int
+    cache_write_tokens: int
+    predictions: int
+    cost_usd: float
+
+
+class UsageGroup(UsageTotal):
+    # The group's key is under the name of `group_by` (model, provider or day).
+    model_config = ConfigDict(extra="allow")
+
+    tasks: int
+
+
+class UsageReport(BaseModel):
+    object: Literal["usage"]
+    group_by: Literal["model", "provider", "day"]
+    from_: str = Field(alias="from")
+    to: str
+    data: list[UsageGroup]
+    total: UsageTotal

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio.to_thread
 from fastapi import APIRouter, Header, Query, WebSocket
@@ -16,8 +16,10 @@ from switchyard.core.errors import AppError, InvalidRequest, NotFound, RateLimit
 from switchyard.core.models import EVENTS, Run, Task
 from switchyard.events.feed import FeedEvent, follow, object_key
 from switchyard.events.log import TERMINAL_TYPES, event_view, events_after
+from switchyard.gateway_api.api_docs import errors
 from switchyard.gateway_api.deps import StateDep, Viewer, principal_of
 from switchyard.gateway_api.responses import FastJSONResponse, error_response
+from switchyard.gateway_api.schemas import SSE_DESCRIPTION, EventPage
 from switchyard.gateway_api.state import ApiState
 from switchyard.gateway_api.websocket import CLOSE_POLICY, CLOSE_TRY_LATER, WebSocketSession
 
@@ -27,7 +29,12 @@ router = APIRouter(tags=["events"])
 SSE_KEEPALIVE_S = 15.0
 
 
-@router.get("/v1/events")
+_SSE: dict[int | str, dict[str, Any]] = {
+    200: {"description": SSE_DESCRIPTION, "content": {"text/event-stream": {"schema": {"type": "string"}}}}
+}
+
+
+@router.get("/v1/events", response_model=EventPage)
 def list_events(
     principal: Viewer,
     state: StateDep,
@@ -54,7 +61,7 @@ def list_events(
     return FastJSONResponse({"data": data, "next": data[-1]["id"] if len(data) == limit else None})
 
 
-@router.get("/v1/tasks/{task_id}/events", response_class=StreamingResponse)
+@router.get("/v1/tasks/{task_id}/events", response_class=StreamingResponse, responses={**_SSE, **errors(404)})
 async def task_events(
     task_id: str,
     principal: Viewer,
@@ -62,10 +69,11 @@ async def task_events(
     last_event_id: Annotated[str | None, Header()] = None,
     since: Annotated[int | None, Query(ge=0)] = None,
 ) -> StreamingResponse:
+    """The task's events as Server-Sent Events, from after `Last-Event-ID` (or `since`) to its terminal one."""
     return await _event_stream(state, principal.tenant_id, "task", task_id, _since(last_event_id, since))
 
 
-@router.get("/v1/runs/{run_id}/events", response_class=StreamingResponse)
+@router.get("/v1/runs/{run_id}/events", response_class=StreamingResponse, responses={**_SSE, **errors(404)})
 async def run_events(
     run_id: str,
     principal: Viewer,
@@ -73,6 +81,7 @@ async def run_events(
     last_event_id: Annotated[str | None, Header()] = None,
     since: Annotated[int | None, Query(ge=0)] = None,
 ) -> StreamingResponse:
+    """The run's events (its steps' included) as Server-Sent Events, ending after its terminal one."""
     return await _event_stream(state, principal.tenant_id, "run", run_id, _since(last_event_id, since))
 
 

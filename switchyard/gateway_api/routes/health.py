@@ -9,17 +9,26 @@ from sqlalchemy import text
 
 from switchyard.gateway_api.deps import StateDep
 from switchyard.gateway_api.responses import FastJSONResponse, error_body
+from switchyard.gateway_api.schemas import Health, NotReady, Ready
 from switchyard.workers.duties import DutyHealth, duty_health
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz")
+@router.get("/healthz", response_model=Health)
 def healthz() -> FastJSONResponse:
+    """The process is alive."""
     return FastJSONResponse({"status": "ok"})
 
 
-@router.get("/readyz")
+_NOT_READY = {
+    "model": NotReady,
+    "description": "Not ready: the message names what is down, `checks` what each dependency answered.",
+    "headers": {"Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer"}}},
+}
+
+
+@router.get("/readyz", response_model=Ready, responses={503: _NOT_READY})
 def readyz(state: StateDep) -> FastJSONResponse:
     """Database, broker and Redis reachable, and the periodic duties run recently; 503 names what is not."""
     checks: dict[str, str] = {}

@@ -8,12 +8,14 @@ from fastapi import APIRouter
 
 from switchyard.gateway_api.deps import StateDep, Viewer
 from switchyard.gateway_api.responses import FastJSONResponse
+from switchyard.gateway_api.schemas import ModelList
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
-@router.get("")
+@router.get("", response_model=ModelList)
 async def list_models(principal: Viewer, state: StateDep) -> FastJSONResponse:
+    """Every logical model (OpenAI's list shape); ML models served in process with their signature."""
     data: list[dict[str, Any]] = []
     for name, model in state.config.models.items():
         entry: dict[str, Any] = {

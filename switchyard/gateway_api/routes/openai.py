@@ -26,14 +26,27 @@ from switchyard.core.ids import new_id
 from switchyard.core.validation import invalid_request
 from switchyard.events.feed import FeedEvent, Following, object_key
 from switchyard.gateway_api import sync
+from switchyard.gateway_api.api_docs import errors, request_body
 from switchyard.gateway_api.bodies import unparsed_body_error
 from switchyard.gateway_api.deps import Member, StateDep
 from switchyard.gateway_api.responses import FastJSONResponse, error_response
+from switchyard.gateway_api.schemas import (
+    CHAT_STREAM_DESCRIPTION,
+    ChatCompletion,
+    ChatCompletionRequest,
+    EmbeddingList,
+    EmbeddingRequest,
+    ModerationRequest,
+    ModerationResponse,
+)
 from switchyard.gateway_api.state import ApiState
 from switchyard.tasks.schemas import TaskCreate
 from switchyard.tenancy.service import Principal
 
 router = APIRouter(tags=["openai"])
+
+# Errors of a request that runs as a task and is waited for (the model unknown: a 404, as OpenAI says it).
+_SYNC_ERRORS = errors(404, 409, 429, 502, 504)
 
 # Request fields of OpenAI's that are about the exchange rather than the model call.
 _EXCHANGE_FIELDS = ("model", "stream", "stream_options", "metadata", "store", "service_tier")
@@ -134,8 +147,20 @@ def _completion(task: dict[str, Any], model: str) -> dict[str, Any]:
     }
 
 
-@router.post("/v1/chat/completions")
+# The bodies are read by the endpoints themselves (faster than FastAPI's parsing): openapi_extra documents them.
+@router.post(
+    "/v1/chat/completions",
+    response_model=ChatCompletion,
+    responses={
+        200: {"content": {"text/event-stream": {"schema": {"type": "string", "description": CHAT_STREAM_DESCRIPTION}}}},
+        **_SYNC_ERRORS,
+    },
+    openapi_extra=request_body(ChatCompletionRequest),
+)
 async def chat_completions(request: Request, principal: Member, state: StateDep) -> Response:
+    """OpenAI's chat completions, streamed or not: runs as a chat task (routed, retried, costed, recorded).
+
+    The answer carries `x-switchyard-task-id` and `x-switchyard-cost-usd`."""
     body = await _json_object(request)
     task_input, stream, include_usage, metadata = _chat_request(body)
     model = body["model"]
@@ -264,8 +289,14 @@ def _text_input(body: dict[str, Any]) -> str | list[str]:
     raise MalformedRequest("input must be a string or a non-empty list of strings", param="input")
 
 
-@router.post("/v1/embeddings")
+@router.post(
+    "/v1/embeddings",
+    response_model=EmbeddingList,
+    responses=_SYNC_ERRORS,
+    openapi_extra=request_body(EmbeddingRequest),
+)
 async def embeddings(request: Request, principal: Member, state: StateDep) -> Response:
+    """OpenAI's embeddings (float or base64): runs as an embed task."""
     body = await _json_object(request)
     encoding = body.get("encoding_format") or "float"
     if encoding not in ("float", "base64"):
@@ -298,8 +329,14 @@ def _encode(vector: list[float]) -> str:
     return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
 
 
-@router.post("/v1/moderations")
+@router.post(
+    "/v1/moderations",
+    response_model=ModerationResponse,
+    responses=_SYNC_ERRORS,
+    openapi_extra=request_body(ModerationRequest),
+)
 async def moderations(request: Request, principal: Member, state: StateDep) -> Response:
+    """OpenAI's moderations: runs as a moderate task."""
     try:
         raw = orjson.loads(await request.body())
     except orjson.JSONDecodeError:

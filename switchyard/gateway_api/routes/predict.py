@@ -15,9 +15,11 @@ from pydantic import ValidationError
 from switchyard.core.errors import InvalidRequest, MalformedRequest, NotFound
 from switchyard.core.validation import invalid_request
 from switchyard.gateway_api import sync
+from switchyard.gateway_api.api_docs import errors, request_body
 from switchyard.gateway_api.bodies import unparsed_body_error
 from switchyard.gateway_api.deps import Member, StateDep
 from switchyard.gateway_api.responses import FastJSONResponse
+from switchyard.gateway_api.schemas import PredictRequest, PredictResponse
 from switchyard.gateway_api.state import ApiState
 from switchyard.tasks.schemas import TaskCreate
 
@@ -26,8 +28,47 @@ router = APIRouter(prefix="/v1/predict", tags=["predict"])
 DEFAULT_WAIT_S = 30.0
 
 
-@router.post("/{model}")
+_CSV_EXAMPLE = (
+    "leverage,volatility,esg_score,liquidity_ratio,sector_risk,country_risk,revenue_growth,carbon_intensity\n"
+    "0.9,0.2,68.4,1.0,2.0,0.14,0.05,286.5\n"
+)
+# The body is read here, not by FastAPI: JSON, a CSV body or a multipart upload.
+_BODY = request_body(
+    PredictRequest,
+    more={
+        "text/csv": {
+            "schema": {"type": "string", "description": "One row per prediction; a header row is skipped."},
+            "example": _CSV_EXAMPLE,
+        },
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {"file": {"type": "string", "format": "binary", "description": "A CSV file."}},
+                "required": ["file"],
+            }
+        },
+    },
+    parameters=[
+        {
+            "name": "input",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "string"},
+            "description": "With CSV, for a model whose signature is not known here: the input the rows fill.",
+        }
+    ],
+)
+
+
+@router.post(
+    "/{model}",
+    response_model=PredictResponse,
+    responses=errors(404, 409, 429, 502, 504),
+    openapi_extra=_BODY,
+)
 async def predict(model: str, request: Request, principal: Member, state: StateDep) -> FastJSONResponse:
+    """Run a prediction and answer with its outputs: `{"inputs": {name: array}}`, or CSV rows for a model with
+    one 2-D input (a `text/csv` body, or a multipart upload in `file`)."""
     started = time.perf_counter()
     if model not in state.config.models:
         # The model is the resource the path names: unknown, it is a 404 (as for GET /v1/models/{name}).

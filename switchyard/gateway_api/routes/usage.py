@@ -11,6 +11,7 @@ from switchyard.core.errors import InvalidRequest
 from switchyard.core.models import utcnow
 from switchyard.gateway_api.deps import TxDep, Viewer
 from switchyard.gateway_api.responses import FastJSONResponse
+from switchyard.tasks.schemas import UsageReport
 from switchyard.tasks.usage import GroupBy, usage
 
 router = APIRouter(prefix="/v1/usage", tags=["usage"])
@@ -29,7 +30,7 @@ def _moment(value: str | None, param: str) -> datetime | None:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
-@router.get("")
+@router.get("", response_model=UsageReport)
 def get_usage(
     principal: Viewer,
     tx: TxDep,
@@ -37,6 +38,7 @@ def get_usage(
     from_: Annotated[str | None, Query(alias="from", max_length=40)] = None,
     to: Annotated[str | None, Query(max_length=40)] = None,
 ) -> FastJSONResponse:
+    """Tokens, provider calls, errors and cost of the caller's tenant, grouped; the last 30 days by default."""
     until = _moment(to, "to") or utcnow()
     since = _moment(from_, "from") or until - DEFAULT_SPAN
     if since >= until:

@@ -11,11 +11,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from switchyard.core.errors import MalformedRequest
 from switchyard.core.validation import invalid_request
+from switchyard.gateway_api.api_docs import errors, request_body
 from switchyard.gateway_api.bodies import YAML_TYPES, media_type, unparsed_body_error
 from switchyard.gateway_api.deps import Member, StateDep, TxDep, Viewer
 from switchyard.gateway_api.responses import FastJSONResponse
 from switchyard.webhooks.service import WebhookTarget
 from switchyard.workflows import service
+from switchyard.workflows.schemas import RunPage, RunView, WorkflowList, WorkflowView
+from switchyard.workflows.spec import WorkflowSpec
 
 router = APIRouter(tags=["workflows"])
 
@@ -23,14 +26,25 @@ RunStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
 
 
 class RunCreate(BaseModel):
+    """Starts a run: the workflow's `input`, a `version` (the latest if left out), a `webhook` for its events."""
+
     model_config = ConfigDict(extra="forbid")
     input: dict[str, Any] = Field(default_factory=dict)
     version: Annotated[int, Field(ge=1)] | None = None
     webhook: WebhookTarget | None = None
 
 
-@router.post("/v1/workflows", status_code=201)
+# openapi_extra documents the bodies that these endpoints read themselves (YAML, or an empty body).
+@router.post(
+    "/v1/workflows",
+    status_code=201,
+    response_model=WorkflowView,
+    openapi_extra=request_body(WorkflowSpec, "application/json", "application/yaml"),
+)
 async def register_workflow(request: Request, principal: Member, tx: TxDep, state: StateDep) -> FastJSONResponse:
+    """Register a definition (JSON, or YAML as `application/yaml`); registering a name again makes a new version.
+
+    422 names every problem: cycles, unknown steps or models, references to steps not upstream, bad templates."""
     body = await request.body()
     if media_type(request) in YAML_TYPES:
         raw = service.parse_yaml(body)
@@ -47,19 +61,27 @@ async def register_workflow(request: Request, principal: Member, tx: TxDep, stat
     return FastJSONResponse(service.workflow_view(workflow), status_code=201)
 
 
-@router.get("/v1/workflows")
+@router.get("/v1/workflows", response_model=WorkflowList)
 def list_workflows(principal: Viewer, tx: TxDep) -> FastJSONResponse:
+    """The latest version of each definition: the tenant's and the shared ones."""
     return FastJSONResponse({"data": service.list_workflows(tx, principal.tenant_id)})
 
 
-@router.get("/v1/workflows/{name}")
+@router.get("/v1/workflows/{name}", response_model=WorkflowView, responses=errors(404))
 def get_workflow(
     name: str, principal: Viewer, tx: TxDep, version: Annotated[int | None, Query(ge=1)] = None
 ) -> FastJSONResponse:
+    """A definition: its latest version, or `version`."""
     return FastJSONResponse(service.workflow_view(service.find(tx, principal.tenant_id, name, version)))
 
 
-@router.post("/v1/workflows/{name}/runs", status_code=202)
+@router.post(
+    "/v1/workflows/{name}/runs",
+    status_code=202,
+    response_model=RunView,
+    responses=errors(404, 409),
+    openapi_extra=request_body(RunCreate, required=False),
+)
 async def start_run(
     name: str,
     request: Request,
@@ -68,6 +90,7 @@ async def start_run(
     state: StateDep,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> FastJSONResponse:
+    """Start a run. `Idempotency-Key`: the same key with the same request answers with the same run."""
     raw = await request.body()
     try:
         body = RunCreate.model_validate_json(raw or b"{}")
@@ -96,7 +119,7 @@ async def start_run(
     return FastJSONResponse(view, status_code=202, headers=headers)
 
 
-@router.get("/v1/runs")
+@router.get("/v1/runs", response_model=RunPage)
 def list_runs(
     principal: Viewer,
     tx: TxDep,
@@ -105,20 +128,24 @@ def list_runs(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     after: Annotated[str | None, Query(max_length=40)] = None,
 ) -> FastJSONResponse:
+    """The tenant's runs, newest first; `next` is the `after` of the following page."""
     page = service.list_runs(tx, principal.tenant_id, workflow=workflow, status=status, after=after, limit=limit)
     return FastJSONResponse(page)
 
 
-@router.get("/v1/runs/{run_id}")
+@router.get("/v1/runs/{run_id}", response_model=RunView, responses=errors(404))
 def get_run(run_id: str, principal: Viewer, tx: TxDep) -> FastJSONResponse:
+    """A run: status, progress, every step's status, output and tasks, cost."""
     return FastJSONResponse(service.get_run(tx, principal.tenant_id, run_id))
 
 
-@router.post("/v1/runs/{run_id}/cancel")
+@router.post("/v1/runs/{run_id}/cancel", response_model=RunView, responses=errors(404, 409))
 def cancel_run(run_id: str, principal: Member, tx: TxDep, state: StateDep) -> FastJSONResponse:
+    """Cancel a run that has not finished: its steps not started never run. 409 once it has finished."""
     return FastJSONResponse(service.cancel_run(tx, state.engine, principal.tenant_id, run_id))
 
 
-@router.post("/v1/runs/{run_id}/retry")
+@router.post("/v1/runs/{run_id}/retry", response_model=RunView, responses=errors(404, 409))
 def retry_run(run_id: str, principal: Member, tx: TxDep, state: StateDep) -> FastJSONResponse:
+    """Run a failed or canceled run's failed and canceled steps again, keeping the succeeded ones' outputs."""
     return FastJSONResponse(service.retry_run(tx, state.engine, principal.tenant_id, run_id))
