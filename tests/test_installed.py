@@ -114,7 +114,8 @@ def test_installed_dev_serves_tasks_models_and_workflows(installed: Installed) -
         assert "/static/docs/swagger-ui-bundle.js" in client.get("/docs").text
         for asset in ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js"):
             served = client.get(f"/static/docs/{asset}")
-            assert served.status_code == 200 and len(served.content) > 10_000, asset
+            assert served.status_code == 200, asset
+            assert len(served.content) > 10_000, asset
     # Everything the service wrote is in the data directory of the folder it ran in.
     assert sorted(p.name for p in installed.folder.iterdir()) == [".switchyard"]
     assert (installed.folder / ".switchyard" / "switchyard.db").is_file()
