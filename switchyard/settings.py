@@ -76,6 +76,8 @@ class Settings(BaseSettings):
     # connection may fall behind before it is closed as a slow consumer.
     ws_max_connections_per_tenant: int = Field(default=1000, ge=1)
     ws_max_queue: int = Field(default=1000, ge=10)
+    # An SSE stream with nothing to send writes a comment this often, so proxies keep it open.
+    sse_keepalive_s: float = Field(default=15.0, gt=0, le=300)
     # permessage-deflate on WebSocket connections: less bandwidth, much more CPU per listener.
     ws_compression: bool = False
 

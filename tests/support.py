@@ -152,6 +152,8 @@ class Stack:
             "SWITCHYARD_DB_MAX_OVERFLOW": "5",
             # Low enough for a test to reach, high enough for the 200-listener test.
             "SWITCHYARD_WS_MAX_CONNECTIONS_PER_TENANT": "250",
+            # Streams that wait get keep-alives in the tests too, between their events.
+            "SWITCHYARD_SSE_KEEPALIVE_S": "1",
             **(env or {}),
         }
         try:

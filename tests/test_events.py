@@ -296,6 +296,17 @@ def test_sse_resumes_with_last_event_id_and_ends_after_the_terminal_event(stack:
     assert client.get(f"/v1/tasks/{task_id}/events", headers={"Last-Event-ID": "x"}).status_code == 422
 
 
+def test_sse_keeps_streaming_after_keep_alives(client: httpx.Client) -> None:
+    # The test stack writes a keep-alive every second: a task that sleeps 2.5 s gets some between its events,
+    # and the stream still carries the events that follow them (the wait for the next event is not cancelled).
+    task_id = submit(client, f"sse quiet {secrets.token_hex(4)} [[sleep:2500]]")
+    with client.stream("GET", f"/v1/tasks/{task_id}/events") as response:
+        lines = list(response.iter_lines())
+    assert ": keep-alive" in lines
+    events = [line.removeprefix("event: ") for line in lines if line.startswith("event:")]
+    assert events == ["task.queued", "task.started", "task.succeeded"]
+
+
 def test_run_sse_ends_after_the_run_finishes(client: httpx.Client) -> None:
     name = f"wf_sse_{secrets.token_hex(4)}"
     spec = {

@@ -41,7 +41,9 @@ def configure_logging(level: str | int = "INFO") -> None:
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.StackInfoRenderer(),
-            structlog.dev.ConsoleRenderer(colors=False, pad_event=0),
+            # Plain tracebacks: the default (rich, when installed) prints every frame's locals — thousands of
+            # lines per error, and values (prompts, keys) that do not belong in a log.
+            structlog.dev.ConsoleRenderer(colors=False, pad_event=0, exception_formatter=structlog.dev.plain_traceback),
         ],
         # Filtering in the bound logger drops a disabled level before any processor runs.
         wrapper_class=structlog.make_filtering_bound_logger(number),

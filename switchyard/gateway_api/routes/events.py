@@ -4,6 +4,7 @@ Events, resumable with `Last-Event-ID`, ending after the object's terminal event
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -24,10 +25,6 @@ from switchyard.gateway_api.state import ApiState
 from switchyard.gateway_api.websocket import CLOSE_POLICY, CLOSE_TRY_LATER, WebSocketSession
 
 router = APIRouter(tags=["events"])
-
-# A comment line now and then keeps proxies from closing a quiet stream.
-SSE_KEEPALIVE_S = 15.0
-
 
 _SSE: dict[int | str, dict[str, Any]] = {
     200: {"description": SSE_DESCRIPTION, "content": {"text/event-stream": {"schema": {"type": "string"}}}}
@@ -127,17 +124,26 @@ async def _event_stream(state: ApiState, tenant_id: str, kind: str, object_id: s
         events = follow(
             state.hub, tenant_id, object_key(kind, object_id), since=since, max_queue=state.settings.ws_max_queue
         )
+        # The wait for the next event outlives each keep-alive: cancelling a pending `anext` (as `wait_for` does
+        # on its timeout) would close the generator, and the stream would end at the next event.
+        pending: asyncio.Task[FeedEvent] | None = None
         try:
             while True:
-                try:
-                    event = await asyncio.wait_for(anext(events), SSE_KEEPALIVE_S)
-                except TimeoutError:
+                if pending is None:
+                    pending = asyncio.ensure_future(anext(events))
+                ready, _ = await asyncio.wait({pending}, timeout=state.settings.sse_keepalive_s)
+                if not ready:
                     yield b": keep-alive\n\n"
                     continue
+                event, pending = pending.result(), None
                 yield _sse(event)
                 if event.terminal and event.view.get(f"{kind}_id") == object_id and event.type.startswith(kind):
                     return
         finally:
+            if pending is not None:
+                pending.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                    await pending
             await events.aclose()
 
     return StreamingResponse(
