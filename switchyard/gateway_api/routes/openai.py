@@ -215,6 +215,8 @@ async def _chunks(
     sent: list[str] = []
     async for event in events:
         if event.seq is None:  # a text chunk
+            if event.view["data"]["index"] != len(sent):
+                continue  # one was lost on the way: what follows it comes from the final text, sent once
             if not sent:
                 yield chunk({"role": "assistant", "content": ""})
             text = str(event.view["data"]["content"])
