@@ -8,8 +8,10 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
+import openai
 import pytest
 from websockets.asyncio.client import connect
 
@@ -36,7 +38,11 @@ def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
         yield match.group(1), match.group(2)
     finally:
         proc.stop()
-    assert (tmp / ".switchyard" / "switchyard.db").exists()
+    data_dir = tmp / ".switchyard"
+    assert (data_dir / "switchyard.db").exists()
+    # The API's socket and the worker's health file go with their processes.
+    assert not list((data_dir / "deltas").glob("*.sock"))
+    assert not list((data_dir / "health").glob("*.json"))
 
 
 def test_dev_mode_runs_chat_and_embed_tasks(dev: tuple[str, str]) -> None:
@@ -102,6 +108,78 @@ def test_dev_mode_delivers_events_by_tailing_the_table(dev: tuple[str, str]) -> 
                 return types
 
         assert asyncio.run(over_websocket()) == ["task.queued", "task.started", "task.succeeded"]
+
+
+def test_dev_mode_streams_chunks_to_websocket_subscribers(dev: tuple[str, str]) -> None:
+    # No Redis: the worker sends the chunks to the API over a local socket.
+    url, key = dev
+    words = " ".join(f"word{i}" for i in range(40))
+    text = f"stream {words} [[sleep:500]]"
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:
+
+        async def scenario() -> tuple[str, list[dict[str, Any]]]:
+            ws_url = url.replace("http://", "ws://") + f"/v1/ws?api_key={key}"
+            async with connect(ws_url) as ws:
+                await ws.send(json.dumps({"action": "subscribe", "all": True}))
+                assert json.loads(await ws.recv())["type"] == "subscribed"
+                body = {"type": "chat", "model": "chat-default", "input": chat(text), "options": {"stream": True}}
+                task_id = (await asyncio.to_thread(client.post, "/v1/tasks", json=body)).json()["id"]
+                # Chunks reach those following the task, not the tenant-wide subscription.
+                await ws.send(json.dumps({"action": "subscribe", "task_id": task_id, "since": 0}))
+                frames: list[dict[str, Any]] = []
+                while not any(f.get("type") == "task.succeeded" and f.get("task_id") == task_id for f in frames):
+                    frames.append(json.loads(await asyncio.wait_for(ws.recv(), 30)))
+                return task_id, frames
+
+        task_id, frames = asyncio.run(scenario())
+    deltas = [f for f in frames if f.get("type") == "task.delta"]
+    assert len(deltas) > 3, frames
+    assert all(d["id"] is None and d["task_id"] == task_id for d in deltas)
+    assert [d["data"]["index"] for d in deltas] == list(range(len(deltas)))
+    final = next(f for f in frames if f.get("type") == "task.succeeded")
+    assert frames.index(deltas[-1]) < frames.index(final)
+    assert "".join(d["data"]["content"] for d in deltas) == final["data"]["result"]["content"] == f"echo: {text}"
+
+
+def test_dev_mode_streams_openai_chat_completions_in_pieces(dev: tuple[str, str]) -> None:
+    url, key = dev
+    text = "stream " + " ".join(f"w{i}" for i in range(40))
+    with openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=60) as sdk:
+        stream = sdk.chat.completions.create(
+            model="chat-default", messages=[{"role": "user", "content": text}], stream=True
+        )
+        chunks = list(stream)
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert "".join(pieces) == f"echo: {text}"
+    # Without chunks from the worker the route sends the whole text in one piece at the end.
+    assert len(pieces) > 3, pieces
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
+
+
+def test_dev_mode_shows_provider_statistics(dev: tuple[str, str]) -> None:
+    # The API makes no calls: what it shows comes from the worker's health file.
+    url, key = dev
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:
+
+        def deployment() -> dict[str, Any]:
+            rows = client.get("/v1/providers").json()["data"]
+            return next(row for row in rows if row["deployment"] == "fake/gpt-4o-mini")
+
+        body = {"type": "chat", "model": "chat-default"}
+        ids = [client.post("/v1/tasks", json={**body, "input": chat(f"stats {i}")}).json()["id"] for i in range(5)]
+        slow = client.post("/v1/tasks", json={**body, "input": chat("stats slow [[sleep:3000]]")}).json()["id"]
+        wait_until(lambda: deployment()["in_flight"] >= 1, timeout=30, what="the slow call to show in flight")
+        for task_id in [*ids, slow]:
+            assert wait_task(client, task_id, timeout=60)["status"] == "succeeded"
+        row = wait_until(
+            lambda: (r := deployment())["in_flight"] == 0 and r["latency_ms"]["samples"] >= 6 and r,
+            timeout=10,
+            what="the calls to show in the statistics",
+        )
+    assert row["breaker"]["state"] == "closed"
+    assert row["breaker"]["ok"] >= 6
+    assert row["success_rate"] > 0.5
+    assert 0 < row["latency_ms"]["p50"] <= row["latency_ms"]["p95"]
 
 
 def test_dev_mode_predicts_with_the_shipped_models(dev: tuple[str, str]) -> None:

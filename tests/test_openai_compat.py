@@ -5,15 +5,20 @@ mapped to the Anthropic API."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import secrets
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, cast
 
 import httpx
 import openai
 import pytest
 
+from switchyard.events.bus import delta_event
+from switchyard.events.feed import FeedEvent
+from switchyard.gateway_api.routes.openai import _chunks
 from tests.support import Stack, wait_task
 
 
@@ -188,3 +193,24 @@ def test_tool_calls_and_json_mode_through_the_anthropic_api(sdk: openai.OpenAI) 
     assert answered.choices[0].message.content == "{}"
     assert answered.choices[0].message.tool_calls is None
     assert answered.choices[0].finish_reason == "stop"
+
+
+def test_a_stream_that_lost_a_chunk_sends_the_rest_once() -> None:
+    # Chunks are best effort (a listener far behind loses some): after a gap, the rest comes from the result.
+    pieces = ["echo:", " one", " two", " three"]
+    task_id = "task_01gap"
+    final = {"status": "succeeded", "result": {"content": "".join(pieces), "finish_reason": "stop"}}
+    delivered = [0, 1, 3]  # the third chunk was lost
+
+    async def events() -> AsyncIterator[FeedEvent]:
+        for i in delivered:
+            view = delta_event(task_id=task_id, run_id=None, step_id=None, index=i, content=pieces[i])
+            yield FeedEvent(None, view, json.dumps(view))
+        yield FeedEvent.of({"id": 9, "type": "task.succeeded", "task_id": task_id, "data": final})
+
+    async def collect() -> list[bytes]:
+        return [c async for c in _chunks(cast(Any, None), cast(Any, None), task_id, "m", False, events())]
+
+    frames = [json.loads(raw[len(b"data: ") :]) for raw in asyncio.run(collect()) if raw != b"data: [DONE]\n\n"]
+    text = "".join(f["choices"][0]["delta"].get("content") or "" for f in frames)
+    assert text == "echo: one two three"

@@ -3,8 +3,9 @@
 A feed follows the tenant's numbered events in `seq` order. With Redis it takes them from the tenant's
 pub/sub channel (one connection per process for all feeds) and reads from the table whatever a message's
 `prev` shows it missed; it also looks at the table every few seconds, in case the last message was lost.
-Without Redis (embedded mode) it tails the table. Each event is offered once to every listener subscribed
-to one of its keys: the tenant (`all`), its task, its run, its batch.
+Without Redis (embedded mode) it tails the table, and streamed chunks come from the workers over a local
+socket (`local_bus`), as the same messages. Each event is offered once to every listener subscribed to one of
+its keys: the tenant (`all`), its task, its run, its batch.
 
 A relay that starts leading, or that failed to publish, tells every feed to look at the table (the
 resync channel), so the periodic look is only a last resort.
@@ -22,6 +23,7 @@ import contextlib
 import os
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
@@ -32,6 +34,7 @@ import structlog
 
 from switchyard.core.db import Database
 from switchyard.events.bus import EVENTS_PREFIX, RESYNC, tenant_channel
+from switchyard.events.local_bus import LocalDeltaListener
 from switchyard.events.log import TERMINAL_TYPES, event_view, events_after, last_seq
 
 log = structlog.get_logger(__name__)
@@ -261,7 +264,16 @@ class EventHub:
     with Redis down too: feeds then find events in the table, and the subscriptions are made again once
     Redis answers."""
 
-    def __init__(self, db: Database, redis_url: str | None, *, poll_s: float, idle_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        db: Database,
+        redis_url: str | None,
+        *,
+        poll_s: float,
+        idle_s: float = 30.0,
+        deltas_dir: Path | None = None,
+    ) -> None:
+        """`deltas_dir`: without Redis, where to listen for the workers' streamed chunks (`local_bus`)."""
         self.reader = EventReader(db)
         self.redis_url = redis_url
         # With Redis the table is only a safety net; without it, it is the only source.
@@ -273,13 +285,20 @@ class EventHub:
         self._connected = False
         self._reader: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        self._local: LocalDeltaListener | None = None
+        if redis_url is None and deltas_dir is not None:
+            self._local = LocalDeltaListener(deltas_dir, self._local_delta)
 
     async def start(self) -> None:
         if self.redis_url is not None:
             self._redis = redis.asyncio.Redis.from_url(self.redis_url)
             self._reader = asyncio.create_task(self._read(), name="event-hub")
+        if self._local is not None:
+            await self._local.start()
 
     async def close(self) -> None:
+        if self._local is not None:
+            await self._local.close()
         for feed in list(self.feeds.values()):
             await feed.stop()
         self.feeds.clear()
@@ -325,6 +344,12 @@ class EventHub:
                 with contextlib.suppress(redis.RedisError, OSError):
                     await self._pubsub.unsubscribe(tenant_channel(feed.tenant_id))
         await feed.stop()
+
+    def _local_delta(self, tenant_id: str, message: bytes) -> None:
+        # A tenant nobody here follows: nobody to give the chunk to.
+        feed = self.feeds.get(tenant_id)
+        if feed is not None:
+            feed.inbox.put_nowait(message)
 
     async def _connect(self) -> None:
         assert self._redis is not None

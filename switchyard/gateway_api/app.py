@@ -13,6 +13,7 @@ from switchyard.core.db import Database, async_pool
 from switchyard.core.logs import configure_logging
 from switchyard.core.redis_pool import shared_client
 from switchyard.events.feed import EventHub
+from switchyard.events.local_bus import delta_folder
 from switchyard.gateway_api.api_docs import install_docs
 from switchyard.gateway_api.errors import install_error_handlers
 from switchyard.gateway_api.input_guard import reject_unstorable_strings
@@ -33,7 +34,9 @@ from switchyard.gateway_api.state import ApiState, KeyCache
 from switchyard.gateway_api.ws_slots import ConnectionSlots
 from switchyard.ml.catalog import model_signatures
 from switchyard.providers.health import DeploymentHealth, health_store
+from switchyard.providers.health_snapshots import WorkerSnapshots, health_folder
 from switchyard.providers.limits import RateLimits
+from switchyard.providers.status import LimitsView
 from switchyard.settings import Settings, get_settings
 from switchyard.tasks.completion import Completions
 from switchyard.workers.celery_app import make_celery
@@ -60,6 +63,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         db = Database(settings)
         dispatcher = PublishQueue(celery)
         pg = async_pool(settings)
+        health: DeploymentHealth
+        limits: LimitsView
+        if redis_client is not None:
+            health, limits = DeploymentHealth(health_store(redis_client)), RateLimits(settings.redis_url)
+        else:
+            # Embedded mode: this process makes no calls; the workers write what they count to files.
+            snapshots = WorkerSnapshots(health_folder(settings.data_dir))
+            health, limits = DeploymentHealth(snapshots), snapshots
         if pg is not None:
             await pg.open()
         # Shared definitions (a bad file stops start-up with its problem named).
@@ -77,10 +88,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             completions=Completions(db, settings.redis_url),
             engine=Engine(config, dispatcher),
             keys=KeyCache(ttl_s=settings.api_key_cache_s),
-            hub=EventHub(db, settings.redis_url, poll_s=settings.feed_poll_s),
+            hub=EventHub(
+                db, settings.redis_url, poll_s=settings.feed_poll_s, deltas_dir=delta_folder(settings.data_dir)
+            ),
             ws_slots=ConnectionSlots(settings.redis_url, settings.ws_max_connections_per_tenant),
-            health=DeploymentHealth(health_store(redis_client)),
-            limits=RateLimits(settings.redis_url),
+            health=health,
+            limits=limits,
         )
         await state.hub.start()
         app.state.switchyard = state

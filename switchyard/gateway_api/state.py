@@ -16,7 +16,7 @@ from switchyard.events.feed import EventHub
 from switchyard.gateway_api.ws_slots import ConnectionSlots
 from switchyard.ml.signature import Signature
 from switchyard.providers.health import DeploymentHealth
-from switchyard.providers.limits import RateLimits
+from switchyard.providers.status import LimitsView
 from switchyard.settings import Settings
 from switchyard.tasks.completion import Completions
 from switchyard.tenancy.service import Principal
@@ -63,7 +63,7 @@ class ApiState:
     hub: EventHub
     ws_slots: ConnectionSlots
     health: DeploymentHealth
-    limits: RateLimits
+    limits: LimitsView
     # When this process started (monotonic): /readyz gives workers that long to run the duties a first time.
     started: float = field(default_factory=time.monotonic)
 

@@ -10,7 +10,8 @@ Each deployment (named `provider/model`) has, under `switchyard:dep:<name>`:
 - `:probe`, the half-open probe's claim, which lapses like a lease.
 
 The breaker's rules live here in Python; the stores only keep counts (Redis, or this process's memory in
-embedded mode, where nothing is shared).
+embedded mode, where nothing is shared; there each worker writes its counts to a file for the API to show,
+see `health_snapshots`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import random
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -197,13 +199,53 @@ class _Local:
     probe_until: float = 0.0
 
 
-class MemoryHealthStore:
-    """The same counts in this process (embedded mode: one worker, nothing to share)."""
+_SEVERITY = {"closed": 0, "half_open": 1, "open": 2}
 
-    def __init__(self) -> None:
+
+class MemoryHealthStore:
+    """The same counts in this process (embedded mode: one worker, nothing to share). `on_change` is called
+    after every change (outside the lock)."""
+
+    def __init__(self, on_change: Callable[[], None] | None = None) -> None:
         self._deps: dict[str, _Local] = defaultdict(_Local)
         self._turns: dict[str, int] = {}
         self._lock = threading.Lock()
+        self.on_change = on_change
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
+    def snapshot(self) -> dict[str, Any]:
+        """The counts as JSON-ready data, for `merge` in another process."""
+        with self._lock:
+            return {
+                name: {
+                    "state": dep.state,
+                    "until": dep.until,
+                    "busy": dict(dep.busy),
+                    "buckets": {str(k): list(v) for k, v in dep.buckets.items()},
+                    "latencies": list(dep.latencies),
+                }
+                for name, dep in self._deps.items()
+            }
+
+    def merge(self, snapshot: dict[str, Any]) -> None:
+        """Add another process's counts: windows and calls in flight add up, latencies join, and a breaker
+        shows the worst state any process has it in (each process keeps its own)."""
+        with self._lock:
+            for name, data in snapshot.items():
+                dep = self._deps[name]
+                if _SEVERITY.get(data["state"], 0) > _SEVERITY[dep.state]:
+                    dep.state = data["state"]
+                dep.until = max(dep.until, float(data["until"]))
+                dep.busy.update(data["busy"])
+                for key, (ok, failed) in data["buckets"].items():
+                    counts = dep.buckets[int(key)]
+                    counts[0] += ok
+                    counts[1] += failed
+                dep.latencies.extend(data["latencies"])
+                del dep.latencies[LATENCIES_KEPT:]
 
     def _stats(self, dep: _Local, now: float, bucket_s: float, keep: int = 20) -> Stats:
         idx = math.floor(now / bucket_s)
@@ -222,6 +264,7 @@ class MemoryHealthStore:
     def begin(self, name: str, call_id: str, lapses_at: float) -> None:
         with self._lock:
             self._deps[name].busy[call_id] = lapses_at
+        self._changed()
 
     def end(self, call: EndedCall, now: float, bucket_s: float) -> Stats:
         with self._lock:
@@ -232,7 +275,9 @@ class MemoryHealthStore:
                 if call.outcome == "ok":
                     dep.latencies.insert(0, round(call.latency_ms, 1))
                     del dep.latencies[LATENCIES_KEPT:]
-            return self._stats(dep, now, bucket_s)
+            stats = self._stats(dep, now, bucket_s)
+        self._changed()
+        return stats
 
     def set_state(self, name: str, state: str, until: float) -> None:
         with self._lock:
@@ -240,6 +285,7 @@ class MemoryHealthStore:
             dep.state, dep.until = state, until
             if state != "half_open":
                 dep.probe_until = 0.0
+        self._changed()
 
     def take_probe(self, name: str, call_id: str, ttl_s: float) -> bool:
         with self._lock:
@@ -247,11 +293,13 @@ class MemoryHealthStore:
             if dep.probe_until > now:
                 return False
             dep.probe_until, dep.state = now + ttl_s, "half_open"
-            return True
+        self._changed()
+        return True
 
     def reset_window(self, name: str, now: float, bucket_s: float) -> None:
         with self._lock:
             self._deps[name].buckets.clear()
+        self._changed()
 
     def next_turn(self, model: str) -> int:
         with self._lock:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import math
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from switchyard.core.config import AppConfig, Deployment
 from switchyard.providers.health import LATENCIES_KEPT, DeploymentHealth
-from switchyard.providers.limits import RateLimits
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -19,7 +18,14 @@ def _percentile(values: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
-def deployment_status(config: AppConfig, health: DeploymentHealth, limits: RateLimits) -> list[dict[str, Any]]:
+class LimitsView(Protocol):
+    """The room left under a deployment's rate limits: `RateLimits` itself, or what the workers last wrote of
+    theirs (embedded mode, `health_snapshots`)."""
+
+    def usage(self, dep: Deployment) -> dict[str, int | None]: ...
+
+
+def deployment_status(config: AppConfig, health: DeploymentHealth, limits: LimitsView) -> list[dict[str, Any]]:
     """Every deployment once (a deployment several models list is one upstream, with one breaker)."""
     listed: dict[str, tuple[Deployment, list[str]]] = {}
     for name, model in config.models.items():

@@ -14,8 +14,10 @@ from switchyard.core.config import load_config
 from switchyard.core.db import Database
 from switchyard.core.redis_pool import shared_client
 from switchyard.events.bus import publish_delta
+from switchyard.events.local_bus import LocalDeltaSender, delta_folder
 from switchyard.events.relay import EventRelay
-from switchyard.providers.health import DeploymentHealth, health_store
+from switchyard.providers.health import DeploymentHealth, HealthStore, health_store
+from switchyard.providers.health_snapshots import SnapshotWriter, written_store
 from switchyard.providers.limits import RateLimits
 from switchyard.providers.registry import ProviderSet
 from switchyard.providers.router import Router
@@ -46,6 +48,9 @@ class WorkerResources:
     deliverer: Deliverer
     runtime: Runtime
     relay: EventRelay | None = None
+    # Embedded mode only: the chunks' sockets and the health file (see events/local_bus, health_snapshots).
+    local_deltas: LocalDeltaSender | None = None
+    health_file: SnapshotWriter | None = None
 
     def start_relay(self) -> None:
         """Run an event relay thread in this process (it numbers events while it holds the leadership)."""
@@ -63,6 +68,10 @@ class WorkerResources:
         self.runtime.close(self.settings.shutdown_grace_s)
         if self.relay is not None:
             self.relay.stop()
+        if self.local_deltas is not None:
+            self.local_deltas.close()
+        if self.health_file is not None:
+            self.health_file.close()
         self.providers.close()
         self.sender.close()
         self.db.dispose()
@@ -87,6 +96,16 @@ def init_resources() -> WorkerResources:
             db = Database(settings)
             providers = ProviderSet(config)
             on_finished = partial(signal_done, redis_client) if redis_client is not None else None
+            limits = RateLimits(settings.redis_url)
+            store: HealthStore
+            local_deltas, health_file = None, None
+            if redis_client is not None:
+                store = health_store(redis_client)
+            else:
+                # Embedded mode: chunks go to this machine's API processes over local sockets, and the counts
+                # behind `GET /v1/providers` to a file the API reads.
+                local_deltas = LocalDeltaSender(delta_folder(settings.data_dir))
+                store, health_file = written_store(settings.data_dir, config, limits)
             dispatcher = CeleryDispatcher(app)
             sender = WebhookSender(
                 timeout_s=settings.webhook_timeout_s,
@@ -99,10 +118,10 @@ def init_resources() -> WorkerResources:
                 config,
                 db,
                 providers,
-                Router(config, DeploymentHealth(health_store(redis_client)), RateLimits(settings.redis_url)),
+                Router(config, DeploymentHealth(store), limits),
                 LocalAdvancer(db, engine, dispatcher),
                 on_finished=on_finished,
-                deltas=partial(publish_delta, redis_client) if redis_client is not None else None,
+                deltas=partial(publish_delta, redis_client) if redis_client is not None else local_deltas,
                 dispatch=dispatcher,
             )
             _resources = WorkerResources(
@@ -121,7 +140,11 @@ def init_resources() -> WorkerResources:
                 redis=redis_client,
                 sender=sender,
                 deliverer=Deliverer(db, sender, settings),
+                local_deltas=local_deltas,
+                health_file=health_file,
             )
+            if health_file is not None:
+                health_file.start()
         return _resources
 
 

@@ -3,8 +3,9 @@
 Existing code and the official SDK work by changing `base_url`. Each request runs as a task through the
 workers like any other (routed, retried, failed over, costed and recorded); the response is OpenAI's shape
 with `x-switchyard-task-id` and `x-switchyard-cost-usd`. A streamed answer's chunks come from the worker
-over Redis as the provider produces them: a provider failing before the first chunk is failed over out of
-sight; a stream that breaks after chunks were sent ends with an error event, never with `[DONE]`.
+over Redis (embedded mode: a local socket) as the provider produces them: a provider failing before the first
+chunk is failed over out of sight; a stream that breaks after chunks were sent ends with an error event,
+never with `[DONE]`.
 """
 
 from __future__ import annotations
@@ -239,6 +240,8 @@ async def _chunks(
     sent: list[str] = []
     async for event in events:
         if event.seq is None:  # a text chunk
+            if event.view["data"]["index"] != len(sent):
+                continue  # one was lost on the way: what follows it comes from the final text, sent once
             if not sent:
                 yield chunk({"role": "assistant", "content": ""})
             text = str(event.view["data"]["content"])
@@ -261,7 +264,7 @@ async def _chunks(
         content = result.get("content") or ""
         if not sent:
             yield chunk({"role": "assistant", "content": ""})
-        # Chunks lost on the way (or never streamed, in embedded mode) are made up from the final text.
+        # Chunks lost on the way are made up from the final text.
         streamed = "".join(sent)
         if content != streamed:
             rest = content[len(streamed) :] if content.startswith(streamed) else content

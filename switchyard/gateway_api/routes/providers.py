@@ -1,4 +1,5 @@
-"""`GET /v1/providers`: the health of every deployment, as the workers see it (shared through Redis)."""
+"""`GET /v1/providers`: the health of every deployment, as the workers see it (shared through Redis; in embedded
+mode, written by each worker to a file: `providers/health_snapshots`)."""
 
 from __future__ import annotations
 
