@@ -37,8 +37,7 @@ def main() -> None:
     print(f"  task {raw.headers['x-switchyard-task-id']}, cost ${float(raw.headers['x-switchyard-cost-usd']):.8f}")
 
     # Streamed chat: chunks as the provider produces them; with include_usage a last chunk has no choices
-    # and carries the usage. (Chunks travel from the worker over Redis: embedded mode, `make dev`, has none
-    # and sends the whole answer as one chunk when the task ends.)
+    # and carries the usage.
     print("streamed chat:")
     stream = client.chat.completions.create(
         model="chat-default",
