@@ -33,7 +33,8 @@ def _check_config() -> None:
     try:
         load_config(_settings().config)
     except ConfigError as exc:
-        click.echo(f"switchyard: configuration error\n{exc}", err=True)
+        # One problem is one line (file: key: problem); several are one line each.
+        click.echo(f"switchyard: configuration error: {exc}", err=True)
         sys.exit(2)
 
 
