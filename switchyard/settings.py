@@ -89,6 +89,14 @@ class Settings(BaseSettings):
     webhook_timeout_s: float = Field(default=10.0, gt=0, le=120)
     webhook_max_response_bytes: int = Field(default=64 * 1024, ge=0)
 
+    # Batches. At most `batch_window` lines of one batch exist as tasks (queued or running) at a time, so a
+    # 50,000-line batch never floods the broker; the completion window ("24h") can be made shorter (tests).
+    batch_window: int = Field(default=1000, ge=1, le=50_000)
+    batch_completion_window_s: float | None = Field(default=None, gt=0)
+    batch_max_lines: int = Field(default=50_000, ge=1, le=1_000_000)
+    # A batch says its progress (`batch.progress`) at most this often.
+    batch_progress_interval_s: float = Field(default=1.0, ge=0)
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.retry_base_s > self.retry_max_s:

@@ -11,6 +11,7 @@ import structlog
 from celery import Celery
 
 from switchyard.workers.queues import (
+    ADVANCE_BATCH,
     ADVANCE_RUN,
     CONTROL,
     DELIVER_WEBHOOK,
@@ -36,8 +37,8 @@ class CeleryDispatcher:
     def __init__(self, app: Celery) -> None:
         self._app = app
 
-    def publish_task(self, task_id: str, task_type: str) -> None:
-        self._app.send_task(EXECUTE_TASK, args=[task_id], queue=queue_for(task_type))
+    def publish_task(self, task_id: str, task_type: str, batch: bool = False) -> None:
+        self._app.send_task(EXECUTE_TASK, args=[task_id], queue=queue_for(task_type, batch))
 
     def publish_tasks(self, queue_name: str, task_ids: list[str]) -> None:
         """Several ids of one queue in one message."""
@@ -54,6 +55,17 @@ class CeleryDispatcher:
         """Ask the webhook workers to attempt a delivery."""
         self._app.send_task(DELIVER_WEBHOOK, args=[delivery_id], queue=WEBHOOKS)
 
+    def publish_batch_lines(self, task_ids_by_type: dict[str, list[str]]) -> None:
+        """A batch's released lines, many ids a message, on the queue of each type's batch lines."""
+        for task_type, ids in task_ids_by_type.items():
+            queue_name = queue_for(task_type, batch=True)
+            for start in range(0, len(ids), MAX_IDS_PER_MESSAGE):
+                self.publish_tasks(queue_name, ids[start : start + MAX_IDS_PER_MESSAGE])
+
+    def publish_batch_advance(self, batch_id: str) -> None:
+        """Ask the control workers to advance a batch."""
+        self._app.send_task(ADVANCE_BATCH, args=[batch_id], queue=CONTROL)
+
 
 class PublishQueue(CeleryDispatcher):
     """The API's dispatcher: `publish_task` only queues the id (an async request never waits on the broker)
@@ -65,12 +77,13 @@ class PublishQueue(CeleryDispatcher):
 
     def __init__(self, app: Celery) -> None:
         super().__init__(app)
+        # (task id, queue name)
         self._queue: queue.SimpleQueue[tuple[str, str] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="sy-publish", daemon=True)
         self._thread.start()
 
-    def publish_task(self, task_id: str, task_type: str) -> None:
-        self._queue.put((task_id, task_type))
+    def publish_task(self, task_id: str, task_type: str, batch: bool = False) -> None:
+        self._queue.put((task_id, queue_for(task_type, batch)))
 
     def close(self) -> None:
         """Publish what is queued, then stop."""
@@ -96,7 +109,7 @@ class PublishQueue(CeleryDispatcher):
                 if item is None:
                     stopping = True
                 else:
-                    by_queue[queue_for(item[1])].append(item[0])
+                    by_queue[item[1]].append(item[0])
             for queue_name, ids in by_queue.items():
                 for start in range(0, len(ids), MAX_IDS_PER_MESSAGE):
                     try:
