@@ -34,6 +34,12 @@ class Settings(BaseSettings):
 
     # HTTP edge.
     max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
+    # Files API: where uploaded and batch-written files live, and how large an upload may be (its own limit:
+    # uploads stream to storage, so they are not bound by max_body_bytes). Every API and worker process of a
+    # deployment must see the same directory: on several machines, a shared volume mounted at the same path.
+    # Unset, `files/` in the data directory.
+    files_dir: Path | None = None
+    max_file_bytes: int = Field(default=200 * 1024 * 1024, ge=1024)
     api_key_cache_s: float = Field(default=30.0, ge=0)
     # Connections kept open per process. The API runs at most this many requests' database work at once.
     db_pool_size: int = Field(default=20, ge=1)
@@ -115,6 +121,11 @@ class Settings(BaseSettings):
         if self.duty_stale_after_s is not None:
             return self.duty_stale_after_s
         return max(30.0, 5 * self.sweep_interval_s)
+
+    @property
+    def files_path(self) -> Path:
+        """The directory of the Files API's bytes (`SWITCHYARD_FILES_DIR`, else `<data dir>/files`)."""
+        return (self.files_dir or self.data_dir / "files").resolve()
 
     @property
     def shared_workflows(self) -> Path:

@@ -453,6 +453,35 @@ class Duty(Base):
     last_run_at: Mapped[datetime]
 
 
+class File(Base):
+    """A file of the Files API: an upload (`purpose` batch) or what a batch wrote (`batch_output`). The row
+    describes it; its bytes live in the files storage under `storage_key`. Deleting a file removes its bytes
+    and keeps the row (`deleted_at` set), so ids a batch names can still be told apart from unknown ones."""
+
+    __tablename__ = "files"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    purpose: Mapped[str] = mapped_column(String(32))
+    filename: Mapped[str] = mapped_column(Text)
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16))
+    storage_key: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    deleted_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        # Lists are a tenant's live files by id (ids sort by creation time: the newest-first order and cursor).
+        Index(
+            "ix_files_tenant_id_id",
+            "tenant_id",
+            "id",
+            postgresql_where=text("deleted_at IS NULL"),
+            sqlite_where=text("deleted_at IS NULL"),
+        ),
+    )
+
+
 # The tables themselves, for hot-path Core inserts that skip the ORM's unit of work.
 ATTEMPTS = cast(Table, Attempt.__table__)
 BATCH_LINES = cast(Table, BatchLine.__table__)
