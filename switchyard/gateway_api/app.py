@@ -18,6 +18,7 @@ from switchyard.gateway_api.errors import install_error_handlers
 from switchyard.gateway_api.input_guard import reject_unstorable_strings
 from switchyard.gateway_api.middleware import BodySizeLimit
 from switchyard.gateway_api.routes import (
+    batches,
     events,
     health,
     models,
@@ -112,6 +113,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         providers.router,
         openai.router,
         usage.router,
+        batches.router,
     ]
     for router in routers:
         app.include_router(router)

@@ -10,6 +10,7 @@ from collections import defaultdict
 import structlog
 from celery import Celery
 
+from switchyard.tasks.transitions import BatchAdvancer
 from switchyard.workers.queues import (
     ADVANCE_BATCH,
     ADVANCE_RUN,
@@ -65,6 +66,49 @@ class CeleryDispatcher:
     def publish_batch_advance(self, batch_id: str) -> None:
         """Ask the control workers to advance a batch."""
         self._app.send_task(ADVANCE_BATCH, args=[batch_id], queue=CONTROL)
+
+
+class ThrottledBatchAdvancer:
+    """A worker's finished batch lines ask for their batch's advance through this: at most one message per
+    batch each `interval_s` from this process, and one more at the end of the interval when asks came in
+    meanwhile, so the last line of a batch is always followed by an advance (the sweep is the last resort)."""
+
+    def __init__(self, publisher: BatchAdvancer, interval_s: float = 0.5) -> None:
+        self._publisher = publisher
+        self._interval_s = interval_s
+        self._lock = threading.Lock()
+        self._next: dict[str, float] = {}
+        self._pending: set[str] = set()
+
+    def publish_batch_advance(self, batch_id: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            due = self._next.get(batch_id, 0.0)
+            if now < due:
+                if batch_id in self._pending:
+                    return
+                self._pending.add(batch_id)
+                timer = threading.Timer(due - now, self._trailing, args=(batch_id,))
+                timer.daemon = True
+                timer.start()
+                return
+            if len(self._next) > 10_000:  # forget batches not heard of for a while
+                self._next = {k: v for k, v in self._next.items() if v > now}
+            self._next[batch_id] = now + self._interval_s
+        self._send(batch_id)
+
+    def _trailing(self, batch_id: str) -> None:
+        with self._lock:
+            self._pending.discard(batch_id)
+            self._next[batch_id] = time.monotonic() + self._interval_s
+        self._send(batch_id)
+
+    def _send(self, batch_id: str) -> None:
+        try:
+            self._publisher.publish_batch_advance(batch_id)
+        except Exception:
+            # The batches' sweep advances a batch that nobody asked about.
+            log.warning("publish_failed", batch_id=batch_id, exc_info=True)
 
 
 class PublishQueue(CeleryDispatcher):
