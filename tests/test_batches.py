@@ -10,6 +10,7 @@ import secrets
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
@@ -97,6 +98,13 @@ def test_chat_batch_round_trip(sdk: openai.OpenAI, stack: Stack) -> None:
     types = [r[0] for r in stack.sql("SELECT type FROM events WHERE batch_id = %s ORDER BY id", batch.id)]
     assert types[-1] == "batch.completed"
     assert "batch.progress" in types
+    # The same events as Server-Sent Events, from the start, ending with the terminal one.
+    with httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {sdk.api_key}"}, timeout=30) as http:
+        with http.stream("GET", f"/v1/batches/{batch.id}/events", params={"since": 0}) as sse:
+            assert sse.status_code == 200
+            names = [line.removeprefix("event: ") for line in sse.iter_lines() if line.startswith("event: ")]
+        assert names[-1] == "batch.completed"
+        assert http.get("/v1/batches/batch_nope/events").status_code == 404
 
 
 def test_embeddings_batch(sdk: openai.OpenAI) -> None:
