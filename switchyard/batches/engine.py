@@ -140,7 +140,8 @@ def _update_counts(tx: Tx, ctx: BatchContext, batch: Batch, counts: repository.L
     changed = (completed, failed) != (batch.completed, batch.failed)
     batch.completed, batch.failed = completed, failed
     batch.cost_usd = counts.cost_usd
-    batch.usage = {k: (int(v) if k != "compute_ms" else v) for k, v in counts.usage.items()}
+    # Token counts always; predictions only for batches that made some (as a task's usage shows them).
+    batch.usage = {k: int(v) for k, v in counts.usage.items() if k != "predictions" or v}
     interval = ctx.settings.batch_progress_interval_s
     if changed and (batch.progress_at is None or (now - batch.progress_at).total_seconds() >= interval):
         batch.progress_at = now
