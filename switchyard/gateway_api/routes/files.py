@@ -42,7 +42,7 @@ async def upload_file(request: Request, principal: Member, state: StateDep) -> F
     """Upload a file (`multipart/form-data`: `file`, `purpose: batch`), streamed to storage as it arrives.
 
     A `batch` file must be JSONL: every non-empty line a JSON object, at most 50,000 lines; the first bad line
-    is named. Larger than `SWITCHYARD_MAX_FILE_BYTES` (200 MB by default): `413`."""
+    is named. Larger than `SWITCHYARD_MAX_FILE_BYTES` (200 MiB by default): `413`."""
     settings = state.settings
     # A batch line is one request: it may be as large as a request body.
     check = service.UploadCheck(max_bytes=settings.max_file_bytes, max_line_bytes=settings.max_body_bytes)
