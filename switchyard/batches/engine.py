@@ -142,6 +142,8 @@ def _update_counts(tx: Tx, ctx: BatchContext, batch: Batch, counts: repository.L
     batch.cost_usd = counts.cost_usd
     # Token counts always; predictions only for batches that made some (as a task's usage shows them).
     batch.usage = {k: int(v) for k, v in counts.usage.items() if k != "predictions" or v}
+    # OpenAI's batch usage also has the total.
+    batch.usage["total_tokens"] = batch.usage["input_tokens"] + batch.usage["output_tokens"]
     interval = ctx.settings.batch_progress_interval_s
     if changed and (batch.progress_at is None or (now - batch.progress_at).total_seconds() >= interval):
         batch.progress_at = now

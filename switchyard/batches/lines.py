@@ -12,7 +12,7 @@ import orjson
 from pydantic import ValidationError
 
 from switchyard.core.config import AppConfig
-from switchyard.core.errors import AppError
+from switchyard.core.errors import AppError, InvalidRequest
 from switchyard.core.validation import invalid_request
 from switchyard.ml.signature import Signature
 from switchyard.tasks import openai_mapping
@@ -121,6 +121,8 @@ def _parse_line(rules: LineRules, raw: bytes) -> Line:
         options = {**rules.options, **task.options.model_dump(exclude_none=True)}
         normalised = validate_input(rules.config, rules.signatures, task, options.get("provider"))
     except AppError as exc:
+        if url != "/v1/tasks" and isinstance(exc, InvalidRequest):
+            exc = openai_mapping.openai_style(exc)  # named as the OpenAI body names it: `messages`, not `input.…`
         code = exc.code or ("model_not_found" if exc.param == "model" else "invalid_request")
         raise LineError(code, exc.message, f"body.{exc.param}" if exc.param else "body") from None
     options.pop("stream", None)
