@@ -52,8 +52,10 @@ COPY config/ /app/config/
 RUN ln -s "$(python -c 'from switchyard.defaults import DEFAULT_WORKFLOWS; print(DEFAULT_WORKFLOWS)')" \
         /app/config/workflows
 # SWITCHYARD_DATA_DIR defaults to ./.switchyard (embedded mode keeps its broker and lock files there): writable by
-# the app user.
-RUN mkdir -p /app/.switchyard && chown switchyard:switchyard /app/.switchyard
+# the app user. So is the files directory docker-compose.yml mounts its `files` volume on (a new named volume takes
+# the owner of the image's directory).
+RUN mkdir -p /app/.switchyard /var/lib/switchyard/files \
+    && chown switchyard:switchyard /app/.switchyard /var/lib/switchyard/files
 
 USER switchyard
 

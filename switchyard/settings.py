@@ -34,6 +34,12 @@ class Settings(BaseSettings):
 
     # HTTP edge.
     max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
+    # Files API: where uploaded and batch-written files live, and how large an upload may be (its own limit:
+    # uploads stream to storage, so they are not bound by max_body_bytes). Every API and worker process of a
+    # deployment must see the same directory: on several machines, a shared volume mounted at the same path.
+    # Unset, `files/` in the data directory.
+    files_dir: Path | None = None
+    max_file_bytes: int = Field(default=200 * 1024 * 1024, ge=1024)
     api_key_cache_s: float = Field(default=30.0, ge=0)
     # Connections kept open per process. The API runs at most this many requests' database work at once.
     db_pool_size: int = Field(default=20, ge=1)
@@ -91,6 +97,14 @@ class Settings(BaseSettings):
     webhook_timeout_s: float = Field(default=10.0, gt=0, le=120)
     webhook_max_response_bytes: int = Field(default=64 * 1024, ge=0)
 
+    # Batches. At most `batch_window` lines of one batch exist as tasks (queued or running) at a time, so a
+    # 50,000-line batch never floods the broker; the completion window ("24h") can be made shorter (tests).
+    batch_window: int = Field(default=1000, ge=1, le=50_000)
+    batch_completion_window_s: float | None = Field(default=None, gt=0)
+    batch_max_lines: int = Field(default=50_000, ge=1, le=1_000_000)
+    # A batch says its progress (`batch.progress`) at most this often.
+    batch_progress_interval_s: float = Field(default=1.0, ge=0)
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.retry_base_s > self.retry_max_s:
@@ -109,6 +123,11 @@ class Settings(BaseSettings):
         if self.duty_stale_after_s is not None:
             return self.duty_stale_after_s
         return max(30.0, 5 * self.sweep_interval_s)
+
+    @property
+    def files_path(self) -> Path:
+        """The directory of the Files API's bytes (`SWITCHYARD_FILES_DIR`, else `<data dir>/files`)."""
+        return (self.files_dir or self.data_dir / "files").resolve()
 
     @property
     def shared_workflows(self) -> Path:

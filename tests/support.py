@@ -181,10 +181,10 @@ class Stack:
                     )
                     wait_http(f"http://127.0.0.1:{port}/healthz", server)
             self.api = self.start("api", cli("api", "--port", str(api_port)))
-            # Control work in one worker, provider calls in their own. No beat and no scheduler: the workers
-            # run the periodic duties themselves (one leads at a time).
+            # Control work in one worker, provider calls (and batch lines) in their own. No beat and no scheduler:
+            # the workers run the periodic duties themselves (one leads at a time).
             self.control = self.start_worker("control,webhooks")
-            self.provider: Process | None = self.start_worker("provider") if provider_worker else None
+            self.provider: Process | None = self.start_worker("provider,batch") if provider_worker else None
             self.more_providers = [self.start_worker("provider") for _ in range(provider_workers - 1)]
             self.ml: Process | None = self.start_worker("ml", concurrency=32) if ml else None
             wait_http(f"{self.url}/healthz", self.api)

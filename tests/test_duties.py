@@ -29,7 +29,7 @@ from tests.support import (
     wait_until,
 )
 
-DUTIES = {"tasks", "workflow_runs", "webhook_deliveries"}
+DUTIES = {"tasks", "workflow_runs", "webhook_deliveries", "batches"}
 # switchyard.workers.duties.LOCK_KEY, as the tests see it from outside.
 DUTIES_LOCK_KEY = 0x5377_7964_4475_7479
 

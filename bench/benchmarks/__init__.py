@@ -21,6 +21,7 @@ NAMES: tuple[str, ...] = (
     "sync_overhead",
     "sync_throughput",
     "task_cost",
+    "batch",
 )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class AppError(Exception):
     """An error a client can meet: a status, a message, and the request field it concerns."""
@@ -15,6 +17,11 @@ class AppError(Exception):
         self.param = param
         self.code = code
         self.headers: dict[str, str] = {}
+
+
+def error_body(type_: str, message: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    """API.md's error shape: what every failed request answers (and a batch line's error, in its file)."""
+    return {"error": {"type": type_, "message": message, "param": param, "code": code}}
 
 
 class InvalidRequest(AppError):

@@ -128,9 +128,16 @@ class Task(Base):
     step_id: Mapped[str | None] = mapped_column(String(100))
     item_index: Mapped[int | None] = mapped_column(Integer)
     step_generation: Mapped[int | None] = mapped_column(Integer)
+    # A task made for a line of a batch: which batch, and which line of its input file (0-based).
+    batch_id: Mapped[str | None] = mapped_column(String(40))
+    batch_line: Mapped[int | None] = mapped_column(Integer)
 
     __table_args__ = (
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_tasks_tenant_idempotency_key"),
+        # A line is released as a task once, even if two advances of its batch race.
+        UniqueConstraint("batch_id", "batch_line", name="uq_tasks_batch_line"),
+        # A batch's advance counts its lines' tasks by status.
+        Index("ix_tasks_batch_id_status", "batch_id", "status"),
         # A step's task for one item is made once per generation, even if two advances race.
         UniqueConstraint("run_id", "step_id", "step_generation", "item_index", name="uq_tasks_run_step_item"),
         Index("ix_tasks_tenant_id_id", "tenant_id", "id"),
@@ -252,6 +259,71 @@ class RunStep(Base):
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+
+
+class Batch(Base):
+    """A batch job: an input file of requests, each line run as a task (`tasks.batch_id`), a window of lines
+    released at a time; the output and error files written when every line has ended."""
+
+    __tablename__ = "batches"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(16))
+    endpoint: Mapped[str] = mapped_column(String(100))
+    input_file_id: Mapped[str] = mapped_column(String(40))
+    completion_window: Mapped[str] = mapped_column(String(16))
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONType)
+    options: Mapped[dict[str, Any]]
+    webhook: Mapped[dict[str, Any] | None]
+    errors: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONType)
+    output_file_id: Mapped[str | None] = mapped_column(String(40))
+    error_file_id: Mapped[str | None] = mapped_column(String(40))
+    # Lines of the input file (known once validated), and how many have been released as tasks.
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    released: Mapped[int] = mapped_column(Integer, default=0)
+    completed: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    usage: Mapped[dict[str, Any] | None]
+    cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    in_progress_at: Mapped[datetime | None]
+    finalizing_at: Mapped[datetime | None]
+    completed_at: Mapped[datetime | None]
+    failed_at: Mapped[datetime | None]
+    expired_at: Mapped[datetime | None]
+    cancelling_at: Mapped[datetime | None]
+    cancelled_at: Mapped[datetime | None]
+    # When the batch was last advanced (the sweep advances batches that sat still) and last said its progress.
+    advanced_at: Mapped[datetime | None]
+    progress_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        Index("ix_batches_tenant_id_id", "tenant_id", "id"),
+        Index(
+            "ix_batches_live",
+            "status",
+            postgresql_where=text("status IN ('validating', 'in_progress', 'finalizing', 'cancelling')"),
+            sqlite_where=text("status IN ('validating', 'in_progress', 'finalizing', 'cancelling')"),
+        ),
+    )
+
+
+class BatchLine(Base):
+    """A validated line of a batch's input, waiting to be released as a task (and, after, what names the
+    task's output line: its `custom_id`). Released lines stay, so that the files are written in line order."""
+
+    __tablename__ = "batch_lines"
+
+    batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"), primary_key=True)
+    line: Mapped[int] = mapped_column(Integer, primary_key=True)
+    custom_id: Mapped[str] = mapped_column(String(512))
+    type: Mapped[str] = mapped_column(String(16))
+    model: Mapped[str] = mapped_column(String(200))
+    input: Mapped[dict[str, Any]]
+    options: Mapped[dict[str, Any]]
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata")
 
 
 class Event(Base):
@@ -381,6 +453,36 @@ class Duty(Base):
     last_run_at: Mapped[datetime]
 
 
+class File(Base):
+    """A file of the Files API: an upload (`purpose` batch) or what a batch wrote (`batch_output`). The row
+    describes it; its bytes live in the files storage under `storage_key`. Deleting a file removes its bytes
+    and keeps the row (`deleted_at` set), so ids a batch names can still be told apart from unknown ones."""
+
+    __tablename__ = "files"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    purpose: Mapped[str] = mapped_column(String(32))
+    filename: Mapped[str] = mapped_column(Text)
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16))
+    storage_key: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    deleted_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        # Lists are a tenant's live files by id (ids sort by creation time: the newest-first order and cursor).
+        Index(
+            "ix_files_tenant_id_id",
+            "tenant_id",
+            "id",
+            postgresql_where=text("deleted_at IS NULL"),
+            sqlite_where=text("deleted_at IS NULL"),
+        ),
+    )
+
+
 # The tables themselves, for hot-path Core inserts that skip the ORM's unit of work.
 ATTEMPTS = cast(Table, Attempt.__table__)
+BATCH_LINES = cast(Table, BatchLine.__table__)
 EVENTS = cast(Table, Event.__table__)

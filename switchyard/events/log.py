@@ -26,6 +26,7 @@ TERMINAL_TYPES = frozenset(
         "batch.completed",
         "batch.failed",
         "batch.canceled",
+        "batch.expired",
     }
 )
 

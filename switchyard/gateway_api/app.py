@@ -14,12 +14,15 @@ from switchyard.core.logs import configure_logging
 from switchyard.core.redis_pool import shared_client
 from switchyard.events.feed import EventHub
 from switchyard.events.local_bus import delta_folder
+from switchyard.files.storage import storage_for
 from switchyard.gateway_api.api_docs import install_docs
 from switchyard.gateway_api.errors import install_error_handlers
 from switchyard.gateway_api.input_guard import reject_unstorable_strings
 from switchyard.gateway_api.middleware import BodySizeLimit
 from switchyard.gateway_api.routes import (
+    batches,
     events,
+    files,
     health,
     models,
     openai,
@@ -94,6 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ws_slots=ConnectionSlots(settings.redis_url, settings.ws_max_connections_per_tenant),
             health=health,
             limits=limits,
+            files=storage_for(settings),
         )
         await state.hub.start()
         app.state.switchyard = state
@@ -124,10 +128,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         webhooks.router,
         providers.router,
         openai.router,
+        files.router,
         usage.router,
+        batches.router,
     ]
     for router in routers:
         app.include_router(router)
     install_docs(app, routers)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    # File uploads stream to storage: they have a limit of their own.
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, uploads={"/v1/files": settings.max_file_bytes})
     return app

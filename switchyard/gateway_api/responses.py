@@ -7,16 +7,14 @@ from typing import Any
 import orjson
 from fastapi.responses import JSONResponse
 
-from switchyard.core.errors import AppError
+from switchyard.core.errors import AppError, error_body
+
+__all__ = ["FastJSONResponse", "error_body", "error_response"]
 
 
 class FastJSONResponse(JSONResponse):
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
-
-
-def error_body(type_: str, message: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
-    return {"error": {"type": type_, "message": message, "param": param, "code": code}}
 
 
 def error_response(exc: AppError) -> FastJSONResponse:

@@ -13,6 +13,7 @@ from psycopg_pool import AsyncConnectionPool
 from switchyard.core.config import AppConfig
 from switchyard.core.db import Database
 from switchyard.events.feed import EventHub
+from switchyard.files.storage import Storage
 from switchyard.gateway_api.ws_slots import ConnectionSlots
 from switchyard.ml.signature import Signature
 from switchyard.providers.health import DeploymentHealth
@@ -64,6 +65,8 @@ class ApiState:
     ws_slots: ConnectionSlots
     health: DeploymentHealth
     limits: LimitsView
+    # The Files API's bytes (the same storage the workers read batch inputs from and write outputs to).
+    files: Storage
     # When this process started (monotonic): /readyz gives workers that long to run the duties a first time.
     started: float = field(default_factory=time.monotonic)
 

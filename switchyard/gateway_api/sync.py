@@ -11,20 +11,16 @@ import anyio.to_thread
 from fastapi import Request
 
 from switchyard.core.errors import (
-    AppError,
-    Conflict,
     GatewayTimeout,
-    InvalidRequest,
-    MalformedRequest,
-    NotFound,
-    RateLimited,
-    ServiceUnavailable,
-    UpstreamFailed,
 )
 from switchyard.gateway_api.state import ApiState
 from switchyard.tasks import service
+from switchyard.tasks.openai_mapping import failure, openai_style
 from switchyard.tasks.schemas import TaskCreate
 from switchyard.tenancy.service import Principal
+
+# The mapping of a failed task to the error a caller gets lives with the OpenAI mapping (batch lines use it too).
+__all__ = ["create", "failure", "openai_style", "read", "task_headers", "wait_for"]
 
 
 async def create(
@@ -67,39 +63,6 @@ async def wait_for(state: ApiState, principal: Principal, task_id: str, wait_s: 
     if isinstance(finished, dict):
         return finished  # pushed by the worker that finished it (for this tenant's request: it made the task)
     return await read(state, principal, task_id)
-
-
-def failure(task: dict[str, Any], *, invalid: type[AppError] = InvalidRequest) -> AppError:
-    """A finished task that did not succeed, as the error a synchronous caller gets."""
-    error = task["error"] or {"type": "provider_error", "message": task["status"]}
-    kind = error["type"]
-    message = f"task {task['id']} {task['status']}: {error['message']}"
-    exc: AppError
-    if kind in ("invalid_request", "context_length_exceeded", "content_blocked"):
-        exc = invalid(message)
-    elif kind == "rate_limited":
-        exc = RateLimited(message)
-    elif kind == "timeout":
-        exc = GatewayTimeout(message)
-    elif kind == "unavailable":
-        exc = ServiceUnavailable(message)
-    elif kind == "canceled":
-        exc = Conflict(message)
-    else:
-        exc = UpstreamFailed(message)
-    exc.code = kind
-    exc.headers["x-switchyard-task-id"] = task["id"]
-    return exc
-
-
-def openai_style(exc: InvalidRequest) -> AppError:
-    """Our 422 for a bad task input, as OpenAI's endpoints say it: a 400 naming the request's own field
-    (`messages[0].role`, not `input.messages[0].role`), a 404 for an unknown model."""
-    param = (exc.param or "").removeprefix("input.")
-    message = exc.message.replace("input.", "")
-    if exc.param == "model":
-        return NotFound(message, param="model", code="model_not_found")
-    return MalformedRequest(message, param=param or None)
 
 
 def task_headers(task: dict[str, Any]) -> dict[str, str]:

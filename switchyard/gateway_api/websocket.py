@@ -19,7 +19,7 @@ import structlog
 from sqlalchemy import select
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from switchyard.core.models import Run, Task
+from switchyard.core.models import Batch, Run, Task
 from switchyard.core.validation import find_unstorable
 from switchyard.events.feed import ALL, FeedEvent, Key, Listener, SlowConsumer, TenantFeed, object_key, replay
 from switchyard.gateway_api.state import ApiState
@@ -161,9 +161,7 @@ class WebSocketSession:
 
     def _owned(self, field: str, object_id: str) -> bool:
         """Whether the object exists and is the caller's (another tenant's ids look unknown)."""
-        if field == "batch_id":
-            return False  # batches come with the batch API
-        model: type[Task] | type[Run] = Task if field == "task_id" else Run
+        model: type[Task] | type[Run] | type[Batch] = _MODELS[field]
         with self.state.db.sessions() as session:
             found = session.scalar(
                 select(model.id).where(model.id == object_id, model.tenant_id == self.principal.tenant_id)
@@ -172,6 +170,10 @@ class WebSocketSession:
 
     async def _send(self, frame: dict[str, Any]) -> None:
         await self.ws.send_text(orjson.dumps(frame).decode())
+
+
+# What an object id names, by the field that gives it.
+_MODELS: dict[str, type[Task] | type[Run] | type[Batch]] = {"task_id": Task, "run_id": Run, "batch_id": Batch}
 
 
 def _target_fields(key: Key) -> dict[str, Any]:

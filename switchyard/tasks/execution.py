@@ -101,6 +101,7 @@ class Executor:
         on_finished: Callable[[str, dict[str, Any]], None] | None = None,
         deltas: DeltaSink | None = None,
         dispatch: transitions.Dispatcher | None = None,
+        batch_advancer: transitions.BatchAdvancer | None = None,
     ) -> None:
         self.settings = settings
         self.config = config
@@ -109,7 +110,8 @@ class Executor:
         self.router = router
         # Asked to advance a workflow run when one of its tasks finishes; told by the synchronous endpoints'
         # waiters (after the commit) when a task reaches its final state.
-        self.finished = Finished(on_finished=on_finished, advancer=dispatcher)
+        # Asked to advance a batch when one of its lines' tasks finishes.
+        self.finished = Finished(on_finished=on_finished, advancer=dispatcher, batch_advancer=batch_advancer)
         # Where a streaming chat task's text chunks go as they arrive (None: nobody can listen, do not stream).
         self.deltas = deltas
         # Publishes a task handed back at shutdown.

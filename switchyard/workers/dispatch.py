@@ -10,7 +10,9 @@ from collections import defaultdict
 import structlog
 from celery import Celery
 
+from switchyard.tasks.transitions import BatchAdvancer
 from switchyard.workers.queues import (
+    ADVANCE_BATCH,
     ADVANCE_RUN,
     CONTROL,
     DELIVER_WEBHOOK,
@@ -36,8 +38,8 @@ class CeleryDispatcher:
     def __init__(self, app: Celery) -> None:
         self._app = app
 
-    def publish_task(self, task_id: str, task_type: str) -> None:
-        self._app.send_task(EXECUTE_TASK, args=[task_id], queue=queue_for(task_type))
+    def publish_task(self, task_id: str, task_type: str, batch: bool = False) -> None:
+        self._app.send_task(EXECUTE_TASK, args=[task_id], queue=queue_for(task_type, batch))
 
     def publish_tasks(self, queue_name: str, task_ids: list[str]) -> None:
         """Several ids of one queue in one message."""
@@ -54,6 +56,60 @@ class CeleryDispatcher:
         """Ask the webhook workers to attempt a delivery."""
         self._app.send_task(DELIVER_WEBHOOK, args=[delivery_id], queue=WEBHOOKS)
 
+    def publish_batch_lines(self, task_ids_by_type: dict[str, list[str]]) -> None:
+        """A batch's released lines, many ids a message, on the queue of each type's batch lines."""
+        for task_type, ids in task_ids_by_type.items():
+            queue_name = queue_for(task_type, batch=True)
+            for start in range(0, len(ids), MAX_IDS_PER_MESSAGE):
+                self.publish_tasks(queue_name, ids[start : start + MAX_IDS_PER_MESSAGE])
+
+    def publish_batch_advance(self, batch_id: str) -> None:
+        """Ask the control workers to advance a batch."""
+        self._app.send_task(ADVANCE_BATCH, args=[batch_id], queue=CONTROL)
+
+
+class ThrottledBatchAdvancer:
+    """A worker's finished batch lines ask for their batch's advance through this: at most one message per
+    batch each `interval_s` from this process, and one more at the end of the interval when asks came in
+    meanwhile, so the last line of a batch is always followed by an advance (the sweep is the last resort)."""
+
+    def __init__(self, publisher: BatchAdvancer, interval_s: float = 0.5) -> None:
+        self._publisher = publisher
+        self._interval_s = interval_s
+        self._lock = threading.Lock()
+        self._next: dict[str, float] = {}
+        self._pending: set[str] = set()
+
+    def publish_batch_advance(self, batch_id: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            due = self._next.get(batch_id, 0.0)
+            if now < due:
+                if batch_id in self._pending:
+                    return
+                self._pending.add(batch_id)
+                timer = threading.Timer(due - now, self._trailing, args=(batch_id,))
+                timer.daemon = True
+                timer.start()
+                return
+            if len(self._next) > 10_000:  # forget batches not heard of for a while
+                self._next = {k: v for k, v in self._next.items() if v > now}
+            self._next[batch_id] = now + self._interval_s
+        self._send(batch_id)
+
+    def _trailing(self, batch_id: str) -> None:
+        with self._lock:
+            self._pending.discard(batch_id)
+            self._next[batch_id] = time.monotonic() + self._interval_s
+        self._send(batch_id)
+
+    def _send(self, batch_id: str) -> None:
+        try:
+            self._publisher.publish_batch_advance(batch_id)
+        except Exception:
+            # The batches' sweep advances a batch that nobody asked about.
+            log.warning("publish_failed", batch_id=batch_id, exc_info=True)
+
 
 class PublishQueue(CeleryDispatcher):
     """The API's dispatcher: `publish_task` only queues the id (an async request never waits on the broker)
@@ -65,12 +121,13 @@ class PublishQueue(CeleryDispatcher):
 
     def __init__(self, app: Celery) -> None:
         super().__init__(app)
+        # (task id, queue name)
         self._queue: queue.SimpleQueue[tuple[str, str] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="sy-publish", daemon=True)
         self._thread.start()
 
-    def publish_task(self, task_id: str, task_type: str) -> None:
-        self._queue.put((task_id, task_type))
+    def publish_task(self, task_id: str, task_type: str, batch: bool = False) -> None:
+        self._queue.put((task_id, queue_for(task_type, batch)))
 
     def close(self) -> None:
         """Publish what is queued, then stop."""
@@ -96,7 +153,7 @@ class PublishQueue(CeleryDispatcher):
                 if item is None:
                     stopping = True
                 else:
-                    by_queue[queue_for(item[1])].append(item[0])
+                    by_queue[item[1]].append(item[0])
             for queue_name, ids in by_queue.items():
                 for start in range(0, len(ids), MAX_IDS_PER_MESSAGE):
                     try:

@@ -1,11 +1,12 @@
 """Periodic duties, run inside the workers: each domain's own sweep, composed here, run by one leader at a time.
 
 The duties are the tasks' sweep (reclaim expired leases, re-publish lost and due tasks), the workflow runs'
-sweep (advance runs that sat still) and the webhook deliveries' sweep (publish due retries, take back lapsed
-leases). `api` + `worker` is therefore a complete deployment: every worker process runs a `DutyRunner` thread
-that competes for the duties' leadership (`core.leader`); the leader runs every duty each
-`sweep_interval_s`, each in its own transaction on the locked connection, and records the run in the
-`duties` table in that same transaction, where `/readyz` reads it. When the leader dies a standby takes over
+sweep (advance runs that sat still), the webhook deliveries' sweep (publish due retries, take back lapsed
+leases) and the batches' sweep (advance batches not advanced lately: lost messages, expiry). `api` + `worker`
+is therefore a complete deployment: every worker process runs a `DutyRunner` thread that competes for the
+duties' leadership (`core.leader`); the leader runs every duty each `sweep_interval_s`, each in its own
+transaction on the locked connection, and records the run in the `duties` table in that same transaction,
+where `/readyz` reads it. When the leader dies a standby takes over
 within about a second. `switchyard scheduler` runs the very same runner, so beside a leading worker it only
 stands by: a duty never runs twice at once.
 
@@ -28,13 +29,14 @@ import structlog
 from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.orm import Session
 
+from switchyard.batches.sweeper import sweep_batches
 from switchyard.core.db import Database, Tx
 from switchyard.core.leader import compete
 from switchyard.core.models import Duty as DutyRow
 from switchyard.core.models import utcnow
 from switchyard.settings import Settings
 from switchyard.tasks.sweeper import sweep_tasks
-from switchyard.tasks.transitions import RunDispatcher
+from switchyard.tasks.transitions import BatchAdvancer, RunDispatcher
 from switchyard.webhooks.delivery import DeliveryDispatcher
 from switchyard.webhooks.sweeper import sweep_deliveries
 from switchyard.workers.celery_app import app
@@ -50,11 +52,12 @@ LOCK_FILE = "duties.lock"
 TASKS = "tasks"
 WORKFLOW_RUNS = "workflow_runs"
 WEBHOOK_DELIVERIES = "webhook_deliveries"
+BATCHES = "batches"
 # Every duty, in the order the leader runs them (the order of the single sweep they were split from).
-NAMES = (TASKS, WORKFLOW_RUNS, WEBHOOK_DELIVERIES)
+NAMES = (TASKS, WORKFLOW_RUNS, WEBHOOK_DELIVERIES, BATCHES)
 
 
-class DutyDispatcher(RunDispatcher, DeliveryDispatcher, Protocol):
+class DutyDispatcher(RunDispatcher, DeliveryDispatcher, BatchAdvancer, Protocol):
     """Everything the duties may have to publish again."""
 
 
@@ -72,6 +75,7 @@ def compose(dispatcher: DutyDispatcher, settings: Settings) -> tuple[Duty, ...]:
         Duty(TASKS, lambda tx, now: sweep_tasks(tx, dispatcher, settings, now).counts()),
         Duty(WORKFLOW_RUNS, lambda tx, now: {"advanced": len(sweep_runs(tx, dispatcher, settings, now))}),
         Duty(WEBHOOK_DELIVERIES, lambda tx, now: {"published": len(sweep_deliveries(tx, dispatcher, settings, now))}),
+        Duty(BATCHES, lambda tx, now: {"advanced": len(sweep_batches(tx, dispatcher, settings, now))}),
     )
 
 

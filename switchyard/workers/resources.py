@@ -10,12 +10,15 @@ import redis
 import structlog
 from celery import signals
 
-from switchyard.core.config import load_config
+from switchyard.batches.engine import BatchContext
+from switchyard.core.config import AppConfig, load_config
 from switchyard.core.db import Database
 from switchyard.core.redis_pool import shared_client
 from switchyard.events.bus import publish_delta
 from switchyard.events.local_bus import LocalDeltaSender, delta_folder
 from switchyard.events.relay import EventRelay
+from switchyard.files.storage import storage_for
+from switchyard.ml.catalog import model_signatures
 from switchyard.providers.health import DeploymentHealth, HealthStore, health_store
 from switchyard.providers.health_snapshots import SnapshotWriter, written_store
 from switchyard.providers.limits import RateLimits
@@ -26,7 +29,7 @@ from switchyard.tasks.completion import signal_done
 from switchyard.tasks.execution import Executor
 from switchyard.webhooks.delivery import Deliverer, derive_deliveries
 from switchyard.webhooks.sender import WebhookSender
-from switchyard.workers.dispatch import CeleryDispatcher
+from switchyard.workers.dispatch import CeleryDispatcher, ThrottledBatchAdvancer
 from switchyard.workers.queues import CONTROL
 from switchyard.workers.runtime import Runtime
 from switchyard.workflows.engine import Engine
@@ -38,6 +41,7 @@ log = structlog.get_logger(__name__)
 @dataclass
 class WorkerResources:
     settings: Settings
+    config: AppConfig
     db: Database
     providers: ProviderSet
     executor: Executor
@@ -51,6 +55,22 @@ class WorkerResources:
     # Embedded mode only: the chunks' sockets and the health file (see events/local_bus, health_snapshots).
     local_deltas: LocalDeltaSender | None = None
     health_file: SnapshotWriter | None = None
+
+    _batches: BatchContext | None = None
+
+    def batches(self) -> BatchContext:
+        """What advancing batches needs; made on first use (reading the ML models' signatures takes a while,
+        and most worker processes never advance a batch)."""
+        with _lock:
+            if self._batches is None:
+                self._batches = BatchContext(
+                    settings=self.settings,
+                    config=self.config,
+                    signatures=model_signatures(self.config),
+                    storage=storage_for(self.settings),
+                    dispatcher=self.dispatcher,
+                )
+            return self._batches
 
     def start_relay(self) -> None:
         """Run an event relay thread in this process (it numbers events while it holds the leadership)."""
@@ -123,9 +143,11 @@ def init_resources() -> WorkerResources:
                 on_finished=on_finished,
                 deltas=partial(publish_delta, redis_client) if redis_client is not None else local_deltas,
                 dispatch=dispatcher,
+                batch_advancer=ThrottledBatchAdvancer(dispatcher),
             )
             _resources = WorkerResources(
                 settings=settings,
+                config=config,
                 db=db,
                 providers=providers,
                 executor=executor,

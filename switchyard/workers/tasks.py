@@ -3,8 +3,11 @@ calls (one per state change), so nothing here holds a transaction across a provi
 
 from __future__ import annotations
 
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from switchyard.batches.engine import advance_batch as advance_batch_once
 from switchyard.workers.celery_app import app
-from switchyard.workers.queues import ADVANCE_RUN, DELIVER_WEBHOOK, EXECUTE_TASK, EXECUTE_TASKS
+from switchyard.workers.queues import ADVANCE_BATCH, ADVANCE_RUN, DELIVER_WEBHOOK, EXECUTE_TASK, EXECUTE_TASKS
 from switchyard.workers.resources import get_resources
 from switchyard.workflows.runner import advance_with_retry
 
@@ -33,3 +36,18 @@ def advance_run(run_id: str) -> None:
 def deliver_webhook(delivery_id: str) -> None:
     """One attempt of a webhook delivery (the retries are due times in the database)."""
     get_resources().deliverer.deliver(delivery_id)
+
+
+@app.task(name=ADVANCE_BATCH, acks_late=True, reject_on_worker_lost=True)
+def advance_batch(batch_id: str) -> None:
+    """Validate a new batch, count its lines, release more of them, end it when every line has ended."""
+    res = get_resources()
+    for attempt in range(3):
+        try:
+            advance_batch_once(res.db, res.batches(), batch_id)
+            return
+        except (IntegrityError, OperationalError):
+            # SQLite has no row locks: a concurrent advance shows as a busy database or a line released twice;
+            # the advance runs again on fresh state (on Postgres the row lock serialises advances).
+            if attempt == 2:
+                raise

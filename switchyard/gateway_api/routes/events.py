@@ -14,7 +14,7 @@ from sqlalchemy import select
 from starlette.responses import StreamingResponse
 
 from switchyard.core.errors import AppError, InvalidRequest, NotFound, RateLimited
-from switchyard.core.models import EVENTS, Run, Task
+from switchyard.core.models import EVENTS, Batch, Run, Task
 from switchyard.events.feed import FeedEvent, follow, object_key
 from switchyard.events.log import TERMINAL_TYPES, event_view, events_after
 from switchyard.gateway_api.api_docs import errors
@@ -82,6 +82,18 @@ async def run_events(
     return await _event_stream(state, principal.tenant_id, "run", run_id, _since(last_event_id, since))
 
 
+@router.get("/v1/batches/{batch_id}/events", response_class=StreamingResponse, responses={**_SSE, **errors(404)})
+async def batch_events(
+    batch_id: str,
+    principal: Viewer,
+    state: StateDep,
+    last_event_id: Annotated[str | None, Header()] = None,
+    since: Annotated[int | None, Query(ge=0)] = None,
+) -> StreamingResponse:
+    """The batch's events (`batch.progress`, then its terminal one) as Server-Sent Events."""
+    return await _event_stream(state, principal.tenant_id, "batch", batch_id, _since(last_event_id, since))
+
+
 def _since(last_event_id: str | None, since: int | None) -> int:
     if last_event_id is not None and last_event_id.strip():
         try:
@@ -95,7 +107,7 @@ def _since(last_event_id: str | None, since: int | None) -> int:
 
 
 async def _event_stream(state: ApiState, tenant_id: str, kind: str, object_id: str, since: int) -> StreamingResponse:
-    model: type[Task] | type[Run] = Task if kind == "task" else Run
+    model: type[Task] | type[Run] | type[Batch] = _MODELS[kind]
 
     def finished_before() -> bool | None:
         """None: no such object; True: it is finished and its last terminal event is at or before `since`."""
@@ -103,7 +115,7 @@ async def _event_stream(state: ApiState, tenant_id: str, kind: str, object_id: s
             status = session.scalar(select(model.status).where(model.id == object_id, model.tenant_id == tenant_id))
             if status is None:
                 return None
-            if status not in ("succeeded", "failed", "canceled"):
+            if status not in _ENDED:
                 return False
             column = EVENTS.c[f"{kind}_id"]
             latest = session.execute(
@@ -149,6 +161,12 @@ async def _event_stream(state: ApiState, tenant_id: str, kind: str, object_id: s
     return StreamingResponse(
         stream(), media_type="text/event-stream", headers={"cache-control": "no-cache", "x-accel-buffering": "no"}
     )
+
+
+# The objects that have events of their own, by kind.
+_MODELS: dict[str, type[Task] | type[Run] | type[Batch]] = {"task": Task, "run": Run, "batch": Batch}
+# The statuses a task, run or batch ends in.
+_ENDED = frozenset({"succeeded", "failed", "canceled", "completed", "expired", "cancelled"})
 
 
 def _sse(event: FeedEvent) -> bytes:

@@ -10,21 +10,16 @@ never with `[DONE]`.
 
 from __future__ import annotations
 
-import base64
-import struct
 import time
 from collections.abc import AsyncIterator
-from datetime import datetime
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
-from pydantic import ValidationError
 from starlette.responses import Response, StreamingResponse
 
 from switchyard.core.errors import AppError, InvalidRequest, MalformedRequest
 from switchyard.core.ids import new_id
-from switchyard.core.validation import invalid_request
 from switchyard.events.feed import FeedEvent, Following, object_key
 from switchyard.gateway_api import sync
 from switchyard.gateway_api.api_docs import errors, request_body
@@ -41,6 +36,7 @@ from switchyard.gateway_api.schemas import (
     ModerationResponse,
 )
 from switchyard.gateway_api.state import ApiState
+from switchyard.tasks import openai_mapping as mapping
 from switchyard.tasks.schemas import TaskCreate
 from switchyard.tenancy.service import Principal
 
@@ -48,9 +44,6 @@ router = APIRouter(tags=["openai"])
 
 # Errors of a request that runs as a task and is waited for (the model unknown: a 404, as OpenAI says it).
 _SYNC_ERRORS = errors(404, 409, 429, 502, 504)
-
-# Request fields of OpenAI's that are about the exchange rather than the model call.
-_EXCHANGE_FIELDS = ("model", "stream", "stream_options", "metadata", "store", "service_tier")
 
 
 async def _json_object(request: Request) -> dict[str, Any]:
@@ -60,27 +53,8 @@ async def _json_object(request: Request) -> dict[str, Any]:
         raise unparsed_body_error(request, MalformedRequest("request body is not valid JSON", param="body")) from None
     if not isinstance(body, dict):
         raise unparsed_body_error(request, MalformedRequest("request body must be a JSON object", param="body"))
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise MalformedRequest("model is required", param="model")
+    mapping.require_model(body)
     return body
-
-
-def _task(
-    task_type: str, model: str, task_input: dict[str, Any], *, metadata: dict[str, Any] | None = None, **options: Any
-) -> TaskCreate:
-    try:
-        return TaskCreate.model_validate(
-            {
-                "type": task_type,
-                "model": model,
-                "input": task_input,
-                "options": {k: v for k, v in options.items() if v is not None},
-                "metadata": metadata or {},
-            }
-        )
-    except ValidationError as exc:
-        raise sync.openai_style(invalid_request(exc)) from None
 
 
 async def _submit(
@@ -102,52 +76,6 @@ async def _finished(state: ApiState, principal: Principal, task_id: str) -> dict
 # --- chat ---------------------------------------------------------------------------------------------------------
 
 
-def _chat_request(body: dict[str, Any]) -> tuple[dict[str, Any], bool, bool, dict[str, Any]]:
-    """(the task input, stream?, include usage?, metadata) of a chat completions request."""
-    for field, value in (("logprobs", body.get("logprobs")), ("top_logprobs", body.get("top_logprobs"))):
-        if value:
-            raise MalformedRequest(f"{field} is not supported", param=field)
-    options = body.get("stream_options") or {}
-    if not isinstance(options, dict):
-        raise MalformedRequest("stream_options must be an object", param="stream_options")
-    metadata = body.get("metadata") or {}
-    if not isinstance(metadata, dict):
-        raise MalformedRequest("metadata must be an object", param="metadata")
-    task_input = {k: v for k, v in body.items() if k not in _EXCHANGE_FIELDS and k not in ("logprobs", "top_logprobs")}
-    return task_input, bool(body.get("stream")), bool(options.get("include_usage")), metadata
-
-
-def _usage(task: dict[str, Any]) -> dict[str, Any]:
-    usage = task.get("usage") or {}
-    prompt, completion = int(usage.get("input_tokens", 0)), int(usage.get("output_tokens", 0))
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": int(usage.get("cached_input_tokens", 0))},
-    }
-
-
-def _created(task: dict[str, Any]) -> int:
-    return int(datetime.fromisoformat(task["created_at"]).timestamp()) if task.get("created_at") else int(time.time())
-
-
-def _completion(task: dict[str, Any], model: str) -> dict[str, Any]:
-    result = task["result"]
-    message: dict[str, Any] = {"role": "assistant", "content": result.get("content"), "refusal": None}
-    if result.get("tool_calls"):
-        message["tool_calls"] = result["tool_calls"]
-    return {
-        "id": f"chatcmpl-{task['id']}",
-        "object": "chat.completion",
-        "created": _created(task),
-        "model": model,
-        "choices": [{"index": 0, "message": message, "finish_reason": result.get("finish_reason"), "logprobs": None}],
-        "usage": _usage(task),
-        "system_fingerprint": None,
-    }
-
-
 # The bodies are read by the endpoints themselves (faster than FastAPI's parsing): openapi_extra documents them.
 @router.post(
     "/v1/chat/completions",
@@ -163,12 +91,12 @@ async def chat_completions(request: Request, principal: Member, state: StateDep)
 
     The answer carries `x-switchyard-task-id` and `x-switchyard-cost-usd`."""
     body = await _json_object(request)
-    task_input, stream, include_usage, metadata = _chat_request(body)
+    task_input, stream, include_usage, metadata = mapping.chat_request(body)
     model = body["model"]
-    task_body = _task("chat", model, task_input, metadata=metadata, stream=True if stream else None)
+    task_body = mapping.task_create("chat", model, task_input, metadata=metadata, stream=True if stream else None)
     if not stream:
         task = await _finished(state, principal, await _submit(state, principal, task_body, request))
-        return FastJSONResponse(_completion(task, model), headers=sync.task_headers(task))
+        return FastJSONResponse(mapping.chat_completion(task, model), headers=sync.task_headers(task))
     return await _stream(request, principal, state, task_body, model, include_usage)
 
 
@@ -275,21 +203,12 @@ async def _chunks(
             yield chunk({"tool_calls": calls})
         yield chunk({}, result.get("finish_reason") or "stop")
         if include_usage:
-            yield _sse({**base, "choices": [], "usage": _usage(task)})
+            yield _sse({**base, "choices": [], "usage": mapping.usage(task)})
         yield b"data: [DONE]\n\n"
         return
 
 
 # --- embeddings and moderations -------------------------------------------------------------------------------
-
-
-def _text_input(body: dict[str, Any]) -> str | list[str]:
-    value = body.get("input")
-    if isinstance(value, str) or (isinstance(value, list) and value and all(isinstance(v, str) for v in value)):
-        return value
-    if isinstance(value, list) and value and all(isinstance(v, int | list) for v in value):
-        raise MalformedRequest("token arrays are not supported: send the text", param="input")
-    raise MalformedRequest("input must be a string or a non-empty list of strings", param="input")
 
 
 @router.post(
@@ -301,35 +220,11 @@ def _text_input(body: dict[str, Any]) -> str | list[str]:
 async def embeddings(request: Request, principal: Member, state: StateDep) -> Response:
     """OpenAI's embeddings (float or base64): runs as an embed task."""
     body = await _json_object(request)
-    encoding = body.get("encoding_format") or "float"
-    if encoding not in ("float", "base64"):
-        raise MalformedRequest("encoding_format must be 'float' or 'base64'", param="encoding_format")
-    unknown = sorted(set(body) - {"model", "input", "encoding_format", "dimensions", "user"})
-    if unknown:
-        raise MalformedRequest("unknown field", param=unknown[0])
-    task_input: dict[str, Any] = {"input": _text_input(body)}
-    if body.get("dimensions") is not None:
-        task_input["dimensions"] = body["dimensions"]
-    task_body = _task("embed", body["model"], task_input)
+    task_input, encoding = mapping.embeddings_request(body)
+    task_body = mapping.task_create("embed", body["model"], task_input)
     task = await _finished(state, principal, await _submit(state, principal, task_body, request))
-    vectors = task["result"]["embeddings"]
-    data = [
-        {"object": "embedding", "index": i, "embedding": _encode(vector) if encoding == "base64" else vector}
-        for i, vector in enumerate(vectors)
-    ]
-    tokens = int((task.get("usage") or {}).get("input_tokens", 0))
-    payload = {
-        "object": "list",
-        "data": data,
-        "model": body["model"],
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-    }
+    payload = mapping.embedding_list(task, body["model"], encoding)
     return FastJSONResponse(payload, headers=sync.task_headers(task))
-
-
-def _encode(vector: list[float]) -> str:
-    """OpenAI's base64 encoding: little-endian float32."""
-    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
 
 
 @router.post(
@@ -346,16 +241,7 @@ async def moderations(request: Request, principal: Member, state: StateDep) -> R
         raise unparsed_body_error(request, MalformedRequest("request body is not valid JSON", param="body")) from None
     if not isinstance(raw, dict):
         raise unparsed_body_error(request, MalformedRequest("request body must be a JSON object", param="body"))
-    # OpenAI's `model` is optional here: the first moderation model of the config stands in.
-    model = raw.get("model") or next((n for n, m in state.config.models.items() if m.type == "moderate"), None)
-    if model is None:
-        raise MalformedRequest("no moderation model is configured", param="model")
-    task_body = _task("moderate", model, {"input": _text_input(raw)})
+    model = mapping.moderation_model(state.config, raw)
+    task_body = mapping.task_create("moderate", model, {"input": mapping.text_input(raw)})
     task = await _finished(state, principal, await _submit(state, principal, task_body, request))
-    result = task["result"]
-    results = result.get("results") or [
-        {"flagged": result["flagged"], "categories": result["categories"], "category_scores": result["category_scores"]}
-    ]
-    return FastJSONResponse(
-        {"id": f"modr-{task['id']}", "model": model, "results": results}, headers=sync.task_headers(task)
-    )
+    return FastJSONResponse(mapping.moderation(task, model), headers=sync.task_headers(task))

@@ -9,12 +9,14 @@ plain statements in one transaction. Every write after a claim is conditional on
 (`claim_id`): a worker whose lease was taken over cannot overwrite the outcome of the one that took it.
 """
 
-from switchyard.tasks.transitions.cancel import cancel, cancel_queued_of_run
+from switchyard.tasks.transitions.cancel import cancel, cancel_queued_of_batch, cancel_queued_of_run
 from switchyard.tasks.transitions.common import (
     CANCELED_ERROR,
     MAX_RECLAIMS,
     TERMINAL,
     AttemptRecord,
+    BatchAdvancer,
+    BatchDispatcher,
     Claim,
     Dispatcher,
     Finished,
@@ -23,7 +25,13 @@ from switchyard.tasks.transitions.common import (
     RunDispatcher,
     TaskStatus,
 )
-from switchyard.tasks.transitions.create import acreate_plain, create_plain, enqueue, new_task
+from switchyard.tasks.transitions.create import (
+    acreate_plain,
+    create_batch_lines,
+    create_plain,
+    enqueue,
+    new_task,
+)
 from switchyard.tasks.transitions.finish import FinishGroup, FirstFinish, finish, write_first_finishes
 from switchyard.tasks.transitions.running import cancel_released, claim, hand_back, record_retry, release
 from switchyard.tasks.transitions.sweep import reclaim_expired, republish_due
@@ -33,6 +41,8 @@ __all__ = [
     "MAX_RECLAIMS",
     "TERMINAL",
     "AttemptRecord",
+    "BatchAdvancer",
+    "BatchDispatcher",
     "Claim",
     "Dispatcher",
     "FinishGroup",
@@ -44,9 +54,11 @@ __all__ = [
     "TaskStatus",
     "acreate_plain",
     "cancel",
+    "cancel_queued_of_batch",
     "cancel_queued_of_run",
     "cancel_released",
     "claim",
+    "create_batch_lines",
     "create_plain",
     "enqueue",
     "finish",

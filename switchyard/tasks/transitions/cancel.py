@@ -3,7 +3,9 @@ workflow run stops."""
 
 from __future__ import annotations
 
-from sqlalchemy import select, update
+from typing import Any
+
+from sqlalchemy import ColumnElement, select, update
 
 from switchyard.core.db import Tx
 from switchyard.core.models import Attempt, Task, utcnow
@@ -50,11 +52,22 @@ def cancel(tx: Tx, advancer: RunAdvancer | None, tenant_id: str, task_id: str) -
 
 def cancel_queued_of_run(tx: Tx, run_id: str) -> None:
     """A run is stopping: its queued tasks are canceled (with their events), its running ones marked."""
+    _cancel_queued(tx, Task.run_id == run_id, CANCELED_ERROR, stop_running=True)
+
+
+def cancel_queued_of_batch(tx: Tx, batch_id: str, error: dict[str, Any], *, stop_running: bool) -> int:
+    """A batch is canceled or has expired: its queued line tasks are canceled (with their events, `error`
+    saying why); running ones are marked to stop at their next safe point when `stop_running` (a cancel), or
+    left to finish (an expiry). Returns how many were canceled."""
+    return _cancel_queued(tx, Task.batch_id == batch_id, error, stop_running=stop_running)
+
+
+def _cancel_queued(tx: Tx, of: ColumnElement[bool], error: dict[str, Any], *, stop_running: bool) -> int:
     session = tx.session
     canceled = session.scalars(
         task_update()
-        .where(Task.run_id == run_id, Task.status == TaskStatus.QUEUED)
-        .values(status=TaskStatus.CANCELED, finished_at=utcnow(), error=CANCELED_ERROR, cancel_requested=True)
+        .where(of, Task.status == TaskStatus.QUEUED)
+        .values(status=TaskStatus.CANCELED, finished_at=utcnow(), error=error, cancel_requested=True)
         .returning(Task)
     ).all()
     ids = [t.id for t in canceled]
@@ -72,6 +85,6 @@ def cancel_queued_of_run(tx: Tx, run_id: str) -> None:
             step_id=task.step_id,
             data=task_view(task, attempts[task.id]),
         )
-    session.execute(
-        task_update().where(Task.run_id == run_id, Task.status == TaskStatus.RUNNING).values(cancel_requested=True)
-    )
+    if stop_running:
+        session.execute(task_update().where(of, Task.status == TaskStatus.RUNNING).values(cancel_requested=True))
+    return len(canceled)

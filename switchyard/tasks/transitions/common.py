@@ -42,7 +42,8 @@ MAX_RECLAIMS = 5
 class Dispatcher(Protocol):
     """Hands a task id to the broker (after commit)."""
 
-    def publish_task(self, task_id: str, task_type: str) -> None: ...
+    def publish_task(self, task_id: str, task_type: str, batch: bool = False) -> None:
+        """`batch`: the task is a line of a batch (it goes on the batch queue)."""
 
 
 class RunAdvancer(Protocol):
@@ -53,6 +54,18 @@ class RunAdvancer(Protocol):
 
 class RunDispatcher(Dispatcher, RunAdvancer, Protocol):
     """Publishes both: what the workflow engine and the sweeper need."""
+
+
+class BatchAdvancer(Protocol):
+    """Asks the control workers to advance a batch (after commit)."""
+
+    def publish_batch_advance(self, batch_id: str) -> None: ...
+
+
+class BatchDispatcher(BatchAdvancer, Protocol):
+    """What advancing a batch publishes: its released lines (many ids a message), its next advance."""
+
+    def publish_batch_lines(self, task_ids_by_type: dict[str, list[str]]) -> None: ...
 
 
 # Told (after the commit) when a task reaches its final state, with the task as the API shows it.
@@ -73,6 +86,7 @@ class Claim:
     attempt_count: int
     run_id: str | None = None
     step_id: str | None = None
+    batch_id: str | None = None
     created_at: datetime | None = None
     started_at: datetime | None = None
     metadata: dict[str, Any] | None = None
@@ -129,10 +143,11 @@ class AttemptRecord:
 
 @dataclass
 class Finished:
-    """After-commit steps of a finish: tell a synchronous waiter, advance the task's workflow run."""
+    """After-commit steps of a finish: tell a synchronous waiter, advance the task's workflow run or batch."""
 
     on_finished: OnFinished | None = None
     advancer: RunAdvancer | None = None
+    batch_advancer: BatchAdvancer | None = None
 
 
 def jsonb(value: Any) -> Jsonb:
@@ -144,8 +159,13 @@ def _dumps(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS).decode()
 
 
-def publish_after_commit(tx: Tx, dispatcher: Dispatcher, task_id: str, task_type: str) -> None:
-    tx.after_commit(lambda: dispatcher.publish_task(task_id, task_type))
+def publish_after_commit(
+    tx: Tx, dispatcher: Dispatcher, task_id: str, task_type: str, batch_id: str | None = None
+) -> None:
+    if batch_id is None:
+        tx.after_commit(lambda: dispatcher.publish_task(task_id, task_type))
+    else:
+        tx.after_commit(lambda: dispatcher.publish_task(task_id, task_type, batch=True))
 
 
 def run_after(fn: Callable[..., None], *args: Any) -> None:

@@ -6,12 +6,13 @@ from typing import Any
 
 import structlog
 from psycopg_pool import AsyncConnectionPool
+from sqlalchemy import Table, insert
 
 from switchyard.core.db import Database, Tx
 from switchyard.core.ids import new_id
-from switchyard.core.models import Task, utcnow
+from switchyard.core.models import EVENTS, Task, utcnow
 from switchyard.events.log import append_event
-from switchyard.tasks.transitions.common import Dispatcher, TaskStatus, jsonb
+from switchyard.tasks.transitions.common import BatchDispatcher, Dispatcher, TaskStatus, jsonb
 
 log = structlog.get_logger(__name__)
 
@@ -32,6 +33,8 @@ def new_task(
     step_id: str | None = None,
     item_index: int | None = None,
     step_generation: int | None = None,
+    batch_id: str | None = None,
+    batch_line: int | None = None,
 ) -> Task:
     """A queued task row, not yet added to a session (inputs already checked by the caller)."""
     now = utcnow()
@@ -57,6 +60,8 @@ def new_task(
         step_id=step_id,
         item_index=item_index,
         step_generation=step_generation,
+        batch_id=batch_id,
+        batch_line=batch_line,
     )
 
 
@@ -134,3 +139,55 @@ def _publish(dispatcher: Dispatcher, task: Task) -> None:
     except Exception:
         # The row is committed; the sweeper publishes what could not be published now.
         log.warning("publish_failed", task_id=task.id, exc_info=True)
+
+
+def create_batch_lines(tx: Tx, dispatcher: BatchDispatcher, tasks: list[Task]) -> None:
+    """Insert the tasks of a batch's released lines, with their `task.queued` events, in two statements
+    however many there are, and publish their ids (many a message) once the transaction commits."""
+    if not tasks:
+        return
+    table: Table = Task.__table__  # type: ignore[assignment]
+    rows = [{c.key: getattr(task, attr) for attr, c in _TASK_COLUMNS.items()} for task in tasks]
+    tx.session.execute(insert(table), rows)
+    tx.session.execute(
+        insert(EVENTS),
+        [
+            {
+                "tenant_id": t.tenant_id,
+                "type": "task.queued",
+                "task_id": t.id,
+                "batch_id": t.batch_id,
+                "data": queued_event(t),
+                "created_at": t.created_at,
+            }
+            for t in tasks
+        ],
+    )
+    by_type: dict[str, list[str]] = {}
+    for t in tasks:
+        by_type.setdefault(t.type, []).append(t.id)
+    tx.after_commit(lambda: dispatcher.publish_batch_lines(by_type))
+
+
+# The columns of a batch line's task row, by ORM attribute name.
+_TASK_COLUMNS = {
+    attr: Task.__mapper__.columns[attr]
+    for attr in (
+        "id",
+        "tenant_id",
+        "type",
+        "model",
+        "status",
+        "input",
+        "options",
+        "metadata_",
+        "cost_usd",
+        "attempt_count",
+        "reclaim_count",
+        "cancel_requested",
+        "created_at",
+        "published_at",
+        "batch_id",
+        "batch_line",
+    )
+}

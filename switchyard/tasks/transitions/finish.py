@@ -102,6 +102,8 @@ def finish(
         run_after(then.on_finished, c.task_id, view)
     if c.run_id is not None and then.advancer is not None:
         run_after(then.advancer.publish_advance, c.run_id)
+    if c.batch_id is not None and then.batch_advancer is not None:
+        run_after(then.batch_advancer.publish_batch_advance, c.batch_id)
     return view
 
 

@@ -21,12 +21,14 @@ from switchyard.tasks.transitions.common import (
     as_utc,
     claim_event,
     log,
+    publish_after_commit,
     task_update,
 )
 from switchyard.tasks.views import task_view
 
 _CLAIM_COLUMNS = (
-    "id, tenant_id, type, model, input, options, metadata, webhook, attempt_count, run_id, step_id, created_at"
+    "id, tenant_id, type, model, input, options, metadata, webhook, attempt_count, run_id, step_id, batch_id, "
+    "created_at"
 )
 
 _PG_CLAIM = f"""
@@ -90,6 +92,7 @@ def claim(db: Database, task_ids: Sequence[str], lease_s: Callable[[dict[str, An
                         Task.attempt_count,
                         Task.run_id,
                         Task.step_id,
+                        Task.batch_id,
                         Task.created_at,
                     )
                 )
@@ -118,6 +121,7 @@ def _claim_of(row: Any, claim_id: str, now: datetime) -> Claim:
         attempt_count=row.attempt_count,
         run_id=row.run_id,
         step_id=row.step_id,
+        batch_id=row.batch_id,
         created_at=as_utc(row.created_at),
         started_at=now,
         metadata=row.metadata,
@@ -220,8 +224,7 @@ def hand_back(db: Database, dispatcher: Dispatcher, c: Claim) -> None:
         if row is None:
             return
         claim_event(tx.session, c, "task.retrying", {"id": c.task_id, "reason": "worker shutting down"})
-        task_id, task_type = c.task_id, c.type
-        tx.after_commit(lambda: dispatcher.publish_task(task_id, task_type))
+        publish_after_commit(tx, dispatcher, c.task_id, c.type, c.batch_id)
 
 
 def cancel_released(db: Database, c: Claim) -> None:

@@ -1,0 +1,117 @@
+"""Queries on batches, their lines and their lines' tasks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Delete, Insert, Row, delete, func, insert, select
+from sqlalchemy.orm import Session
+
+from switchyard.core.db import lock_for_update
+from switchyard.core.models import BATCH_LINES, Batch, BatchLine, Task
+from switchyard.tasks.transitions import TaskStatus
+
+from .schemas import LIVE
+
+# The usage fields a batch sums over its lines' tasks.
+USAGE_FIELDS = ("input_tokens", "output_tokens", "cached_input_tokens", "cache_write_tokens", "predictions")
+
+
+def get_for_tenant(session: Session, tenant_id: str, batch_id: str) -> Batch | None:
+    """A batch, or None when it does not exist or belongs to another tenant."""
+    return session.scalar(select(Batch).where(Batch.id == batch_id, Batch.tenant_id == tenant_id))
+
+
+def lock(session: Session, batch_id: str) -> Batch | None:
+    """The batch, its row locked until the transaction ends: advances of one batch run one at a time."""
+    lock_for_update(session)
+    return session.scalar(select(Batch).where(Batch.id == batch_id).with_for_update())
+
+
+def page(session: Session, tenant_id: str, *, after: str | None, limit: int) -> list[Batch]:
+    """Newest first; ids sort by creation time, so the cursor is the last id seen. Fetches one extra row."""
+    query = select(Batch).where(Batch.tenant_id == tenant_id)
+    if after:
+        query = query.where(Batch.id < after)
+    return list(session.scalars(query.order_by(Batch.id.desc()).limit(limit + 1)))
+
+
+@dataclass
+class LineCounts:
+    """A batch's line tasks by status, and what they have used and cost so far."""
+
+    by_status: dict[str, int] = field(default_factory=dict)
+    cost_usd: float = 0.0
+    usage: dict[str, float] = field(default_factory=dict)
+
+    def of(self, *statuses: str) -> int:
+        return sum(self.by_status.get(s, 0) for s in statuses)
+
+
+def line_counts(session: Session, batch_id: str) -> LineCounts:
+    """One aggregate over the batch's tasks (the index on tasks(batch_id, status) serves it)."""
+    sums = [func.coalesce(func.sum(Task.usage[f].as_float()), 0) for f in USAGE_FIELDS]
+    rows = session.execute(
+        select(Task.status, func.count(), func.coalesce(func.sum(Task.cost_usd), 0), *sums)
+        .where(Task.batch_id == batch_id)
+        .group_by(Task.status)
+    )
+    counts = LineCounts(usage=dict.fromkeys(USAGE_FIELDS, 0.0))
+    for row in rows:
+        counts.by_status[row[0]] = int(row[1])
+        counts.cost_usd += float(row[2])
+        for name, value in zip(USAGE_FIELDS, row[3:], strict=True):
+            counts.usage[name] += float(value)
+    return counts
+
+
+def lines(session: Session, batch_id: str, start: int, stop: int) -> list[BatchLine]:
+    """The validated lines `start <= line < stop`, in order."""
+    return list(
+        session.scalars(
+            select(BatchLine)
+            .where(BatchLine.batch_id == batch_id, BatchLine.line >= start, BatchLine.line < stop)
+            .order_by(BatchLine.line)
+        )
+    )
+
+
+def insert_lines() -> Insert:
+    """The insert of validated lines (executed with a page of rows)."""
+    return insert(BATCH_LINES)
+
+
+def delete_lines(session: Session, batch_id: str) -> None:
+    """Drop what a validation that failed had stored."""
+    statement: Delete = delete(BatchLine).where(BatchLine.batch_id == batch_id)
+    session.execute(statement)
+
+
+def outcome_page(session: Session, batch_id: str, after_line: int, limit: int, *, succeeded: bool) -> list[Row[Any]]:
+    """Lines after `after_line`, in order, each with its task: the succeeded ones, or the others (their task
+    None where the line was never released)."""
+    joined = (Task.batch_id == BatchLine.batch_id) & (Task.batch_line == BatchLine.line)
+    query = select(BatchLine.line, BatchLine.custom_id, Task).where(
+        BatchLine.batch_id == batch_id, BatchLine.line > after_line
+    )
+    if succeeded:
+        query = query.join(Task, joined).where(Task.status == TaskStatus.SUCCEEDED)
+    else:
+        query = query.outerjoin(Task, joined).where((Task.id.is_(None)) | (Task.status != TaskStatus.SUCCEEDED))
+    return list(session.execute(query.order_by(BatchLine.line).limit(limit)))
+
+
+def live_ids(session: Session, stale: datetime, limit: int) -> list[str]:
+    """Batches not yet ended that were last advanced before `stale` (or never), locked for this sweep."""
+    return list(
+        session.scalars(
+            select(Batch.id)
+            .where(
+                Batch.status.in_([s.value for s in LIVE]), (Batch.advanced_at.is_(None)) | (Batch.advanced_at < stale)
+            )
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+    )
