@@ -72,6 +72,12 @@ EXPECTED: dict[str, list[str]] = {
         "-> high",
         "same labels: True",
     ],
+    "batch.py": [
+        "uploaded file_",
+        "question-0: 'echo: What is a batch job?'",
+        "question-3 failed (400)",
+        "completed: 3 lines",
+    ],
     "workflows.py": [
         "risk_analysis v",
         "scenario_generation v",

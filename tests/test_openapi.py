@@ -19,7 +19,7 @@ import httpx
 import pytest
 from jsonschema import Draft202012Validator
 
-from switchyard.gateway_api.routes.openai import _EXCHANGE_FIELDS
+from switchyard.tasks.openai_mapping import EXCHANGE_FIELDS
 from switchyard.tasks.schemas import ChatInput
 from tests.support import Stack, chat, wait_status, wait_task
 
@@ -120,7 +120,7 @@ def test_every_operation_with_input_documents_its_body(doc: dict[str, Any]) -> N
 
 def test_documented_chat_request_is_what_the_endpoint_accepts(doc: dict[str, Any]) -> None:
     documented = doc["components"]["schemas"]["ChatCompletionRequest"]
-    accepted = set(ChatInput.model_fields) | set(_EXCHANGE_FIELDS) | {"logprobs", "top_logprobs"}
+    accepted = set(ChatInput.model_fields) | set(EXCHANGE_FIELDS) | {"logprobs", "top_logprobs"}
     assert set(documented["properties"]) == accepted
     assert documented["additionalProperties"] is False  # unknown fields are refused
     assert {"model", "messages"} <= set(documented["required"])
