@@ -52,7 +52,8 @@ models:
   chat-default:
     type: chat
     deployments:
-      - {{provider: fake, model: gpt-4o-mini, price: {{input: 0.15, output: 0.60, cached_input: 0.075}}}}
+      - {{provider: fake, model: gpt-4o-mini,
+          price: {{input: 0.15, output: 0.60, cached_input: 0.075, batch: {{input: 0.075, output: 0.30}}}}}}
   claude:
     type: chat
     deployments:

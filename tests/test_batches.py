@@ -88,6 +88,12 @@ def test_chat_batch_round_trip(sdk: openai.OpenAI, stack: Stack) -> None:
         assert body["object"] == "chat.completion"
         assert body["choices"][0]["message"]["content"] == f"echo: batch {nonce} {i}"
         assert body["id"] == f"chatcmpl-{o['response']['request_id']}"
+    # Lines pay the deployment's batch price (half the interactive one in the test config).
+    with httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {sdk.api_key}"}, timeout=30) as http:
+        line_task = http.get(f"/v1/tasks/{output[0]['response']['request_id']}").json()
+    line_usage = line_task["usage"]
+    batch_cost = (line_usage["input_tokens"] * 0.075 + line_usage["output_tokens"] * 0.30) / 1_000_000
+    assert line_task["cost_usd"] == pytest.approx(batch_cost)
     errors = read_lines(sdk, done.error_file_id)
     assert [e["custom_id"] for e in errors] == ["bad-one"]
     assert errors[0]["response"]["status_code"] == 400

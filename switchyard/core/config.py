@@ -46,6 +46,8 @@ class Price(_Strict):
     cache_write: float | None = Field(default=None, ge=0)
     per_1k_predictions: float = Field(default=0.0, ge=0)
     per_compute_second: float = Field(default=0.0, ge=0)
+    # What batch lines pay instead (providers sell batch work cheaper); unset, the same prices.
+    batch: Price | None = None
 
 
 class ProviderConfig(_Strict):

@@ -63,10 +63,14 @@ class Outcome:
     latency_ms: int
     result: CallResult | None = None
     error: ProviderError | None = None
+    batch: bool = False  # a batch line: the deployment's batch price applies when it has one
 
     @property
     def cost(self) -> float:
-        return cost_usd(self.result.usage, self.deployment.price) if self.result else 0.0
+        if self.result is None:
+            return 0.0
+        price = self.deployment.price
+        return cost_usd(self.result.usage, price.batch if self.batch and price.batch is not None else price)
 
     def record(self) -> AttemptRecord:
         error = self.error
@@ -243,6 +247,7 @@ class Executor:
         """One provider call for the chosen deployment, on the running event loop."""
         assert ex.choice is not None
         claim, deployment, model, n = ex.claim, ex.choice.deployment, ex.choice.model, ex.n
+        batch = claim.batch_id is not None
         adapter = self.providers.get(deployment.provider)
         started_at = utcnow()
         t0 = time.perf_counter()
@@ -271,12 +276,12 @@ class Executor:
                     retryable=False,
                     status_code=exc.status_code,
                 )
-            return Outcome(deployment, model, n, started_at, _ms_since(t0), error=exc)
+            return Outcome(deployment, model, n, started_at, _ms_since(t0), error=exc, batch=batch)
         except Exception as exc:  # an adapter bug must fail the attempt, not the loop
             log.exception("adapter_crashed", task_id=claim.task_id, provider=deployment.provider)
             err = ProviderError("provider_error", f"{type(exc).__name__}: {exc}", retryable=False)
-            return Outcome(deployment, model, n, started_at, _ms_since(t0), error=err)
-        return Outcome(deployment, model, n, started_at, _ms_since(t0), result=result)
+            return Outcome(deployment, model, n, started_at, _ms_since(t0), error=err, batch=batch)
+        return Outcome(deployment, model, n, started_at, _ms_since(t0), result=result, batch=batch)
 
     # --- helpers ----------------------------------------------------------------------------------------------
 
