@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     # Provider calls one worker process has in flight at once (on its event loop). Past that the worker takes
     # no more messages, so others can. On shutdown, calls get shutdown_grace_s to end; the rest are handed back.
     max_in_flight: int = Field(default=1000, ge=1, le=100_000)
+    # Batch lines have slots of their own beside those (unset: a quarter of max_in_flight), so a batch never
+    # takes the slots interactive calls need.
+    batch_max_in_flight: int | None = Field(default=None, ge=1, le=100_000)
     shutdown_grace_s: float = Field(default=10.0, ge=0)
     # A task no deployment can take (breakers open, rpm/tpm limits reached) waits in the database; it fails
     # as unavailable once it is this old.

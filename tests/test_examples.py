@@ -206,7 +206,7 @@ except TimeoutError:
 
 def test_readme_python_snippets_run(examples_stack: Stack, key: str, tmp_path: Path) -> None:
     snippets = python_snippets()
-    assert len(snippets) == 3, "a new Python snippet in README.md's 'Using it': check that it runs here"
+    assert len(snippets) == 4, "a new Python snippet in README.md's 'Using it': check that it runs here"
     outputs = []
     for i, snippet in enumerate(snippets):
         ws_url = examples_stack.url.replace("http://", "ws://")
@@ -217,10 +217,12 @@ def test_readme_python_snippets_run(examples_stack: Stack, key: str, tmp_path: P
         done = run_script(script, examples_stack.url, key, cwd=tmp_path)
         assert done.returncode == 0, f"README.md's Python snippet {i + 1}:\n{snippet}\n{describe(done)}"
         outputs.append(done.stdout)
-    embed, sdk, follow = outputs
+    embed, sdk, batch, follow = outputs
     assert re.match(r"succeeded 2 \d", embed), embed
     assert "echo: \nHi\n" in sdk, sdk  # the streamed chunks ...
     assert "CompletionUsage(" in sdk, sdk  # ... then the usage
+    assert batch.startswith("completed BatchRequestCounts(completed=2, failed=0, total=2)"), batch
+    assert '"custom_id": "q0"' in batch, batch
     assert "'type': 'subscribed'" in follow, follow
     assert "'type': 'task.succeeded'" in follow, follow
 

@@ -27,6 +27,7 @@ from tests.support import Stack, chat, wait_status, wait_task
 BODILESS = {
     ("post", "/v1/tasks/{task_id}/cancel"),
     ("post", "/v1/runs/{run_id}/cancel"),
+    ("post", "/v1/batches/{batch_id}/cancel"),
     ("post", "/v1/runs/{run_id}/retry"),
     ("post", "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/retry"),
 }

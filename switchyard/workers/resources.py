@@ -154,6 +154,7 @@ def init_resources() -> WorkerResources:
                 runtime=Runtime(
                     executor,
                     max_in_flight=settings.max_in_flight,
+                    batch_max_in_flight=settings.batch_max_in_flight,
                     # The blocking steps hold a database connection each: no more threads than connections.
                     blocking_threads=settings.db_pool_size,
                 ),

@@ -35,10 +35,17 @@ _CLAIM_WAIT_S = 60.0
 class Runtime:
     """One per worker process: the loop thread, the blocking-step threads, the in-flight slots."""
 
-    def __init__(self, executor: Executor, *, max_in_flight: int, blocking_threads: int) -> None:
+    def __init__(
+        self, executor: Executor, *, max_in_flight: int, blocking_threads: int, batch_max_in_flight: int | None = None
+    ) -> None:
         self.executor = executor
         self.max_in_flight = max_in_flight
-        self._slots = threading.BoundedSemaphore(max_in_flight)
+        # Batch lines take slots of their own: a batch that fills its lane never holds up an interactive call,
+        # which always finds its own slots (and its own acquiring lock) free of batch work.
+        self._lanes = {
+            False: _Lane(max_in_flight),
+            True: _Lane(batch_max_in_flight or max(1, max_in_flight // 4)),
+        }
         self._blocking = ThreadPoolExecutor(max_workers=blocking_threads, thread_name_prefix="sy-step")
         self._loop = _new_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="sy-loop", daemon=True)
@@ -47,7 +54,6 @@ class Runtime:
         self._claims: GroupCommit[str, str, Execution] = GroupCommit(
             lambda ids: {ex.claim.task_id: ex for ex in executor.start(ids)}, key=lambda i: i, timeout_s=_CLAIM_WAIT_S
         )
-        self._acquiring = threading.Lock()
         self._closing = False
 
     @property
@@ -56,30 +62,32 @@ class Runtime:
 
     # --- the Celery side --------------------------------------------------------------------------------------
 
-    def submit(self, task_ids: list[str]) -> None:
-        """Take tasks into this worker: returns once they are claimed (or found not claimable)."""
+    def submit(self, task_ids: list[str], *, batch: bool = False) -> None:
+        """Take tasks into this worker: returns once they are claimed (or found not claimable). Batch lines
+        (`batch`) wait for slots of their own lane."""
         if self._closing:
             raise RuntimeError("worker is shutting down")  # the message is redelivered or re-published
-        if len(task_ids) > self.max_in_flight:
-            for start in range(0, len(task_ids), self.max_in_flight):
-                self.submit(task_ids[start : start + self.max_in_flight])
+        lane = self._lanes[batch]
+        if len(task_ids) > lane.size:
+            for start in range(0, len(task_ids), lane.size):
+                self.submit(task_ids[start : start + lane.size], batch=batch)
             return
         # One thread at a time takes its slots: two threads each holding part of what they need could
         # otherwise wait on each other forever.
-        with self._acquiring:
+        with lane.acquiring:
             for _ in task_ids:
-                self._slots.acquire()
+                lane.slots.acquire()
         try:
             executions = self._claim(task_ids)
         except BaseException:
             for _ in task_ids:
-                self._slots.release()
+                lane.slots.release()
             raise
         for _ in range(len(task_ids) - len(executions)):
-            self._slots.release()
+            lane.slots.release()
         for execution in executions:
             self._running[execution.claim.task_id] = execution
-            asyncio.run_coroutine_threadsafe(self._drive(execution), self._loop)
+            asyncio.run_coroutine_threadsafe(self._drive(execution, lane), self._loop)
 
     def _claim(self, task_ids: list[str]) -> list[Execution]:
         """Claims arriving from several Celery threads at once are written in one statement."""
@@ -87,7 +95,7 @@ class Runtime:
 
     # --- the loop side ----------------------------------------------------------------------------------------
 
-    async def _drive(self, ex: Execution) -> None:
+    async def _drive(self, ex: Execution, lane: _Lane) -> None:
         try:
             while True:
                 outcome = await self.executor.call(ex)
@@ -105,7 +113,7 @@ class Runtime:
             log.exception("execution_failed", task_id=ex.claim.task_id)
         finally:
             self._running.pop(ex.claim.task_id, None)
-            self._slots.release()
+            lane.slots.release()
 
     async def _step(self, fn: Callable[..., T], *args: Any) -> T:
         return await self._loop.run_in_executor(self._blocking, fn, *args)
@@ -141,6 +149,15 @@ class Runtime:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
         self._blocking.shutdown(wait=False, cancel_futures=True)
+
+
+class _Lane:
+    """Slots for calls in flight, and the lock under which one submitting thread at a time takes them."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.slots = threading.BoundedSemaphore(size)
+        self.acquiring = threading.Lock()
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:

@@ -3,26 +3,39 @@ calls (one per state change), so nothing here holds a transaction across a provi
 
 from __future__ import annotations
 
+from celery import Task
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from switchyard.batches.engine import advance_batch as advance_batch_once
 from switchyard.workers.celery_app import app
-from switchyard.workers.queues import ADVANCE_BATCH, ADVANCE_RUN, DELIVER_WEBHOOK, EXECUTE_TASK, EXECUTE_TASKS
+from switchyard.workers.queues import (
+    ADVANCE_BATCH,
+    ADVANCE_RUN,
+    BATCH,
+    DELIVER_WEBHOOK,
+    EXECUTE_TASK,
+    EXECUTE_TASKS,
+)
 from switchyard.workers.resources import get_resources
 from switchyard.workflows.runner import advance_with_retry
 
 
-@app.task(name=EXECUTE_TASK, acks_late=True, reject_on_worker_lost=True)
-def execute_task(task_id: str) -> None:
+def _from_batch_queue(task: Task) -> bool:
+    """Batch lines arrive on their own queue; they run in the runtime's batch lane."""
+    return (task.request.delivery_info or {}).get("routing_key") == BATCH
+
+
+@app.task(name=EXECUTE_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
+def execute_task(self: Task, task_id: str) -> None:
     """Take one inference task into this worker's runtime. Returns once the task is claimed, so the message is
     acknowledged when the row (with its lease) has become the truth; the call goes on on the event loop."""
-    get_resources().runtime.submit([task_id])
+    get_resources().runtime.submit([task_id], batch=_from_batch_queue(self))
 
 
-@app.task(name=EXECUTE_TASKS, acks_late=True, reject_on_worker_lost=True)
-def execute_tasks(task_ids: list[str]) -> None:
+@app.task(name=EXECUTE_TASKS, bind=True, acks_late=True, reject_on_worker_lost=True)
+def execute_tasks(self: Task, task_ids: list[str]) -> None:
     """Several tasks of one message (published together under load): claimed in one statement."""
-    get_resources().runtime.submit(task_ids)
+    get_resources().runtime.submit(task_ids, batch=_from_batch_queue(self))
 
 
 @app.task(name=ADVANCE_RUN, acks_late=True, reject_on_worker_lost=True)
