@@ -9,6 +9,7 @@ runs without that setting, shows the receiver's message when its registration is
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
 import secrets
@@ -222,7 +223,9 @@ def test_readme_python_snippets_run(examples_stack: Stack, key: str, tmp_path: P
     assert "echo: \nHi\n" in sdk, sdk  # the streamed chunks ...
     assert "CompletionUsage(" in sdk, sdk  # ... then the usage
     assert batch.startswith("completed BatchRequestCounts(completed=2, failed=0, total=2)"), batch
-    assert '"custom_id": "q0"' in batch, batch
+    lines = [json.loads(line) for line in batch.splitlines()[1:] if line.strip()]
+    assert [line["custom_id"] for line in lines] == ["q0", "q1"], batch
+    assert lines[0]["response"]["body"]["choices"][0]["message"]["content"] == "echo: Hello", batch
     assert "'type': 'subscribed'" in follow, follow
     assert "'type': 'task.succeeded'" in follow, follow
 

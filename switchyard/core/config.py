@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from switchyard.core.errors import ConfigError
+from switchyard.core.policy import Tier
 from switchyard.defaults import DEFAULTS_DIR
 
 TaskType = Literal["chat", "embed", "moderate", "predict"]
@@ -134,6 +135,8 @@ class AppConfig(_Strict):
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
     models: dict[str, ModelConfig] = Field(default_factory=dict)
     routing: RoutingConfig = RoutingConfig()
+    # Named budgets (and limits) that keys and tenants may be given by name: `tier: standard`.
+    tiers: dict[str, Tier] = Field(default_factory=dict)
 
     def breaker_for(self, model: str) -> BreakerConfig:
         own = self.models[model].breaker if model in self.models else None

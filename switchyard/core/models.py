@@ -73,6 +73,10 @@ class Tenant(Base):
     name: Mapped[str] = mapped_column(String(200), unique=True)
     # Signs the deliveries of per-object webhooks (a task's, a run's); made when first needed.
     webhook_secret: Mapped[str | None] = mapped_column(String(100))
+    # The tenant's own limits and budget (core.policy.Limits / Budget as JSON) or a tier of the config file.
+    limits: Mapped[dict[str, Any] | None]
+    budget: Mapped[dict[str, Any] | None]
+    tier: Mapped[str | None] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -86,6 +90,16 @@ class ApiKey(Base):
     role: Mapped[str] = mapped_column(String(16))
     prefix: Mapped[str] = mapped_column(String(16))
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    # Logical models the key may call (NULL: every model).
+    models: Mapped[list[str] | None] = mapped_column(JSONType)
+    # core.policy.Limits / Budget as JSON, or a tier of the config file.
+    limits: Mapped[dict[str, Any] | None]
+    budget: Mapped[dict[str, Any] | None]
+    tier: Mapped[str | None] = mapped_column(String(100))
+    expires_at: Mapped[datetime | None]
+    # Who made it: a key id, `jwt:<subject>`, or `cli`.
+    created_by: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None]
 
@@ -131,6 +145,9 @@ class Task(Base):
     # A task made for a line of a batch: which batch, and which line of its input file (0-based).
     batch_id: Mapped[str | None] = mapped_column(String(40))
     batch_line: Mapped[int | None] = mapped_column(Integer)
+    # The key that submitted it, and what its admission took from limits and budgets (settled when it ends).
+    key_id: Mapped[str | None] = mapped_column(String(200))
+    admission: Mapped[dict[str, Any] | None]
 
     __table_args__ = (
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_tasks_tenant_idempotency_key"),
@@ -486,3 +503,23 @@ class File(Base):
 ATTEMPTS = cast(Table, Attempt.__table__)
 BATCH_LINES = cast(Table, BatchLine.__table__)
 EVENTS = cast(Table, Event.__table__)
+
+
+class AuditEntry(Base):
+    """One admin action: who did what to which object, with the object before and after."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    # A key id, `jwt:<subject>`, or `cli`.
+    actor: Mapped[str] = mapped_column(String(200))
+    # e.g. key.create, key.revoke, tenant.limits.update, tenant.budget.update, webhook.create, workflow.register
+    action: Mapped[str] = mapped_column(String(64))
+    target_type: Mapped[str] = mapped_column(String(32))
+    target_id: Mapped[str | None] = mapped_column(String(200))
+    before: Mapped[dict[str, Any] | None]
+    after: Mapped[dict[str, Any] | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (Index("ix_audit_log_tenant_id_id", "tenant_id", "id"),)

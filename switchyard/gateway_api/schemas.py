@@ -91,6 +91,19 @@ class LatencyView(BaseModel):
     samples: int
 
 
+class PriceView(BaseModel):
+    """A deployment's prices: USD per million tokens, per thousand predictions, per second of model compute.
+    Keys the configuration leaves unset are left out."""
+
+    input: float
+    output: float
+    cached_input: float | None = None
+    cache_write: float | None = None
+    per_1k_predictions: float
+    per_compute_second: float
+    batch: PriceView | None = Field(default=None, description="What batch lines pay instead, when set.")
+
+
 class DeploymentStatus(BaseModel):
     deployment: str
     provider: str
@@ -106,7 +119,7 @@ class DeploymentStatus(BaseModel):
     rpm_remaining: int | None
     tpm_remaining: int | None
     max_input_tokens: int | None
-    price: dict[str, float]
+    price: PriceView
 
 
 class DeploymentList(BaseModel):
