@@ -230,6 +230,8 @@ class Run(Base):
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    # The key that started it: its steps draw on that key's limits and budget.
+    key_id: Mapped[str | None] = mapped_column(String(200))
     workflow_id: Mapped[str] = mapped_column(ForeignKey("workflows.id"))
     workflow: Mapped[str] = mapped_column(String(100))
     version: Mapped[int] = mapped_column(Integer)
@@ -286,6 +288,8 @@ class Batch(Base):
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    # The key that created it: its lines draw on that key's limits and budget.
+    key_id: Mapped[str | None] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(16))
     endpoint: Mapped[str] = mapped_column(String(100))
     input_file_id: Mapped[str] = mapped_column(String(40))

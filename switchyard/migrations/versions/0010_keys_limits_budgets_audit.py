@@ -1,5 +1,5 @@
 """keys with names, models, limits, budgets, tiers and expiry; tenants' limits and budgets; tasks' key and
-admission; the audit log
+admission; the key of runs and batches; the audit log
 
 Revision ID: 0010
 Revises: 0009
@@ -38,6 +38,9 @@ def upgrade() -> None:
     with op.batch_alter_table("tasks") as batch_op:
         batch_op.add_column(sa.Column("key_id", sa.String(length=200), nullable=True))
         batch_op.add_column(sa.Column("admission", _JSON, nullable=True))
+    for table in ("runs", "batches"):
+        with op.batch_alter_table(table) as batch_op:
+            batch_op.add_column(sa.Column("key_id", sa.String(length=200), nullable=True))
     op.create_table(
         "audit_log",
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
@@ -60,6 +63,9 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_audit_log_tenant_id_id", table_name="audit_log")
     op.drop_table("audit_log")
+    for table in ("runs", "batches"):
+        with op.batch_alter_table(table) as batch_op:
+            batch_op.drop_column("key_id")
     with op.batch_alter_table("tasks") as batch_op:
         batch_op.drop_column("admission")
         batch_op.drop_column("key_id")
