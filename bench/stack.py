@@ -75,7 +75,10 @@ class Switchyard:
                 break
             log(f"  {res.non_2xx} non-2xx / {res.errors} errors while creating tasks; {remaining} to go")
         have = self.count("SELECT count(*) FROM tasks")
-        queued = self.queued_ids()
+        # The API's publisher thread sends the ids after the rows commit: on a busy machine it may lag a moment.
+        deadline = time.monotonic() + 10
+        while (queued := self.queued_ids()) < n and time.monotonic() < deadline:
+            time.sleep(0.1)
         if have != n or queued != n:
             raise BenchError(f"wanted {n} queued tasks, have {have} rows and {queued} ids in messages")
         return time.perf_counter() - t0

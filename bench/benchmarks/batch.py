@@ -48,6 +48,26 @@ def _window(env: Env, where: str) -> float:
     return float(sql_one(env.database_url, query))
 
 
+def _phases(env: Env, batch_id: str) -> dict[str, float]:
+    """When each phase of the batch began, in seconds after its creation (from the rows)."""
+    marks = {
+        "in_progress": "b.in_progress_at",
+        "first_line_started": "(SELECT min(started_at) FROM tasks WHERE batch_id = b.id)",
+        "last_line_finished": "(SELECT max(finished_at) FROM tasks WHERE batch_id = b.id)",
+        "finalizing": "b.finalizing_at",
+        "completed": "b.completed_at",
+    }
+    return {
+        name: float(
+            sql_one(
+                env.database_url,
+                f"SELECT extract(epoch FROM {mark} - b.created_at) FROM batches b WHERE b.id = '{batch_id}'",
+            )
+        )
+        for name, mark in marks.items()
+    }
+
+
 def _chat_p50_ms(client: openai.OpenAI, n: int) -> tuple[float, list[float]]:
     times = []
     for _ in range(n):
@@ -96,6 +116,8 @@ def run(opts: Options) -> Result:
         batch = client.batches.create(
             input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
         )
+        create_s = time.perf_counter() - t0
+        log(f"  batch: batches.create answered in {create_s:.1f}s")
         during: list[float] = []
         stop = threading.Event()
 
@@ -106,8 +128,13 @@ def run(opts: Options) -> Result:
         caller = threading.Thread(target=interactive, daemon=True)
         caller.start()
         try:
+            seen: dict[str, float] = {}
+            slowest = 0.0
             while True:
+                r0 = time.perf_counter()
                 batch = client.batches.retrieve(batch.id)
+                slowest = max(slowest, time.perf_counter() - r0)
+                seen.setdefault(batch.status, round(time.perf_counter() - t0, 1))
                 if batch.status in ("completed", "failed", "expired", "cancelled"):
                     break
                 if time.perf_counter() - t0 > 900:
@@ -117,10 +144,13 @@ def run(opts: Options) -> Result:
             stop.set()
             caller.join(60)
         create_to_completed = time.perf_counter() - t0
+        log(f"  batch: statuses first seen (s): {seen}; slowest retrieve {slowest:.2f}s")
         counts = batch.request_counts
         if batch.status != "completed" or counts is None or counts.completed != sz.lines:
             raise BenchError(f"batch ended {batch.status} with {counts}: {batch.errors}")
         lines_window = _window(env, f"batch_id = '{batch.id}'")
+        phases = _phases(env, batch.id)
+        log("  batch: phases (s from create): " + ", ".join(f"{k} {v:.1f}" for k, v in phases.items()))
         worker.stop()
         lines_rate = sz.lines / lines_window
         tasks_rate = sz.tasks / tasks_window
@@ -146,6 +176,7 @@ def run(opts: Options) -> Result:
                 "calls_during": len(during),
             },
             "create_to_completed_s": create_to_completed,
+            "phases_s": phases,
             "lines_per_s_create_to_completed": sz.lines / create_to_completed,
             "sizes": asdict(sz),
             "pool": POOL,

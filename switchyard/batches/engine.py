@@ -276,15 +276,15 @@ def finalize(tx: Tx, ctx: BatchContext, batch_id: str) -> None:
 
 def _lines(tx: Tx, batch: Batch, succeeded: bool) -> Iterator[bytes]:
     """The output (or error) file's bytes, a page of lines at a time."""
-    after = -1
-    while True:
-        rows = repository.outcome_page(tx.session, batch.id, after, PAGE, succeeded=succeeded)
-        if not rows:
-            return
-        after = rows[-1].line
-        tasks = [r.Task for r in rows if r.Task is not None]
+    for start in range(0, batch.total, PAGE):
+        rows = [
+            (line, custom_id, task)
+            for line, custom_id, task in repository.outcomes(tx.session, batch.id, start, start + PAGE)
+            if (task is not None and task.status == TaskStatus.SUCCEEDED) == succeeded
+        ]
+        tasks = [task for _, _, task in rows if task is not None]
         attempts = attempts_of(tx.session, [t.id for t in tasks])
-        yield b"".join(orjson.dumps(_output_line(batch, r.line, r.custom_id, r.Task, attempts)) + b"\n" for r in rows)
+        yield b"".join(orjson.dumps(_output_line(batch, *row, attempts)) + b"\n" for row in rows)
 
 
 def _output_line(
