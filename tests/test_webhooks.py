@@ -289,6 +289,46 @@ def test_per_object_webhooks_are_signed_with_the_tenant_secret(admin: httpx.Clie
         verify(secret, request)
 
 
+def test_a_batchs_webhook_gets_its_events_signed(admin: httpx.Client, receiver: Receiver) -> None:
+    path = f"/batch-{secrets.token_hex(3)}"
+    lines = b"".join(
+        json.dumps(
+            {
+                "custom_id": f"b{i}",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {"model": "chat-default", "messages": [{"role": "user", "content": f"hook line {i}"}]},
+            }
+        ).encode()
+        + b"\n"
+        for i in range(3)
+    )
+    uploaded = admin.post("/v1/files", files={"file": ("lines.jsonl", lines)}, data={"purpose": "batch"})
+    assert uploaded.status_code == 200, uploaded.text
+    created = admin.post(
+        "/v1/batches",
+        json={
+            "input_file_id": uploaded.json()["id"],
+            "endpoint": "/v1/chat/completions",
+            "completion_window": "24h",
+            "webhook": {"url": receiver.url(path)},
+        },
+    )
+    assert created.status_code == 200, created.text
+    batch_id = created.json()["id"]
+    got = wait_until(
+        lambda: any(r.payload["type"] == "batch.completed" for r in receiver.at(path)) and receiver.at(path),
+        timeout=60,
+        what="the batch's webhook",
+    )
+    secret = admin.get("/v1/webhooks/signing-secret").json()["secret"]
+    # The batch's own events only (not its lines' task events), each signed with the tenant's secret.
+    assert all(verify(secret, r)["type"].startswith("batch.") for r in got)
+    [completed] = [r.payload for r in got if r.payload["type"] == "batch.completed"]
+    assert completed["data"]["id"] == batch_id
+    assert completed["data"]["request_counts"] == {"total": 3, "completed": 3, "failed": 0}
+
+
 def test_webhook_api_validates_and_isolates(admin: httpx.Client, hook_stack: Stack, receiver: Receiver) -> None:
     bad = admin.post("/v1/webhooks", json={"url": receiver.url("/x"), "events": ["tasks.everything"]})
     assert bad.status_code == 422

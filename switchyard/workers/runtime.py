@@ -40,13 +40,13 @@ class Runtime:
     ) -> None:
         self.executor = executor
         self.max_in_flight = max_in_flight
-        # Batch lines take slots of their own: a batch that fills its lane never holds up an interactive call,
-        # which always finds its own slots (and its own acquiring lock) free of batch work.
+        # Batch lines take slots and step threads of their own: a batch that fills its lane never holds up an
+        # interactive call, which finds its own slots (and acquiring lock) free of batch work, and whose
+        # blocking steps never queue behind hundreds of batch lines' steps.
         self._lanes = {
-            False: _Lane(max_in_flight),
-            True: _Lane(batch_max_in_flight or max(1, max_in_flight // 4)),
+            False: _Lane(max_in_flight, blocking_threads, "sy-step"),
+            True: _Lane(batch_max_in_flight or max(1, max_in_flight // 4), max(1, blocking_threads // 2), "sy-batch"),
         }
-        self._blocking = ThreadPoolExecutor(max_workers=blocking_threads, thread_name_prefix="sy-step")
         self._loop = _new_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="sy-loop", daemon=True)
         self._thread.start()
@@ -99,12 +99,12 @@ class Runtime:
         try:
             while True:
                 outcome = await self.executor.call(ex)
-                wait = await self._step(self.executor.settle, ex, outcome)
+                wait = await self._step(lane, self.executor.settle, ex, outcome)
                 if wait is None:
                     return
                 if wait:
                     await asyncio.sleep(wait)
-                if not await self._step(self.executor.choose_next, ex):
+                if not await self._step(lane, self.executor.choose_next, ex):
                     return
         except asyncio.CancelledError:
             raise
@@ -115,8 +115,8 @@ class Runtime:
             self._running.pop(ex.claim.task_id, None)
             lane.slots.release()
 
-    async def _step(self, fn: Callable[..., T], *args: Any) -> T:
-        return await self._loop.run_in_executor(self._blocking, fn, *args)
+    async def _step(self, lane: _Lane, fn: Callable[..., T], *args: Any) -> T:
+        return await self._loop.run_in_executor(lane.blocking, fn, *args)
 
     # --- shutdown ---------------------------------------------------------------------------------------------
 
@@ -148,16 +148,19 @@ class Runtime:
             log.warning("provider_close_failed", exc_info=True)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
-        self._blocking.shutdown(wait=False, cancel_futures=True)
+        for lane in self._lanes.values():
+            lane.blocking.shutdown(wait=False, cancel_futures=True)
 
 
 class _Lane:
-    """Slots for calls in flight, and the lock under which one submitting thread at a time takes them."""
+    """Slots for calls in flight, the lock under which one submitting thread at a time takes them, and the
+    threads that run the blocking steps (settle, choose the next attempt) of the lane's calls."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, threads: int, name: str) -> None:
         self.size = size
         self.slots = threading.BoundedSemaphore(size)
         self.acquiring = threading.Lock()
+        self.blocking = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=name)
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
