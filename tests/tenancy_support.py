@@ -37,7 +37,8 @@ def tenancy_stack(tmp: Path, env: dict[str, str] | None = None) -> Iterator[Stac
 def key_id_of(client: httpx.Client, plain: str) -> str:
     """The id of a key, found by its prefix in the tenant's key list."""
     keys = client.get("/v1/keys", params={"limit": 100}).json()["data"]
-    return next(k["id"] for k in keys if plain.startswith(k["prefix"]))
+    found: str = next(k["id"] for k in keys if plain.startswith(k["prefix"]))
+    return found
 
 
 class Jwks:
