@@ -13,7 +13,7 @@ import pytest
 
 from switchyard.gateway_api.state import KeyCache
 from switchyard.tenancy.service import Principal
-from tests.support import Process, Stack, cli, free_port, wait_http
+from tests.support import Process, Stack, cli, free_port, wait_http, wait_until
 from tests.tenancy_support import key_id_of, tenancy_stack
 
 
@@ -182,6 +182,23 @@ def test_revocation_is_seen_at_once_by_a_second_api_process(admin: httpx.Client,
         assert admin.delete(f"/v1/keys/{made['id']}").status_code == 204
         refused = elsewhere.get("/v1/tasks")
         assert refused.status_code == 401, refused.text
+
+
+def test_a_change_missed_while_the_subscription_was_down_is_not_served_for_long(
+    stack: Stack, admin: httpx.Client, second_api: str
+) -> None:
+    made = admin.post("/v1/keys", json={"role": "viewer"}).json()
+    with _with(second_api, made["key"]) as elsewhere:
+        assert elsewhere.get("/v1/tasks").status_code == 200  # cached, for 5 minutes by its settings
+        # Redis drops every subscriber's connection, and the revocation happens while nobody hears of it.
+        stack.redis.client_kill_filter(_type="pubsub")
+        stack.sql("UPDATE api_keys SET revoked_at = now() WHERE id = %s RETURNING id", made["id"])
+        wait_until(
+            lambda: elsewhere.get("/v1/tasks").status_code == 401,
+            timeout=8,
+            interval=0.2,
+            what="the second API process to stop trusting its cached key",
+        )
 
 
 def test_a_change_is_seen_at_once_by_a_second_api_process(admin: httpx.Client, second_api: str) -> None:
