@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import click
@@ -241,21 +242,121 @@ def keys() -> None:
     """API keys."""
 
 
+_DURATION = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _expiry(expires_in: str | None, expires_at: datetime | None) -> datetime | None:
+    """The expiry of --expires-in (`90s`, `30m`, `12h`, `30d`) or --expires-at (UTC unless a zone is given)."""
+    if expires_in is not None and expires_at is not None:
+        raise click.UsageError("give --expires-in or --expires-at, not both")
+    if expires_in is not None:
+        unit = expires_in[-1:].lower()
+        number = expires_in[:-1]
+        if unit not in _DURATION or not number.isdigit() or int(number) == 0:
+            raise click.BadParameter(f"'{expires_in}' is not a duration such as 90s, 30m, 12h or 30d")
+        return datetime.now(UTC) + timedelta(seconds=int(number) * _DURATION[unit])
+    if expires_at is not None:
+        return expires_at if expires_at.tzinfo is not None else expires_at.replace(tzinfo=UTC)
+    return None
+
+
 @keys.command("create")
 @click.option("--tenant", required=True, help="tenant name (created if needed)")
 @click.option("--role", type=click.Choice(["admin", "member", "viewer"]), default="admin", show_default=True)
-def keys_create(tenant: str, role: str) -> None:
+@click.option("--name", default=None, help="a name to tell the key apart")
+@click.option("--models", default=None, help="comma-separated logical models the key may call (default: all)")
+@click.option("--tier", default=None, help="a tier of the config file's `tiers:`")
+@click.option("--expires-in", default=None, help="refused after this long: 90s, 30m, 12h, 30d")
+@click.option("--expires-at", type=click.DateTime(), default=None, help="refused from then on (UTC)")
+def keys_create(
+    tenant: str,
+    role: str,
+    name: str | None,
+    models: str | None,
+    tier: str | None,
+    expires_in: str | None,
+    expires_at: datetime | None,
+) -> None:
     """Create a key; the key is the last line of output (it is shown only once)."""
+    from switchyard.audit.service import CLI_ACTOR
     from switchyard.core.db import Database
-    from switchyard.tenancy.service import create_key
+    from switchyard.core.errors import InvalidRequest
+    from switchyard.tenancy.service import check_expiry, check_models, check_tier, create_key
 
     _check_database()
+    expiry = _expiry(expires_in, expires_at)
+    model_list = [m.strip() for m in models.split(",") if m.strip()] if models is not None else None
+    try:
+        config = load_config(_settings().config)
+        check_models(config, model_list, param="--models")
+        check_tier(config, tier, param="--tier")
+        check_expiry(expiry, param="--expires-at")
+    except (ConfigError, InvalidRequest) as exc:
+        raise click.ClickException(f"{getattr(exc, 'param', None) or 'config'}: {exc}") from None
     db = Database(_settings(), pool_size=1)
     with db.transaction() as tx:
-        key, plain = create_key(tx.session, tenant, role)  # type: ignore[arg-type]
+        key, plain = create_key(
+            tx.session,
+            tenant,
+            role,  # type: ignore[arg-type]
+            name=name,
+            models=model_list,
+            tier=tier,
+            expires_at=expiry,
+            created_by=CLI_ACTOR,
+        )
         click.echo(f"created {role} key {key.id} for tenant '{tenant}' ({key.tenant_id})")
     db.dispose()
     click.echo(plain)
+
+
+@keys.command("list")
+@click.option("--tenant", required=True, help="tenant name")
+@click.option("--revoked", is_flag=True, help="show revoked keys too")
+def keys_list(tenant: str, revoked: bool) -> None:
+    """The tenant's keys, newest first: id, prefix, role, name, tier, expiry, revocation (never the keys)."""
+    from switchyard.core.db import Database
+    from switchyard.tenancy.repository import key_page, tenant_by_name
+
+    _check_database()
+    db = Database(_settings(), pool_size=1)
+    with db.sessions() as session:
+        found = tenant_by_name(session, tenant)
+        if found is None:
+            raise click.ClickException(f"no tenant '{tenant}'")
+        rows = key_page(session, found.id, revoked=revoked, after=None, limit=100_000)
+    db.dispose()
+    click.echo("\t".join(("id", "prefix", "role", "name", "tier", "expires_at", "revoked_at")))
+    for key in rows:
+        cells = (key.id, key.prefix, key.role, key.name, key.tier, key.expires_at, key.revoked_at)
+        click.echo("\t".join("-" if c is None else c.isoformat() if isinstance(c, datetime) else str(c) for c in cells))
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+def keys_revoke(key_id: str) -> None:
+    """Revoke a key: every API process refuses it from its next request (recorded in the audit log as `cli`)."""
+    from switchyard.audit.service import CLI_ACTOR
+    from switchyard.core.db import Database
+    from switchyard.core.errors import NotFound
+    from switchyard.core.redis_pool import shared_client
+    from switchyard.tenancy.invalidation import Announcer
+    from switchyard.tenancy.service import revoke_key
+
+    _check_database()
+    settings = _settings()
+    client = shared_client(settings.redis_url) if settings.redis_url else None
+    db = Database(settings, pool_size=1)
+    try:
+        with db.transaction() as tx:
+            key = revoke_key(tx, None, key_id, CLI_ACTOR, Announcer(client))
+    except NotFound as exc:
+        raise click.ClickException(exc.message) from None
+    finally:
+        db.dispose()
+        if client is not None:
+            client.close()
+    click.echo(f"revoked key {key.id} ({key.prefix}...) at {key.revoked_at.isoformat() if key.revoked_at else '-'}")
 
 
 @main.command("fake-provider")

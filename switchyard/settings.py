@@ -40,7 +40,11 @@ class Settings(BaseSettings):
     # Unset, `files/` in the data directory.
     files_dir: Path | None = None
     max_file_bytes: int = Field(default=200 * 1024 * 1024, ge=1024)
+    # A verified key (or JWT) is kept this long in each API process. Changes and revocations reach every
+    # process at once over Redis pub/sub; while that subscription is down, and in embedded mode (no Redis),
+    # an entry is kept at most api_key_cache_unsubscribed_s.
     api_key_cache_s: float = Field(default=30.0, ge=0)
+    api_key_cache_unsubscribed_s: float = Field(default=2.0, ge=0)
     # Connections kept open per process. The API runs at most this many requests' database work at once.
     db_pool_size: int = Field(default=20, ge=1)
     db_max_overflow: int = Field(default=10, ge=0)
@@ -108,8 +112,26 @@ class Settings(BaseSettings):
     # A batch says its progress (`batch.progress`) at most this often.
     batch_progress_interval_s: float = Field(default=1.0, ge=0)
 
+    # JWT bearer tokens beside API keys: on when the JWKS URL is set (issuer and audience are then required).
+    # The tenant (by name, made on first use) and the role come from the claims named here.
+    jwt_jwks_url: str | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_tenant_claim: str = Field(default="tenant", min_length=1)
+    jwt_role_claim: str = Field(default="role", min_length=1)
+    # The JWKS is fetched again after this long, or sooner when a token names an unknown key id (a rotation),
+    # but not more often than the cooldown (a flood of made-up key ids must not become a flood of fetches).
+    jwt_jwks_cache_s: float = Field(default=300.0, gt=0)
+    jwt_jwks_refresh_cooldown_s: float = Field(default=5.0, ge=0)
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
+        if self.jwt_jwks_url and not (self.jwt_issuer and self.jwt_audience):
+            raise ValueError(
+                "SWITCHYARD_JWT_ISSUER and SWITCHYARD_JWT_AUDIENCE must be set with SWITCHYARD_JWT_JWKS_URL"
+            )
+        if self.jwt_jwks_url and not self.jwt_jwks_url.startswith(("http://", "https://")):
+            raise ValueError("SWITCHYARD_JWT_JWKS_URL must be an http:// or https:// URL")
         if self.retry_base_s > self.retry_max_s:
             raise ValueError("SWITCHYARD_RETRY_BASE_S must not exceed SWITCHYARD_RETRY_MAX_S")
         if any(wait < 0 for wait in self.webhook_retry_schedule_s):

@@ -276,6 +276,27 @@ def test_answers_match_the_document(stack: Stack, client: httpx.Client, doc: dic
     check(client.get("/v1/webhooks"), "get", "/v1/webhooks")
     check(client.get("/v1/webhooks/signing-secret"), "get", "/v1/webhooks/signing-secret")
 
+    made = check(
+        client.post(
+            "/v1/keys",
+            json={"name": "doc", "role": "viewer", "models": ["chat-default"], "limits": {"rpm": 5}},
+        ),
+        "post",
+        "/v1/keys",
+    )
+    check(client.get("/v1/keys", params={"limit": 2}), "get", "/v1/keys")
+    check(client.get(f"/v1/keys/{made['id']}"), "get", "/v1/keys/{key_id}")
+    check(client.patch(f"/v1/keys/{made['id']}", json={"budget": {"daily_usd": 1}}), "patch", "/v1/keys/{key_id}")
+    assert client.delete(f"/v1/keys/{made['id']}").status_code == 204
+    check(client.patch(f"/v1/keys/{made['id']}", json={"name": "x"}), "patch", "/v1/keys/{key_id}", 409)
+    check(client.get("/v1/keys/key_nope"), "get", "/v1/keys/{key_id}", 404)
+    check(client.post("/v1/keys", json={"tier": "nope"}), "post", "/v1/keys", 422)
+    check(client.get("/v1/tenant/limits"), "get", "/v1/tenant/limits")
+    check(client.put("/v1/tenant/limits", json={}), "put", "/v1/tenant/limits")
+    check(client.get("/v1/tenant/budget"), "get", "/v1/tenant/budget")
+    check(client.put("/v1/tenant/budget", json={}), "put", "/v1/tenant/budget")
+    check(client.get("/v1/audit", params={"limit": 3}), "get", "/v1/audit")
+
     # Errors, each in the documented shape.
     check(httpx.get(f"{stack.url}/v1/tasks"), "get", "/v1/tasks", 401)
     check(client.get("/v1/tasks/task_nope"), "get", "/v1/tasks/{task_id}", 404)

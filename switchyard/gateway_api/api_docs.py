@@ -131,7 +131,11 @@ def complete(schema: dict[str, Any], routers: Sequence[APIRouter]) -> None:
         SECURITY_SCHEME: {
             "type": "http",
             "scheme": "bearer",
-            "description": "An API key (`sy_...`, made by `switchyard keys create`): `Authorization: Bearer sy_...`.",
+            "description": (
+                "An API key (`sy_...`, made by `POST /v1/keys` or `switchyard keys create`): "
+                "`Authorization: Bearer sy_...`; or, when `SWITCHYARD_JWT_JWKS_URL` is set, a JWT of the identity "
+                "provider."
+            ),
         }
     }
     roles = {

@@ -18,17 +18,21 @@ from switchyard.files.storage import storage_for
 from switchyard.gateway_api.api_docs import install_docs
 from switchyard.gateway_api.errors import install_error_handlers
 from switchyard.gateway_api.input_guard import reject_unstorable_strings
+from switchyard.gateway_api.key_events import KeyEvents, apply
 from switchyard.gateway_api.middleware import BodySizeLimit
 from switchyard.gateway_api.routes import (
+    audit,
     batches,
     events,
     files,
     health,
+    keys,
     models,
     openai,
     predict,
     providers,
     tasks,
+    tenant,
     usage,
     webhooks,
     workflows,
@@ -42,6 +46,8 @@ from switchyard.providers.limits import RateLimits
 from switchyard.providers.status import LimitsView
 from switchyard.settings import Settings, get_settings
 from switchyard.tasks.completion import Completions
+from switchyard.tenancy.invalidation import Announcer
+from switchyard.tenancy.jwt_auth import JwtVerifier
 from switchyard.workers.celery_app import make_celery
 from switchyard.workers.dispatch import PublishQueue
 from switchyard.workflows.engine import Engine
@@ -76,6 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             health, limits = DeploymentHealth(snapshots), snapshots
         if pg is not None:
             await pg.open()
+        key_cache = KeyCache(ttl_s=settings.api_key_cache_s, short_ttl_s=settings.api_key_cache_unsubscribed_s)
         # Shared definitions (a bad file stops start-up with its problem named).
         with db.transaction() as tx:
             load_shared(tx, config, settings.shared_workflows)
@@ -90,7 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             redis=redis_client,
             completions=Completions(db, settings.redis_url),
             engine=Engine(config, dispatcher),
-            keys=KeyCache(ttl_s=settings.api_key_cache_s),
+            keys=key_cache,
             hub=EventHub(
                 db, settings.redis_url, poll_s=settings.feed_poll_s, deltas_dir=delta_folder(settings.data_dir)
             ),
@@ -98,12 +105,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             health=health,
             limits=limits,
             files=storage_for(settings),
+            jwt=JwtVerifier(settings) if settings.jwt_jwks_url else None,
+            announcer=Announcer(redis_client, local=lambda message: apply(key_cache, message)),
         )
         await state.hub.start()
+        key_events = KeyEvents(key_cache, settings.redis_url) if settings.redis_url else None
+        if key_events is not None:
+            await key_events.start()
         app.state.switchyard = state
         try:
             yield
         finally:
+            if key_events is not None:
+                await key_events.close()
             await state.aclose()
 
     app = FastAPI(
@@ -131,6 +145,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         files.router,
         usage.router,
         batches.router,
+        keys.router,
+        tenant.router,
+        audit.router,
     ]
     for router in routers:
         app.include_router(router)

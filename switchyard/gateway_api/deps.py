@@ -13,7 +13,8 @@ from starlette.requests import HTTPConnection
 from switchyard.core.db import Tx
 from switchyard.core.errors import Forbidden, Unauthenticated
 from switchyard.gateway_api.state import ApiState
-from switchyard.tenancy.service import Principal, authenticate, hash_key
+from switchyard.tenancy.jwt_auth import looks_like_jwt
+from switchyard.tenancy.service import Principal, expired_message, hash_key, verify_key
 
 
 async def get_state(request: Request) -> ApiState:
@@ -46,9 +47,12 @@ def bearer_key(conn: HTTPConnection) -> str | None:
     return conn.query_params.get("api_key")
 
 
-def _lookup(state: ApiState, plain: str) -> Principal | None:
+def _lookup(state: ApiState, plain: str) -> Principal:
+    # In a worker thread: a database read, and for a JWT perhaps a fetch of the JWKS.
     with state.db.sessions() as session:
-        return authenticate(session, plain)
+        if state.jwt is not None and looks_like_jwt(plain):
+            return state.jwt.principal(session, plain)
+        return verify_key(session, plain)
 
 
 async def principal_of(conn: HTTPConnection) -> Principal:
@@ -58,12 +62,15 @@ async def principal_of(conn: HTTPConnection) -> Principal:
         raise Unauthenticated("missing API key: send 'Authorization: Bearer <key>'")
     state = _state(conn)
     digest = hash_key(plain)
-    principal = state.keys.get(digest)
+    cache = state.keys
+    principal = cache.get(digest)
     if principal is None:
+        generation = cache.generation
         principal = await anyio.to_thread.run_sync(_lookup, state, plain)
-        if principal is None:
-            raise Unauthenticated("invalid API key")
-        state.keys.put(digest, principal)
+        cache.put(digest, principal, generation)
+    # A cached key (or token) may have expired since it was cached.
+    if principal.expires_at is not None and principal.expired():
+        raise Unauthenticated(expired_message(principal))
     return principal
 
 

@@ -20,6 +20,8 @@ from switchyard.providers.health import DeploymentHealth
 from switchyard.providers.status import LimitsView
 from switchyard.settings import Settings
 from switchyard.tasks.completion import Completions
+from switchyard.tenancy.invalidation import Announcer
+from switchyard.tenancy.jwt_auth import JwtVerifier
 from switchyard.tenancy.service import Principal
 from switchyard.workers.dispatch import PublishQueue
 from switchyard.workflows.engine import Engine
@@ -27,24 +29,62 @@ from switchyard.workflows.engine import Engine
 
 @dataclass
 class KeyCache:
-    """Recently verified keys, so a request does not pay a database read to authenticate.
-    A revoked key keeps working for at most `ttl_s`."""
+    """Recently verified keys and JWTs (by SHA-256), so a request does not pay a database read to authenticate.
+
+    Entries are dropped when a key changes or is revoked, or its tenant's limits or budget change: the process
+    that made the change drops them itself, and tells every other API process over Redis (`key_events`). An
+    entry lives `ttl_s` while that subscription is known to be live (`live_until`, pushed forward by every
+    message and answered ping); otherwise — Redis away, or embedded mode — only `short_ttl_s`, so a change
+    that could not be heard is seen within seconds. `generation` grows with every drop: a lookup that started
+    before a drop does not put what it read (perhaps the key before its revocation) into the cache."""
 
     ttl_s: float
+    short_ttl_s: float = 2.0
+    # Monotonic time until which the invalidation channel is known to work (0: it is not).
+    live_until: float = 0.0
+    generation: int = 0
     _entries: dict[str, tuple[Principal, float]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
+    def __post_init__(self) -> None:
+        self.short_ttl_s = min(self.short_ttl_s, self.ttl_s)
+
     def get(self, key_hash: str) -> Principal | None:
         entry = self._entries.get(key_hash)
-        if entry is None or entry[1] < time.monotonic():
+        if entry is None:
             return None
-        return entry[0]
+        now = time.monotonic()
+        age = now - entry[1]
+        if age < self.short_ttl_s or (age < self.ttl_s and now < self.live_until):
+            return entry[0]
+        return None
 
-    def put(self, key_hash: str, principal: Principal) -> None:
+    def put(self, key_hash: str, principal: Principal, generation: int) -> None:
+        """Keep a principal read when the cache was at `generation` (unless something was dropped since)."""
         with self._lock:
+            if generation != self.generation:
+                return
             if len(self._entries) > 10_000:
                 self._entries.clear()
-            self._entries[key_hash] = (principal, time.monotonic() + self.ttl_s)
+            self._entries[key_hash] = (principal, time.monotonic())
+
+    def drop(self, *, key_id: str | None = None, tenant_id: str | None = None) -> None:
+        """Forget the principals of a key, or of every key and JWT of a tenant."""
+        with self._lock:
+            self.generation += 1
+            self._entries = {
+                digest: entry
+                for digest, entry in self._entries.items()
+                if entry[0].key_id != key_id and entry[0].tenant_id != tenant_id
+            }
+
+    def clear(self) -> None:
+        with self._lock:
+            self.generation += 1
+            self._entries = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 @dataclass
@@ -67,6 +107,10 @@ class ApiState:
     limits: LimitsView
     # The Files API's bytes (the same storage the workers read batch inputs from and write outputs to).
     files: Storage
+    # Bearer JWTs (None: only API keys are accepted).
+    jwt: JwtVerifier | None
+    # Tells this process's key cache, and every other API process, that principals changed.
+    announcer: Announcer
     # When this process started (monotonic): /readyz gives workers that long to run the duties a first time.
     started: float = field(default_factory=time.monotonic)
 

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import select, update
 
+from switchyard.audit.service import record
 from switchyard.core.db import Tx, lock_for_update
 from switchyard.core.errors import Conflict, InvalidRequest, NotFound
 from switchyard.core.ids import new_id
@@ -92,10 +93,12 @@ def webhook_view(hook: Webhook, *, secret: str | None = None) -> dict[str, Any]:
     return view
 
 
-def create(tx: Tx, tenant_id: str, body: WebhookCreate, *, allow_private: bool) -> dict[str, Any]:
+def create(tx: Tx, tenant_id: str, body: WebhookCreate, *, allow_private: bool, actor: str) -> dict[str, Any]:
+    """A subscription, recorded in the audit log (without its secret) as done by `actor`."""
     check_url(str(body.url), allow_private=allow_private, param="url")
     hook = _new_webhook(tx, tenant_id, str(body.url), body.events, secret=new_secret(), description=body.description)
     tx.session.flush()
+    record(tx.session, tenant_id, actor, "webhook.create", "webhook", hook.id, after=webhook_view(hook))
     return webhook_view(hook, secret=hook.secret)
 
 
@@ -156,8 +159,11 @@ def get(tx: Tx, tenant_id: str, webhook_id: str, *, lock: bool = False) -> Webho
     return hook
 
 
-def update_webhook(tx: Tx, tenant_id: str, webhook_id: str, body: WebhookUpdate, *, allow_private: bool) -> Webhook:
+def update_webhook(
+    tx: Tx, tenant_id: str, webhook_id: str, body: WebhookUpdate, *, allow_private: bool, actor: str
+) -> Webhook:
     hook = get(tx, tenant_id, webhook_id, lock=True)
+    before = webhook_view(hook)
     if body.url is not None:
         check_url(str(body.url), allow_private=allow_private, param="url")
         hook.url = str(body.url)
@@ -172,12 +178,16 @@ def update_webhook(tx: Tx, tenant_id: str, webhook_id: str, body: WebhookUpdate,
         hook.disabled_reason = "disabled by request" if body.status == "disabled" else None
     hook.updated_at = utcnow()
     tx.session.flush()
+    after = webhook_view(hook)
+    record(tx.session, tenant_id, actor, "webhook.update", "webhook", hook.id, before=before, after=after)
     return hook
 
 
-def delete(tx: Tx, tenant_id: str, webhook_id: str) -> None:
+def delete(tx: Tx, tenant_id: str, webhook_id: str, *, actor: str) -> None:
     """Deleting a subscription drops its deliveries, pending ones included."""
-    tx.session.delete(get(tx, tenant_id, webhook_id))
+    hook = get(tx, tenant_id, webhook_id)
+    record(tx.session, tenant_id, actor, "webhook.delete", "webhook", hook.id, before=webhook_view(hook))
+    tx.session.delete(hook)
     tx.session.flush()
 
 

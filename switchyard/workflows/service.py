@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 
+from switchyard.audit.service import record
 from switchyard.core.config import AppConfig
 from switchyard.core.db import Tx, lock_for_update
 from switchyard.core.errors import ConfigError, Conflict, InvalidRequest, NotFound
@@ -45,8 +46,9 @@ def parse_yaml(text: bytes) -> Any:
         raise InvalidRequest(f"not valid YAML: {exc}", param="body") from None
 
 
-def register(tx: Tx, config: AppConfig, tenant_id: str | None, raw: Any) -> Workflow:
-    """Each registration of a name is a new version (for this tenant; None: a shared definition)."""
+def register(tx: Tx, config: AppConfig, tenant_id: str | None, raw: Any, *, actor: str | None = None) -> Workflow:
+    """Each registration of a name is a new version (for this tenant; None: a shared definition). A tenant's
+    registration is recorded in its audit log as done by `actor`."""
     spec = parse_spec(raw, config)
     session = tx.session
     latest = session.scalar(select(func.max(Workflow.version)).where(Workflow.name == spec.name, _owner(tenant_id)))
@@ -59,6 +61,10 @@ def register(tx: Tx, config: AppConfig, tenant_id: str | None, raw: Any) -> Work
     )
     session.add(workflow)
     session.flush()
+    if tenant_id is not None and actor is not None:
+        # The definition itself stays out of the log (prompts can be long, and are the tenant's business).
+        after = {"id": workflow.id, "name": workflow.name, "version": workflow.version}
+        record(session, tenant_id, actor, "workflow.register", "workflow", workflow.id, after=after)
     return workflow
 
 

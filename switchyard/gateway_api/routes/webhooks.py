@@ -29,7 +29,9 @@ DeliveryStatus = Literal["pending", "delivering", "succeeded", "failed"]
 @router.post("", status_code=201, response_model=WebhookCreated)
 def create_webhook(body: WebhookCreate, principal: Admin, tx: TxDep, state: StateDep) -> FastJSONResponse:
     """Subscribe a URL to the tenant's events (`task.succeeded`, `run.*`, `*`); its secret is shown only here."""
-    view = service.create(tx, principal.tenant_id, body, allow_private=state.settings.webhook_allow_private)
+    view = service.create(
+        tx, principal.tenant_id, body, allow_private=state.settings.webhook_allow_private, actor=principal.key_id
+    )
     return FastJSONResponse(view, status_code=201)
 
 
@@ -57,7 +59,12 @@ def update_webhook(
 ) -> FastJSONResponse:
     """Change a subscription's URL, events, description, or enable or disable it."""
     hook = service.update_webhook(
-        tx, principal.tenant_id, webhook_id, body, allow_private=state.settings.webhook_allow_private
+        tx,
+        principal.tenant_id,
+        webhook_id,
+        body,
+        allow_private=state.settings.webhook_allow_private,
+        actor=principal.key_id,
     )
     return FastJSONResponse(service.webhook_view(hook))
 
@@ -65,7 +72,7 @@ def update_webhook(
 @router.delete("/{webhook_id}", status_code=204, responses=errors(404))
 def delete_webhook(webhook_id: str, principal: Admin, tx: TxDep) -> Response:
     """Remove a subscription; nothing more is delivered to it."""
-    service.delete(tx, principal.tenant_id, webhook_id)
+    service.delete(tx, principal.tenant_id, webhook_id, actor=principal.key_id)
     return Response(status_code=204)
 
 

@@ -57,7 +57,10 @@ async def register_workflow(request: Request, principal: Member, tx: TxDep, stat
                 MalformedRequest("request body is not valid JSON (send YAML as application/yaml)", param="body"),
                 accepted="application/json or application/yaml",
             ) from None
-    workflow = service.register(tx, state.config, principal.tenant_id, raw)
+    # Database work blocks: off the event loop.
+    workflow = await anyio.to_thread.run_sync(
+        lambda: service.register(tx, state.config, principal.tenant_id, raw, actor=principal.key_id)
+    )
     return FastJSONResponse(service.workflow_view(workflow), status_code=201)
 
 
