@@ -20,6 +20,8 @@ from switchyard.providers.health import DeploymentHealth
 from switchyard.providers.status import LimitsView
 from switchyard.settings import Settings
 from switchyard.tasks.completion import Completions
+from switchyard.tasks.service import Gate
+from switchyard.tenancy.quotas.service import Quotas, Request
 from switchyard.tenancy.service import Principal
 from switchyard.workers.dispatch import PublishQueue
 from switchyard.workflows.engine import Engine
@@ -67,8 +69,23 @@ class ApiState:
     limits: LimitsView
     # The Files API's bytes (the same storage the workers read batch inputs from and write outputs to).
     files: Storage
+    # Limits and budgets: admission of the calls this process takes.
+    quotas: Quotas
     # When this process started (monotonic): /readyz gives workers that long to run the duties a first time.
     started: float = field(default_factory=time.monotonic)
+
+    def gate(self, principal: Principal) -> Gate | None:
+        """What a submission of this caller is admitted against; None (no cost) when nothing applies."""
+        policy = self.quotas.policy(principal)
+        return Gate(self.quotas, policy) if policy is not None else None
+
+    def request_only(self, principal: Principal) -> Request | None:
+        """A run or batch counted as one request against the caller's request windows (its steps and lines
+        draw on the budgets as they are made); None when no limit applies."""
+        policy = self.quotas.policy(principal)
+        if policy is None:
+            return None
+        return self.quotas.request(policy, "", None, tasks=False, budgets=False)
 
     async def aclose(self) -> None:
         await self.hub.close()
