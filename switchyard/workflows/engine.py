@@ -203,7 +203,8 @@ class Engine:
                 row.status = "queued"
                 self._event(tx, run, "run.step.started", {"id": run.id, "step_id": step_id}, step_id)
                 count = len(row.items) if spec.for_each is not None else 1
-                self._start_items(tx, run, spec, row, steps, tasks, min(spec.max_parallel or count, count))
+                if not self._start_items(tx, run, spec, row, steps, tasks, min(spec.max_parallel or count, count)):
+                    return True  # refused by a budget: the step failed, the run's failure policy comes first
             except TemplateError as exc:
                 self._finish_step(tx, run, row, "failed", error={"type": "template_error", "message": str(exc)})
         return changed
@@ -217,8 +218,9 @@ class Engine:
         steps: dict[str, RunStep],
         tasks: dict[str, list[Task]],
         how_many: int,
-    ) -> None:
-        """Make the tasks for the step's next `how_many` items (a plain step has one item, index 0)."""
+    ) -> bool:
+        """Make the tasks for the step's next `how_many` items (a plain step has one item, index 0); False when
+        a budget refused one (the step has failed) or could not be checked."""
         mine = tasks[spec.id]
         total = len(row.items) if spec.for_each is not None else 1
         context = _context(run, steps)
@@ -250,10 +252,11 @@ class Engine:
                 key_id=run.key_id,
             )
             if policy is not None and not self._admit(tx, run, row, policy, task):
-                return
+                return False
             tx.session.add(task)
             enqueue(tx, self.dispatcher, task)
             mine.append(task)
+        return True
 
     def _admit(self, tx: Tx, run: Run, row: RunStep, policy: Policy, task: Task) -> bool:
         """Reserve the step task's worst case against the run key's (and tenant's) budgets. Refused, the step
