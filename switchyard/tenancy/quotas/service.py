@@ -34,7 +34,7 @@ from switchyard.core.errors import BudgetExceeded, RateLimited, ServiceUnavailab
 from switchyard.tenancy.quotas import repository
 from switchyard.tenancy.quotas.embedded import LocalCounts
 from switchyard.tenancy.quotas.estimate import Estimate
-from switchyard.tenancy.quotas.policy import Policy, Scope, policy_of, tiers_of
+from switchyard.tenancy.quotas.policy import Policy, Scope, policy_of, resolve, tiers_of
 from switchyard.tenancy.quotas.scripts import ADMIT, PREFIX, SETTLE
 from switchyard.tenancy.quotas.windows import BudgetWindow, Counter, budget_windows, counter, ratelimit_headers
 from switchyard.tenancy.service import Principal
@@ -132,11 +132,6 @@ class Quotas:
     def policy(self, principal: Principal) -> Policy | None:
         """What applies to the caller; None (the common case) when nothing does."""
         return policy_of(principal, self.tiers)
-
-    def policy_of_key(self, tenant_id: str, key_id: str | None) -> Policy | None:
-        """What applies to the key that made a run or batch, read from the database (control work only)."""
-        with self.db.sessions() as session:
-            return repository.policy_of_key(session, tenant_id, key_id, self.tiers)
 
     # --- building an admission ----------------------------------------------------------------------------------
 
@@ -301,8 +296,6 @@ class Quotas:
     def budget_report(self, principal: Principal) -> dict[str, Any]:
         """GET /v1/budget: for the caller's key and its tenant, each window's limit, spent, reserved, left and
         when it resets (blocking)."""
-        from switchyard.tenancy.quotas.policy import resolve
-
         now = time.time()
         windows = budget_windows(now)
         key_part = (principal.limits, principal.budget, principal.tier)
