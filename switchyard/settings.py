@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     # an entry is kept at most api_key_cache_unsubscribed_s.
     api_key_cache_s: float = Field(default=30.0, ge=0)
     api_key_cache_unsubscribed_s: float = Field(default=2.0, ge=0)
+    # How long a call's budget reservation and concurrency slot hold at most when its task never ends (its
+    # process died before committing it): the admissions after that release them.
+    reservation_ttl_s: float = Field(default=6 * 3600.0, gt=0)
     # Connections kept open per process. The API runs at most this many requests' database work at once.
     db_pool_size: int = Field(default=20, ge=1)
     db_max_overflow: int = Field(default=10, ge=0)

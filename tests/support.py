@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import psycopg
+import psycopg.types.json
 import redis
 
 from switchyard.defaults import MODELS_DIR
@@ -41,6 +42,9 @@ TEST_CONFIG = """
 # (their models set their own).
 routing:
   breaker: {{min_requests: 100000}}
+# A named tier keys and tenants may be given (tests/test_limits.py).
+tiers:
+  tiny: {{max_per_call_usd: 0.0001, limits: {{rpm: 2}}}}
 providers:
   fake:           {{kind: openai,    base_url: "{fake}/v1", api_key: fake}}
   fake-b:         {{kind: openai,    base_url: "{fake_b}/v1", api_key: fake}}
@@ -214,6 +218,30 @@ class Stack:
 
     def new_key(self, tenant: str, role: str = "admin") -> str:
         return self.run_cli("keys", "create", "--tenant", tenant, "--role", role).strip().splitlines()[-1]
+
+    def set_policy(
+        self,
+        key: str,
+        *,
+        limits: dict[str, Any] | None = None,
+        budget: dict[str, Any] | None = None,
+        tier: str | None = None,
+        tenant: bool = False,
+    ) -> None:
+        """Give a key (or, `tenant`, its tenant) limits, a budget or a tier, straight in the database (the
+        API caches a key for SWITCHYARD_API_KEY_CACHE_S: set it before the key's first call)."""
+        where = "prefix = %s" if not tenant else "id = (SELECT tenant_id FROM api_keys WHERE prefix = %s)"
+        table = "tenants" if tenant else "api_keys"
+        self.sql(
+            f"UPDATE {table} SET limits = %s, budget = %s, tier = %s WHERE {where} RETURNING id",
+            None if limits is None else psycopg.types.json.Jsonb(limits),
+            None if budget is None else psycopg.types.json.Jsonb(budget),
+            tier,
+            key[:10],
+        )
+
+    def key_id(self, key: str) -> str:
+        return str(self.sql("SELECT id FROM api_keys WHERE prefix = %s", key[:10])[0][0])
 
     def client(self, key: str) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {key}"}, timeout=30)

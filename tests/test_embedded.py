@@ -6,6 +6,9 @@ import asyncio
 import json
 import os
 import re
+import sqlite3
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,8 +23,13 @@ from tests.support import ROOT, Process, chat, cli, free_port, wait_status, wait
 
 
 @pytest.fixture(scope="module")
-def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    tmp = tmp_path_factory.mktemp("embedded")
+def dev_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("embedded")
+
+
+@pytest.fixture(scope="module")
+def dev(dev_tmp: Path) -> Iterator[tuple[str, str]]:
+    tmp = dev_tmp
     # Nothing of the outer test environment: no database URL, no Redis, so the embedded defaults apply.
     env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_")}
     env["SWITCHYARD_CONFIG"] = str(DEFAULT_CONFIG)
@@ -234,6 +242,44 @@ def test_dev_mode_runs_the_shipped_risk_analysis_workflow(dev: tuple[str, str]) 
         assert result["status"] == "succeeded", result
         assert len(result["output"]["forecast_musd"]) == 2
         assert len(result["output"]["scenarios"]) == 2
+
+
+def test_dev_mode_enforces_limits_and_budgets(dev: tuple[str, str], dev_tmp: Path) -> None:
+    """No Redis: request windows count in the API process, budgets come from the database."""
+    url, _ = dev
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_")}
+    env["SWITCHYARD_DATA_DIR"] = str(dev_tmp / ".switchyard")
+    made = subprocess.run(
+        cli("keys", "create", "--tenant", "embedded-limits", "--role", "member"),
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    key = made.stdout.strip().splitlines()[-1]
+    with sqlite3.connect(dev_tmp / ".switchyard" / "switchyard.db") as db:
+        db.execute(
+            "UPDATE api_keys SET limits = ?, budget = ? WHERE prefix = ?",
+            (json.dumps({"rpm": 3}), json.dumps({"max_per_call_usd": 0.0001, "daily_usd": 1.0}), key[:10]),
+        )
+    body = {"type": "chat", "model": "chat-default", "input": chat("hello limits", max_tokens=5)}
+    left = 60 - time.time() % 60
+    if left < 8:
+        time.sleep(left + 0.2)
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as client:
+        expensive = client.post("/v1/tasks", json={**body, "input": chat("x", max_tokens=100_000)})
+        assert expensive.status_code == 429
+        assert expensive.json()["error"]["type"] == "budget_exceeded"
+        ids = []
+        for _ in range(3):
+            response = client.post("/v1/tasks", json=body)
+            assert response.status_code == 202, response.text
+            ids.append(response.json()["id"])
+        assert response.headers["x-ratelimit-remaining-requests"] == "0"
+        limited = client.post("/v1/tasks", json=body)
+        assert limited.status_code == 429
+        assert limited.json()["error"]["type"] == "rate_limit_error"
+        cost = sum(wait_task(client, i, timeout=60)["cost_usd"] for i in ids)
+        daily = client.get("/v1/budget").json()["key"]["windows"]["daily"]
+        assert daily["spent_usd"] == pytest.approx(cost, abs=1e-9)
+        assert daily["reserved_usd"] == 0
 
 
 def test_readme_quickstart_is_two_commands() -> None:

@@ -311,6 +311,41 @@ def test_answers_match_the_document(stack: Stack, client: httpx.Client, doc: dic
     too_big = client.post("/v1/embeddings", content=b"x" * (3 * 1024 * 1024))  # the default limit is 2 MiB
     check(too_big, "post", "/v1/embeddings", 413)
 
+    # Limits and budgets: GET /v1/budget, and the 429 of a key over its limit or budget.
+    check(client.get("/v1/budget"), "get", "/v1/budget")
+    limited = stack.new_key(f"doc_{secrets.token_hex(3)}", "member")
+    stack.set_policy(limited, limits={"rpm": 1}, budget={"max_per_call_usd": 0.001, "daily_usd": 1.0})
+    with stack.client(limited) as lc:
+        check(lc.get("/v1/budget"), "get", "/v1/budget")
+        body = {"model": "chat-default", "messages": chat("Hi")["messages"], "max_tokens": 5}
+        expensive = lc.post("/v1/chat/completions", json={**body, "max_tokens": 100_000})
+        check(expensive, "post", "/v1/chat/completions", 429)
+        check(lc.post("/v1/chat/completions", json=body), "post", "/v1/chat/completions")
+        again = lc.post("/v1/tasks", json={"type": "chat", "model": "chat-default", "input": chat("Hi", max_tokens=5)})
+        if again.status_code != 429:  # the minute rolled over between the two calls
+            again = lc.post(
+                "/v1/tasks", json={"type": "chat", "model": "chat-default", "input": chat("x", max_tokens=5)}
+            )
+        check(again, "post", "/v1/tasks", 429)
+
+
+SUBMITTING = [
+    ("post", "/v1/tasks"),
+    ("post", "/v1/chat/completions"),
+    ("post", "/v1/embeddings"),
+    ("post", "/v1/moderations"),
+    ("post", "/v1/predict/{model}"),
+    ("post", "/v1/workflows/{name}/runs"),
+    ("post", "/v1/batches"),
+]
+
+
+def test_submitting_endpoints_document_429(doc: dict[str, Any]) -> None:
+    """Every endpoint that submits work may be refused by a limit or a budget."""
+    for method, path in SUBMITTING:
+        assert "429" in doc["paths"][path][method]["responses"], (method, path)
+    assert "200" in doc["paths"]["/v1/budget"]["get"]["responses"]
+
 
 # --- the interactive docs, offline ------------------------------------------------------------------------------
 

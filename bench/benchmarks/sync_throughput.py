@@ -6,6 +6,10 @@ provider (target >= 3x).
 Same body (an OpenAI chat request), same wrk settings and duration for both; rounds alternate the proxy and
 ours so that neither always runs on the warmer machine. Every response must be a 2xx: non-2xx and socket
 errors are counted per side and reported, and ours must have recorded a succeeded task per 2xx.
+
+A third side, `limited`, is ours again with a key that has limits (rpm, tpm, max_concurrent) and a budget
+(per call, daily, monthly) set high enough never to refuse: the cost of admission (one Redis script) and
+settlement on the hot path, against the same run's unlimited key (target >= 0.9x).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from bench.harness import BenchError, Env, LoadResult, Profiler, cpu_seconds, load, load_tool, log
+from bench.harness import BenchError, Env, LoadResult, Profiler, cpu_seconds, load, load_tool, log, sql_one
 from bench.registry import Benchmark, Options, Result, Row, standard_row
 from bench.stack import (
     CONNECTIONS,
@@ -31,6 +35,9 @@ from bench.stack import (
 from tests.processes import Process
 
 REDIS_DB = 4
+# Never reached in a run, so every call pays the whole admission and settlement and none is refused.
+LIMITS = '{"rpm": 100000000, "tpm": 1000000000, "rph": 1000000000, "max_concurrent": 100000}'
+BUDGET = '{"max_per_call_usd": 100, "daily_usd": 1000000, "monthly_usd": 10000000}'
 BODY = b'{"model":"%s","messages":[{"role":"user","content":"hello bench"}]}' % LITELLM_MODEL.encode()
 
 
@@ -87,11 +94,22 @@ def run(opts: Options) -> Result:
         wait_worker(worker)
         proxy = LiteLLMProxy(env, ours.fake_url)
         assert ours.api is not None
+        limited = env.run_cli("keys", "create", "--tenant", "bench-limited", "--role", "member").strip()
+        limited = limited.splitlines()[-1]
+        sql_one(
+            env.database_url,
+            "UPDATE api_keys SET limits = %s::jsonb, budget = %s::jsonb WHERE prefix = %s RETURNING id",
+            LIMITS,
+            BUDGET,
+            limited[:10],
+        )
         _check_answer(ours.url, ours.key, "ours")
+        _check_answer(ours.url, limited, "ours")
         _check_answer(proxy.url, proxy.key, "LiteLLM's proxy")
         sides: dict[str, tuple[str, str, list[Process]]] = {
             "proxy": (proxy.url, proxy.key, [proxy.proc]),
             "ours": (ours.url, ours.key, [ours.api, worker]),
+            "limited": (ours.url, limited, [ours.api, worker]),
         }
         runs: dict[str, list[LoadResult]] = {k: [] for k in sides}
         cpu_ms: dict[str, list[float]] = {k: [] for k in sides}
@@ -110,7 +128,7 @@ def run(opts: Options) -> Result:
                 cpu_ms[side].append(1000 * (sum(cpu_seconds(p.pid) for p in procs) - cpu0) / max(1, res.requests))
                 runs[side].append(res)
                 ok_total[side] += warm.requests - warm.non_2xx + res.requests - res.non_2xx
-                log(f"  sync_throughput round {r + 1} {side:5}: {res.rps:7.0f} req/s  p50 {res.latency_p50_ms:.1f} ms"
+                log(f"  sync_throughput round {r + 1} {side:7}: {res.rps:7.0f} req/s  p50 {res.latency_p50_ms:.1f} ms"
                     f"  p99 {res.latency_p99_ms:.1f} ms  non-2xx {res.non_2xx}  socket errors {res.errors}  "
                     f"server CPU {cpu_ms[side][-1]:.2f} ms/req")  # fmt: skip
         succeeded = ours.count("SELECT count(*) FROM tasks WHERE status = 'succeeded'")
@@ -131,12 +149,21 @@ def run(opts: Options) -> Result:
             f"{MAX_IN_FLIGHT_ENV}={sz.max_in_flight}",
             "summary": summary,
             "rounds": {k: [asdict(x) for x in v] for k, v in runs.items()},
+            # The same API and worker with a key that has limits and a budget, vs the unlimited key.
+            "limits": {
+                "ours": summary["limited"]["rps"],
+                "baseline": o,
+                "unit": "req/s",
+                "ratio": summary["limited"]["rps"] / o,
+                "target": 0.9,
+                "target_kind": ">=",
+            },
             "check": {
                 # Every 2xx of ours is a succeeded task; more tasks than 2xx are the requests wrk dropped at its end.
-                "ours_2xx_incl_warmup": ok_total["ours"],
+                "ours_2xx_incl_warmup": ok_total["ours"] + ok_total["limited"],
                 "ours_tasks_succeeded": succeeded,
                 "ours_tasks_failed": failed,
-                "every_2xx_a_task": succeeded >= ok_total["ours"],
+                "every_2xx_a_task": succeeded >= ok_total["ours"] + ok_total["limited"],
                 "proxy_2xx_incl_warmup": ok_total["proxy"],
             },
         }
@@ -146,13 +173,16 @@ def run(opts: Options) -> Result:
 
 def rows(name: str, res: Result) -> list[Row]:
     """req/s ours vs the proxy."""
-    return [standard_row(f"{name}: /v1/chat/completions, 32 conns", res, baseline_note=" (LiteLLM proxy)")]
+    return [
+        standard_row(f"{name}: /v1/chat/completions, 32 conns", res, baseline_note=" (LiteLLM proxy)"),
+        standard_row(f"{name} with limits + budget", res["limits"], baseline_note=" (no limits)"),
+    ]
 
 
 def details(res: Result) -> None:
     """Latency, errors and CPU per side, and the task check."""
     s, c = res["summary"], res["check"]
-    for side, label in (("ours", "ours "), ("proxy", "proxy")):
+    for side, label in (("ours", "ours   "), ("limited", "limited"), ("proxy", "proxy  ")):
         x = s[side]
         print(
             f"sync_throughput {label}: {x['rps']:.0f} req/s, p50 {x['latency_p50_ms']:.1f} ms, p99 "

@@ -22,7 +22,7 @@ import structlog
 
 from switchyard.core.config import AppConfig
 from switchyard.core.db import Database, Tx
-from switchyard.core.errors import MalformedRequest, NotFound, error_body
+from switchyard.core.errors import BudgetExceeded, MalformedRequest, NotFound, error_body
 from switchyard.core.models import Batch, Task, utcnow
 from switchyard.events.log import append_event
 from switchyard.files.service import create_file, get_file, iter_lines
@@ -33,6 +33,9 @@ from switchyard.tasks import openai_mapping, transitions
 from switchyard.tasks.repository import attempts_of
 from switchyard.tasks.transitions import CANCELED_ERROR, BatchDispatcher, TaskStatus
 from switchyard.tasks.views import task_view
+from switchyard.tenancy.quotas import repository as quota_repository
+from switchyard.tenancy.quotas.estimate import estimate
+from switchyard.tenancy.quotas.service import Quotas
 
 from . import repository
 from .lines import MAX_ERRORS, Line, LineError, LineRules, error, parse
@@ -62,6 +65,8 @@ class BatchContext:
     signatures: Mapping[str, Signature]
     storage: Storage
     dispatcher: BatchDispatcher
+    # Lines draw on the budgets of the key that created the batch (and its tenant); None: not enforced here.
+    quotas: Quotas | None = None
 
 
 def advance_batch(db: Database, ctx: BatchContext, batch_id: str) -> None:
@@ -125,12 +130,38 @@ def _release(tx: Tx, ctx: BatchContext, batch: Batch, room: int) -> int:
             metadata=line.metadata_,
             batch_id=batch.id,
             batch_line=line.line,
+            key_id=batch.key_id,
         )
         for line in lines
     ]
+    _admit_lines(tx, ctx, batch, tasks)
     transitions.create_batch_lines(tx, ctx.dispatcher, tasks)
     batch.released = stop
     return len(tasks)
+
+
+def _admit_lines(tx: Tx, ctx: BatchContext, batch: Batch, tasks: list[Task]) -> None:
+    """Reserve each line's worst case (at the batch price) against the budgets; a refused line is made failed
+    with `budget_exceeded` (it goes to the error file). Lines do not count against request limits."""
+    quotas = ctx.quotas
+    if quotas is None:
+        return
+    policy = quota_repository.policy_of_key(tx.session, batch.tenant_id, batch.key_id, quotas.tiers)
+    if policy is None or not policy.has_budget:
+        return
+    now = utcnow()
+    for task in tasks:
+        est = estimate(ctx.config, task.type, task.model, task.input, task.options, batch=True)
+        try:
+            admitted = quotas.admit(quotas.request(policy, task.id, est, requests=False, tasks=False))
+        except BudgetExceeded as exc:
+            task.status, task.finished_at = TaskStatus.FAILED, now
+            task.error = {"type": exc.type, "message": exc.message}
+            continue
+        task.admission = admitted.record
+        if admitted.record is not None:
+            task_id = task.id
+            tx.on_rollback(lambda task_id=task_id: quotas.release(task_id))  # type: ignore[misc]
 
 
 def _update_counts(tx: Tx, ctx: BatchContext, batch: Batch, counts: repository.LineCounts, now: datetime) -> None:

@@ -23,7 +23,7 @@ COMPLETION_WINDOWS = {"24h": 24 * 3600.0}
 
 
 def create_batch(
-    tx: Tx, settings: Settings, advancer: BatchAdvancer, tenant_id: str, body: BatchCreate
+    tx: Tx, settings: Settings, advancer: BatchAdvancer, tenant_id: str, body: BatchCreate, *, key_id: str | None = None
 ) -> dict[str, Any]:
     """Refuse what is cheap to see now (the endpoint, the window, an unknown file or one not uploaded for
     batches); the lines are validated by the first advance, so the request answers at once (`validating`)."""
@@ -41,6 +41,7 @@ def create_batch(
     batch = Batch(
         id=new_id("batch"),
         tenant_id=tenant_id,
+        key_id=key_id,
         status=BatchStatus.VALIDATING,
         endpoint=body.endpoint,
         input_file_id=file.id,

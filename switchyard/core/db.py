@@ -69,10 +69,15 @@ class Tx:
 
     session: Session
     _after_commit: list[Callable[[], None]] = field(default_factory=list)
+    _on_rollback: list[Callable[[], None]] = field(default_factory=list)
 
     def after_commit(self, fn: Callable[[], None]) -> None:
         """Run `fn` after a successful commit (never on rollback)."""
         self._after_commit.append(fn)
+
+    def on_rollback(self, fn: Callable[[], None]) -> None:
+        """Run `fn` when the transaction rolls back (undoing what was taken outside it, such as a reservation)."""
+        self._on_rollback.append(fn)
 
 
 def async_pool(settings: Settings) -> AsyncConnectionPool | None:
@@ -123,6 +128,11 @@ class Database:
                 session.commit()
             except BaseException:
                 session.rollback()
+                for undo in tx._on_rollback:
+                    try:
+                        undo()
+                    except Exception:
+                        log.warning("on_rollback_failed", exc_info=True)
                 raise
         for fn in tx._after_commit:
             try:

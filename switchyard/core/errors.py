@@ -59,6 +59,12 @@ class RateLimited(AppError):
     type = "rate_limit_error"
 
 
+class BudgetExceeded(RateLimited):
+    """A call whose worst-case cost would take a key or tenant over a budget; it never reaches a provider."""
+
+    type = "budget_exceeded"
+
+
 class PayloadTooLarge(AppError):
     status = 413
     type = "request_too_large"

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio.to_thread
+import redis.asyncio
 from fastapi import Depends, FastAPI
 
 from switchyard.core.config import load_config
@@ -23,6 +24,7 @@ from switchyard.gateway_api.middleware import BodySizeLimit
 from switchyard.gateway_api.routes import (
     audit,
     batches,
+    budget,
     events,
     files,
     health,
@@ -46,8 +48,10 @@ from switchyard.providers.limits import RateLimits
 from switchyard.providers.status import LimitsView
 from switchyard.settings import Settings, get_settings
 from switchyard.tasks.completion import Completions
+from switchyard.tasks.transitions import install_settler
 from switchyard.tenancy.invalidation import Announcer
 from switchyard.tenancy.jwt_auth import JwtVerifier
+from switchyard.tenancy.quotas.service import Quotas
 from switchyard.workers.celery_app import make_celery
 from switchyard.workers.dispatch import PublishQueue
 from switchyard.workflows.engine import Engine
@@ -70,6 +74,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         celery = make_celery(settings)
         redis_client = shared_client(settings.redis_url) if settings.redis_url else None
         db = Database(settings)
+        quotas = Quotas(
+            config,
+            db,
+            redis_client,
+            redis.asyncio.Redis.from_url(settings.redis_url) if settings.redis_url else None,
+            reservation_ttl_s=settings.reservation_ttl_s,
+        )
+        # This process ends tasks too (a cancel): their reservations are settled through it.
+        install_settler(quotas)
         dispatcher = PublishQueue(celery)
         pg = async_pool(settings)
         health: DeploymentHealth
@@ -96,7 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             pg=pg,
             redis=redis_client,
             completions=Completions(db, settings.redis_url),
-            engine=Engine(config, dispatcher),
+            engine=Engine(config, dispatcher, quotas),
             keys=key_cache,
             hub=EventHub(
                 db, settings.redis_url, poll_s=settings.feed_poll_s, deltas_dir=delta_folder(settings.data_dir)
@@ -107,6 +120,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             files=storage_for(settings),
             jwt=JwtVerifier(settings) if settings.jwt_jwks_url else None,
             announcer=Announcer(redis_client, local=lambda message: apply(key_cache, message)),
+            quotas=quotas,
         )
         await state.hub.start()
         key_events = KeyEvents(key_cache, settings.redis_url) if settings.redis_url else None
@@ -148,6 +162,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         keys.router,
         tenant.router,
         audit.router,
+        budget.router,
     ]
     for router in routers:
         app.include_router(router)

@@ -20,8 +20,10 @@ from switchyard.providers.health import DeploymentHealth
 from switchyard.providers.status import LimitsView
 from switchyard.settings import Settings
 from switchyard.tasks.completion import Completions
+from switchyard.tasks.service import Gate
 from switchyard.tenancy.invalidation import Announcer
 from switchyard.tenancy.jwt_auth import JwtVerifier
+from switchyard.tenancy.quotas.service import Quotas, Request
 from switchyard.tenancy.service import Principal
 from switchyard.workers.dispatch import PublishQueue
 from switchyard.workflows.engine import Engine
@@ -111,8 +113,23 @@ class ApiState:
     jwt: JwtVerifier | None
     # Tells this process's key cache, and every other API process, that principals changed.
     announcer: Announcer
+    # Limits and budgets: admission of the calls this process takes.
+    quotas: Quotas
     # When this process started (monotonic): /readyz gives workers that long to run the duties a first time.
     started: float = field(default_factory=time.monotonic)
+
+    def gate(self, principal: Principal) -> Gate | None:
+        """What a submission of this caller is admitted against; None (no cost) when nothing applies."""
+        policy = self.quotas.policy(principal)
+        return Gate(self.quotas, policy) if policy is not None else None
+
+    def request_only(self, principal: Principal) -> Request | None:
+        """A run or batch counted as one request against the caller's request windows (its steps and lines
+        draw on the budgets as they are made); None when no limit applies."""
+        policy = self.quotas.policy(principal)
+        if policy is None:
+            return None
+        return self.quotas.request(policy, "", None, tasks=False, budgets=False)
 
     async def aclose(self) -> None:
         await self.hub.close()

@@ -42,8 +42,13 @@ async def create(
             idempotency_key=request.headers.get("idempotency-key"),
             idempotency_ttl_s=state.settings.idempotency_ttl_s,
             task_id=task_id,
+            key_id=principal.key_id,
+            gate=state.gate(principal),
         ),
     )
+    if created.headers:
+        # The response, made later from the finished task, carries them (`task_headers`).
+        request.state.ratelimit_headers = created.headers
     return created.task.id
 
 
@@ -65,8 +70,11 @@ async def wait_for(state: ApiState, principal: Principal, task_id: str, wait_s: 
     return await read(state, principal, task_id)
 
 
-def task_headers(task: dict[str, Any]) -> dict[str, str]:
+def task_headers(task: dict[str, Any], request: Request | None = None) -> dict[str, str]:
+    """The task's id, cost and provider, and the `x-ratelimit-*` headers of the caller's limits."""
     headers = {"x-switchyard-task-id": task["id"], "x-switchyard-cost-usd": f"{task['cost_usd']:.10f}"}
+    if request is not None:
+        headers.update(getattr(request.state, "ratelimit_headers", None) or {})
     if task.get("result") and task["result"].get("provider"):
         headers["x-switchyard-provider"] = task["result"]["provider"]
     return headers

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from switchyard.core.config import AppConfig
 from switchyard.core.errors import (
     AppError,
+    BudgetExceeded,
     Conflict,
     GatewayTimeout,
     InvalidRequest,
@@ -214,6 +215,8 @@ def failure(task: dict[str, Any], *, invalid: type[AppError] = InvalidRequest) -
         exc = invalid(message)
     elif kind == "rate_limited":
         exc = RateLimited(message)
+    elif kind == "budget_exceeded":
+        exc = BudgetExceeded(message)
     elif kind == "timeout":
         exc = GatewayTimeout(message)
     elif kind == "unavailable":

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import partial
 from typing import Any
@@ -27,6 +27,9 @@ from switchyard.tasks import repository, transitions
 from switchyard.tasks.schemas import INPUT_MODELS, TaskCreate
 from switchyard.tasks.transitions import TERMINAL, Dispatcher, RunAdvancer, enqueue, new_task
 from switchyard.tasks.views import task_view
+from switchyard.tenancy.quotas.estimate import estimate
+from switchyard.tenancy.quotas.policy import Policy
+from switchyard.tenancy.quotas.service import Admitted, Quotas, Request
 from switchyard.webhooks.service import object_webhook
 
 
@@ -34,6 +37,20 @@ from switchyard.webhooks.service import object_webhook
 class Created:
     task: Task
     replayed: bool
+    # The `x-ratelimit-*` headers of the caller's limits (empty when none apply).
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Gate:
+    """The limits and budgets a submission is admitted against (absent when none apply: no cost at all)."""
+
+    quotas: Quotas
+    policy: Policy
+
+    def request(self, config: AppConfig, task: Task) -> Request:
+        est = estimate(config, task.type, task.model, task.input, task.options, batch=False)
+        return self.quotas.request(self.policy, task.id, est)
 
 
 def _request_hash(body: TaskCreate, pinned: str | None) -> str:
@@ -82,6 +99,9 @@ class Submission:
     allow_private_webhooks: bool = False
     # An id chosen beforehand (a caller that listens to the task's events from the start).
     task_id: str | None = None
+    # The key that submits it (recorded on the task: spend is summed by key), and what it is admitted against.
+    key_id: str | None = None
+    gate: Gate | None = None
 
 
 def _plain(config: AppConfig, signatures: Mapping[str, Signature], sub: Submission) -> Task | None:
@@ -91,17 +111,29 @@ def _plain(config: AppConfig, signatures: Mapping[str, Signature], sub: Submissi
         return None
     pinned = sub.body.options.provider or sub.pinned_provider
     normalised = validate_input(config, signatures, sub.body, pinned)
-    return _new(sub.tenant_id, sub.body, pinned, normalised, task_id=sub.task_id)
+    return _new(sub.tenant_id, sub.body, pinned, normalised, task_id=sub.task_id, key_id=sub.key_id)
+
+
+def _admitted(task: Task, admitted: Admitted) -> None:
+    task.admission = admitted.record
 
 
 def submit(
     db: Database, config: AppConfig, signatures: Mapping[str, Signature], dispatcher: Dispatcher, sub: Submission
 ) -> Created:
-    """Validate, insert and publish a task, committed before this returns."""
+    """Validate, admit (limits and budgets), insert and publish a task, committed before this returns."""
     task = _plain(config, signatures, sub)
     if task is not None:
-        transitions.create_plain(db, dispatcher, task)
-        return Created(task=task, replayed=False)
+        admitted = sub.gate.quotas.admit(sub.gate.request(config, task)) if sub.gate is not None else None
+        if admitted is not None:
+            _admitted(task, admitted)
+        try:
+            transitions.create_plain(db, dispatcher, task)
+        except BaseException:
+            if admitted is not None and admitted.record is not None and sub.gate is not None:
+                sub.gate.quotas.release(task.id)
+            raise
+        return Created(task=task, replayed=False, headers=admitted.headers if admitted else {})
     with db.transaction() as tx:
         return create_task(
             tx,
@@ -115,6 +147,8 @@ def submit(
             idempotency_ttl_s=sub.idempotency_ttl_s,
             allow_private_webhooks=sub.allow_private_webhooks,
             task_id=sub.task_id,
+            key_id=sub.key_id,
+            gate=sub.gate,
         )
 
 
@@ -130,8 +164,16 @@ async def submit_async(
     the rest runs `submit` on a thread. `dispatcher.publish_task` must not block."""
     task = _plain(config, signatures, sub) if pool is not None else None
     if pool is not None and task is not None:
-        await transitions.acreate_plain(pool, dispatcher, task)
-        return Created(task=task, replayed=False)
+        admitted = await sub.gate.quotas.admit_async(sub.gate.request(config, task)) if sub.gate is not None else None
+        if admitted is not None:
+            _admitted(task, admitted)
+        try:
+            await transitions.acreate_plain(pool, dispatcher, task)
+        except BaseException:
+            if admitted is not None and admitted.record is not None and sub.gate is not None:
+                await anyio.to_thread.run_sync(sub.gate.quotas.release, task.id)
+            raise
+        return Created(task=task, replayed=False, headers=admitted.headers if admitted else {})
     return await anyio.to_thread.run_sync(partial(submit, db, config, signatures, dispatcher, sub))
 
 
@@ -144,6 +186,7 @@ def _new(
     task_id: str | None,
     idempotency_key: str | None = None,
     request_hash: str | None = None,
+    key_id: str | None = None,
 ) -> Task:
     options = body.options.model_dump(exclude_none=True)
     if pinned is not None:
@@ -158,6 +201,7 @@ def _new(
         metadata=body.metadata,
         idempotency_key=idempotency_key,
         request_hash=request_hash,
+        key_id=key_id,
     )
 
 
@@ -174,9 +218,12 @@ def create_task(
     idempotency_ttl_s: float,
     allow_private_webhooks: bool = False,
     task_id: str | None = None,
+    key_id: str | None = None,
+    gate: Gate | None = None,
 ) -> Created:
     """Insert the task and its `task.queued` event; publish its id once the transaction commits. `task_id`
-    gives the new task an id chosen beforehand (a caller that listens to its events from the start)."""
+    gives the new task an id chosen beforehand (a caller that listens to its events from the start). `gate`
+    admits it (a replay of an Idempotency-Key is not admitted again)."""
     pinned = body.options.provider or pinned_provider
     normalised = validate_input(config, signatures, body, pinned)
     session = tx.session
@@ -198,7 +245,15 @@ def create_task(
         task_id=task_id,
         idempotency_key=idempotency_key,
         request_hash=request_hash,
+        key_id=key_id,
     )
+    admitted = gate.quotas.admit(gate.request(config, task)) if gate is not None else None
+    if admitted is not None:
+        _admitted(task, admitted)
+        if admitted.record is not None:
+            # Given back unless the transaction commits (then the task's end settles it).
+            quotas, task_ref = gate.quotas, task.id  # type: ignore[union-attr]
+            tx.on_rollback(lambda: quotas.release(task_ref))
     if body.webhook is not None:
         task.webhook = object_webhook(
             tx, tenant_id, task.id, body.webhook, allow_private=allow_private_webhooks, param="webhook"
@@ -212,11 +267,13 @@ def create_task(
             existing = repository.get_by_idempotency_key(session, tenant_id, idempotency_key)
             if existing is None:
                 raise
+            if admitted is not None and admitted.record is not None and gate is not None:
+                tx.after_commit(lambda: gate.quotas.release(task.id))
             return _replay(existing, request_hash or "")
     else:
         session.add(task)
     enqueue(tx, dispatcher, task)
-    return Created(task=task, replayed=False)
+    return Created(task=task, replayed=False, headers=admitted.headers if admitted else {})
 
 
 def _replay(existing: Task, request_hash: str) -> Created:

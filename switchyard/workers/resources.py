@@ -27,6 +27,8 @@ from switchyard.providers.router import Router
 from switchyard.settings import Settings, get_settings
 from switchyard.tasks.completion import signal_done
 from switchyard.tasks.execution import Executor
+from switchyard.tasks.transitions import install_settler
+from switchyard.tenancy.quotas.service import Quotas
 from switchyard.webhooks.delivery import Deliverer, derive_deliveries
 from switchyard.webhooks.sender import WebhookSender
 from switchyard.workers.dispatch import CeleryDispatcher, ThrottledBatchAdvancer
@@ -69,6 +71,7 @@ class WorkerResources:
                     signatures=model_signatures(self.config),
                     storage=storage_for(self.settings),
                     dispatcher=self.dispatcher,
+                    quotas=self.engine.quotas,
                 )
             return self._batches
 
@@ -132,7 +135,10 @@ def init_resources() -> WorkerResources:
                 max_response_bytes=settings.webhook_max_response_bytes,
                 allow_private=settings.webhook_allow_private,
             )
-            engine = Engine(config, dispatcher)
+            quotas = Quotas(config, db, redis_client, reservation_ttl_s=settings.reservation_ttl_s)
+            # Tasks end here: their reservations are settled through this process's Redis client.
+            install_settler(quotas)
+            engine = Engine(config, dispatcher, quotas)
             executor = Executor(
                 settings,
                 config,

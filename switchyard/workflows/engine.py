@@ -12,19 +12,27 @@ from functools import lru_cache
 from typing import Any
 
 import orjson
+import structlog
 from pydantic import ValidationError
 from sqlalchemy import select
 
 from switchyard.core.config import AppConfig
 from switchyard.core.db import Tx, lock_for_update
+from switchyard.core.errors import BudgetExceeded, ServiceUnavailable
 from switchyard.core.models import Run, RunStep, Task, Workflow, utcnow
 from switchyard.core.validation import invalid_request
 from switchyard.events.log import append_event
 from switchyard.tasks.schemas import INPUT_MODELS
 from switchyard.tasks.transitions import RunDispatcher, cancel_queued_of_run, enqueue, new_task
+from switchyard.tenancy.quotas import repository
+from switchyard.tenancy.quotas.estimate import estimate
+from switchyard.tenancy.quotas.policy import Policy
+from switchyard.tenancy.quotas.service import Quotas
 from switchyard.workflows.spec import StepSpec, WorkflowSpec
 from switchyard.workflows.templates import TemplateError, render_value, truthy
 from switchyard.workflows.validation import Graph, ensure_valid
+
+log = structlog.get_logger(__name__)
 
 RUN_TERMINAL = frozenset({"succeeded", "failed", "canceled"})
 STEP_TERMINAL = frozenset({"succeeded", "failed", "skipped", "canceled"})
@@ -39,9 +47,11 @@ def _compiled(spec_json: bytes, models: tuple[tuple[str, str], ...]) -> tuple[Wo
 
 
 class Engine:
-    def __init__(self, config: AppConfig, dispatcher: RunDispatcher) -> None:
+    def __init__(self, config: AppConfig, dispatcher: RunDispatcher, quotas: Quotas | None = None) -> None:
         self.config = config
         self.dispatcher = dispatcher
+        # Steps draw on the budgets of the key that started the run (and its tenant).
+        self.quotas = quotas
         self._models = tuple(sorted((n, m.type) for n, m in config.models.items()))
 
     def compile(self, workflow: Workflow) -> tuple[WorkflowSpec, Graph]:
@@ -193,7 +203,8 @@ class Engine:
                 row.status = "queued"
                 self._event(tx, run, "run.step.started", {"id": run.id, "step_id": step_id}, step_id)
                 count = len(row.items) if spec.for_each is not None else 1
-                self._start_items(tx, run, spec, row, steps, tasks, min(spec.max_parallel or count, count))
+                if not self._start_items(tx, run, spec, row, steps, tasks, min(spec.max_parallel or count, count)):
+                    return True  # refused by a budget: the step failed, the run's failure policy comes first
             except TemplateError as exc:
                 self._finish_step(tx, run, row, "failed", error={"type": "template_error", "message": str(exc)})
         return changed
@@ -207,11 +218,15 @@ class Engine:
         steps: dict[str, RunStep],
         tasks: dict[str, list[Task]],
         how_many: int,
-    ) -> None:
-        """Make the tasks for the step's next `how_many` items (a plain step has one item, index 0)."""
+    ) -> bool:
+        """Make the tasks for the step's next `how_many` items (a plain step has one item, index 0); False when
+        a budget refused one (the step has failed) or could not be checked."""
         mine = tasks[spec.id]
         total = len(row.items) if spec.for_each is not None else 1
         context = _context(run, steps)
+        policy = None
+        if self.quotas is not None:
+            policy = repository.policy_of_key(tx.session, run.tenant_id, run.key_id, self.quotas.tiers)
         for index in range(len(mine), min(total, len(mine) + max(0, how_many))):
             item_context = {**context, "item": row.items[index]} if spec.for_each is not None else context
             try:
@@ -234,10 +249,34 @@ class Engine:
                 step_id=spec.id,
                 item_index=index,
                 step_generation=row.generation,
+                key_id=run.key_id,
             )
+            if policy is not None and not self._admit(tx, run, row, policy, task):
+                return False
             tx.session.add(task)
             enqueue(tx, self.dispatcher, task)
             mine.append(task)
+        return True
+
+    def _admit(self, tx: Tx, run: Run, row: RunStep, policy: Policy, task: Task) -> bool:
+        """Reserve the step task's worst case against the run key's (and tenant's) budgets. Refused, the step
+        fails with `budget_exceeded`; with the counters unavailable, the step waits for a later advance."""
+        assert self.quotas is not None
+        quotas = self.quotas
+        est = estimate(self.config, task.type, task.model, task.input, task.options, batch=False)
+        try:
+            admitted = quotas.admit(quotas.request(policy, task.id, est, requests=False, tasks=False))
+        except BudgetExceeded as exc:
+            self._finish_step(tx, run, row, "failed", error={"type": exc.type, "message": exc.message})
+            return False
+        except ServiceUnavailable:
+            log.warning("step_admission_unavailable", run_id=run.id, step_id=row.step_id)
+            return False
+        task.admission = admitted.record
+        if admitted.record is not None:
+            task_id = task.id
+            tx.on_rollback(lambda: quotas.release(task_id))
+        return True
 
     def _fail_if_needed(self, tx: Tx, run: Run, spec: WorkflowSpec, steps: dict[str, RunStep]) -> bool:
         """A failed (or canceled) step whose policy is `fail` fails the run and cancels what has not finished."""

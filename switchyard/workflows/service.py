@@ -143,6 +143,7 @@ def start_run(
     webhook: WebhookTarget | None,
     idempotency_key: str | None,
     allow_private_webhooks: bool = False,
+    key_id: str | None = None,
 ) -> tuple[Run, bool]:
     """A queued run and its pending steps; the first advance is published after commit. Replays by key."""
     workflow = find(tx, tenant_id, name, version)
@@ -169,6 +170,7 @@ def start_run(
         cost_usd=0.0,
         idempotency_key=idempotency_key,
         request_hash=request_hash,
+        key_id=key_id,
     )
     if webhook is not None:
         run.webhook = object_webhook(

@@ -16,12 +16,20 @@ router = APIRouter(prefix="/v1/batches", tags=["batches"])
 
 
 # Plain `def` routes: FastAPI runs them on its thread pool, so the database work never blocks the event loop.
-@router.post("", response_model=BatchObject, responses=errors(404))
+@router.post("", response_model=BatchObject, responses=errors(404, 429, 503))
 def create_batch(body: BatchCreate, principal: Member, tx: TxDep, state: StateDep) -> FastJSONResponse:
     """Start a batch over an uploaded input file (`purpose: batch`). It answers at once, `validating`; the
-    workers then check every line (a bad one fails the batch, naming its line) and run each as a task."""
-    view = service.create_batch(tx, state.settings, state.dispatcher, principal.tenant_id, body)
-    return FastJSONResponse(view)
+    workers then check every line (a bad one fails the batch, naming its line) and run each as a task.
+
+    The batch counts as one request against the key's request limits; its lines do not (as at OpenAI), but
+    each line's cost is reserved against the budgets when it is released (a refused line fails with
+    `budget_exceeded`, in the error file)."""
+    counted = state.request_only(principal)
+    admitted = state.quotas.admit(counted) if counted is not None else None
+    view = service.create_batch(
+        tx, state.settings, state.dispatcher, principal.tenant_id, body, key_id=principal.key_id
+    )
+    return FastJSONResponse(view, headers=admitted.headers if admitted is not None else None)
 
 
 @router.get("", response_model=BatchPage)

@@ -43,7 +43,7 @@ from switchyard.tenancy.service import Principal
 router = APIRouter(tags=["openai"])
 
 # Errors of a request that runs as a task and is waited for (the model unknown: a 404, as OpenAI says it).
-_SYNC_ERRORS = errors(404, 409, 429, 502, 504)
+_SYNC_ERRORS = errors(404, 409, 429, 502, 503, 504)
 
 
 async def _json_object(request: Request) -> dict[str, Any]:
@@ -96,7 +96,7 @@ async def chat_completions(request: Request, principal: Member, state: StateDep)
     task_body = mapping.task_create("chat", model, task_input, metadata=metadata, stream=True if stream else None)
     if not stream:
         task = await _finished(state, principal, await _submit(state, principal, task_body, request))
-        return FastJSONResponse(mapping.chat_completion(task, model), headers=sync.task_headers(task))
+        return FastJSONResponse(mapping.chat_completion(task, model), headers=sync.task_headers(task, request))
     return await _stream(request, principal, state, task_body, model, include_usage)
 
 
@@ -136,6 +136,7 @@ async def _stream(
             await following.__aexit__()
 
     headers = {"x-switchyard-task-id": task_id, "cache-control": "no-cache", "x-accel-buffering": "no"}
+    headers.update(getattr(request.state, "ratelimit_headers", None) or {})
     return StreamingResponse(body_stream(), media_type="text/event-stream", headers=headers)
 
 
@@ -224,7 +225,7 @@ async def embeddings(request: Request, principal: Member, state: StateDep) -> Re
     task_body = mapping.task_create("embed", body["model"], task_input)
     task = await _finished(state, principal, await _submit(state, principal, task_body, request))
     payload = mapping.embedding_list(task, body["model"], encoding)
-    return FastJSONResponse(payload, headers=sync.task_headers(task))
+    return FastJSONResponse(payload, headers=sync.task_headers(task, request))
 
 
 @router.post(
@@ -244,4 +245,4 @@ async def moderations(request: Request, principal: Member, state: StateDep) -> R
     model = mapping.moderation_model(state.config, raw)
     task_body = mapping.task_create("moderate", model, {"input": mapping.text_input(raw)})
     task = await _finished(state, principal, await _submit(state, principal, task_body, request))
-    return FastJSONResponse(mapping.moderation(task, model), headers=sync.task_headers(task))
+    return FastJSONResponse(mapping.moderation(task, model), headers=sync.task_headers(task, request))

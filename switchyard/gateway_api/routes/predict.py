@@ -63,7 +63,7 @@ _BODY = request_body(
 @router.post(
     "/{model}",
     response_model=PredictResponse,
-    responses=errors(404, 409, 429, 502, 504),
+    responses=errors(404, 409, 429, 502, 503, 504),
     openapi_extra=_BODY,
 )
 async def predict(model: str, request: Request, principal: Member, state: StateDep) -> FastJSONResponse:
@@ -94,7 +94,7 @@ async def predict(model: str, request: Request, principal: Member, state: StateD
             "batch_size": result.get("batch_size"),
             "cost_usd": task["cost_usd"],
         },
-        headers=sync.task_headers(task),
+        headers=sync.task_headers(task, request),
     )
 
 

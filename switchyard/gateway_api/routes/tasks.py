@@ -19,7 +19,7 @@ TaskStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
 TaskType = Literal["chat", "embed", "moderate", "predict"]
 
 
-@router.post("", status_code=202, response_model=TaskCreated, responses=errors(409))
+@router.post("", status_code=202, response_model=TaskCreated, responses=errors(409, 429, 503))
 async def create_task(
     body: TaskCreate,
     principal: Member,
@@ -44,10 +44,14 @@ async def create_task(
             idempotency_key=idempotency_key,
             idempotency_ttl_s=state.settings.idempotency_ttl_s,
             allow_private_webhooks=state.settings.webhook_allow_private,
+            key_id=principal.key_id,
+            gate=state.gate(principal),
         ),
     )
-    headers = {"Idempotent-Replayed": "true"} if created.replayed else None
-    return FastJSONResponse(task_created_view(created.task), status_code=202, headers=headers)
+    headers = dict(created.headers)
+    if created.replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return FastJSONResponse(task_created_view(created.task), status_code=202, headers=headers or None)
 
 
 @router.get("", response_model=TaskPage)

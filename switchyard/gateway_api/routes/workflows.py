@@ -82,7 +82,7 @@ def get_workflow(
     "/v1/workflows/{name}/runs",
     status_code=202,
     response_model=RunView,
-    responses=errors(404, 409),
+    responses=errors(404, 409, 429, 503),
     openapi_extra=request_body(RunCreate, required=False),
 )
 async def start_run(
@@ -101,6 +101,8 @@ async def start_run(
         if any(e["type"] == "json_invalid" for e in exc.errors()):
             raise MalformedRequest("request body is not valid JSON", param="body") from None
         raise invalid_request(exc) from None
+    counted = state.request_only(principal)
+    admitted = await state.quotas.admit_async(counted) if counted is not None else None
 
     def start() -> tuple[dict[str, Any], bool]:
         run, replayed = service.start_run(
@@ -113,13 +115,16 @@ async def start_run(
             webhook=body.webhook,
             idempotency_key=idempotency_key,
             allow_private_webhooks=state.settings.webhook_allow_private,
+            key_id=principal.key_id,
         )
         return service.run_view(tx, run), replayed
 
     # The database work (and a webhook host's name lookup) blocks: off the event loop.
     view, replayed = await anyio.to_thread.run_sync(start)
-    headers = {"Idempotent-Replayed": "true"} if replayed else None
-    return FastJSONResponse(view, status_code=202, headers=headers)
+    headers = dict(admitted.headers) if admitted is not None else {}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return FastJSONResponse(view, status_code=202, headers=headers or None)
 
 
 @router.get("/v1/runs", response_model=RunPage)

@@ -34,6 +34,7 @@ from switchyard.tasks.transitions.create import (
 )
 from switchyard.tasks.transitions.finish import FinishGroup, FirstFinish, finish, write_first_finishes
 from switchyard.tasks.transitions.running import cancel_released, claim, hand_back, record_retry, release
+from switchyard.tasks.transitions.settle import Settler, install_settler, settle_now
 from switchyard.tasks.transitions.sweep import reclaim_expired, republish_due
 
 __all__ = [
@@ -51,6 +52,7 @@ __all__ = [
     "OnFinished",
     "RunAdvancer",
     "RunDispatcher",
+    "Settler",
     "TaskStatus",
     "acreate_plain",
     "cancel",
@@ -63,10 +65,12 @@ __all__ = [
     "enqueue",
     "finish",
     "hand_back",
+    "install_settler",
     "new_task",
     "reclaim_expired",
     "record_retry",
     "release",
     "republish_due",
+    "settle_now",
     "write_first_finishes",
 ]

@@ -11,6 +11,7 @@ from switchyard.core.db import Tx
 from switchyard.core.models import Attempt, Task, utcnow
 from switchyard.events.log import append_event
 from switchyard.tasks.transitions.common import CANCELED_ERROR, RunAdvancer, TaskStatus, task_update
+from switchyard.tasks.transitions.settle import settle_after_commit
 from switchyard.tasks.views import task_view
 
 
@@ -44,6 +45,7 @@ def cancel(tx: Tx, advancer: RunAdvancer | None, tenant_id: str, task_id: str) -
             step_id=task.step_id,
             data=task_view(task, attempts),
         )
+        settle_after_commit(tx, task.id, task.admission, sum(a.cost_usd for a in attempts), task.usage)
         if task.run_id is not None and advancer is not None:
             run_id = task.run_id
             tx.after_commit(lambda: advancer.publish_advance(run_id))
@@ -85,6 +87,7 @@ def _cancel_queued(tx: Tx, of: ColumnElement[bool], error: dict[str, Any], *, st
             step_id=task.step_id,
             data=task_view(task, attempts[task.id]),
         )
+        settle_after_commit(tx, task.id, task.admission, sum(a.cost_usd for a in attempts[task.id]), task.usage)
     if stop_running:
         session.execute(task_update().where(of, Task.status == TaskStatus.RUNNING).values(cancel_requested=True))
     return len(canceled)

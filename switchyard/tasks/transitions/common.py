@@ -91,6 +91,8 @@ class Claim:
     started_at: datetime | None = None
     metadata: dict[str, Any] | None = None
     webhook: dict[str, Any] | None = None
+    # What the task's admission took from limits and budgets (None: nothing to settle when it ends).
+    admission: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

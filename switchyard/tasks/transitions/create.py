@@ -35,6 +35,8 @@ def new_task(
     step_generation: int | None = None,
     batch_id: str | None = None,
     batch_line: int | None = None,
+    key_id: str | None = None,
+    admission: dict[str, Any] | None = None,
 ) -> Task:
     """A queued task row, not yet added to a session (inputs already checked by the caller)."""
     now = utcnow()
@@ -62,6 +64,8 @@ def new_task(
         step_generation=step_generation,
         batch_id=batch_id,
         batch_line=batch_line,
+        key_id=key_id,
+        admission=admission,
     )
 
 
@@ -88,9 +92,9 @@ def enqueue(tx: Tx, dispatcher: Dispatcher, task: Task) -> None:
 _PG_CREATE = """
     WITH t AS (
         INSERT INTO tasks (id, tenant_id, type, model, status, input, options, metadata, cost_usd, attempt_count,
-                           reclaim_count, cancel_requested, created_at, published_at)
+                           reclaim_count, cancel_requested, created_at, published_at, key_id, admission)
         VALUES (%(id)s, %(tenant_id)s, %(type)s, %(model)s, 'queued', %(input)s, %(options)s, %(metadata)s,
-                0, 0, 0, false, %(now)s, %(now)s)
+                0, 0, 0, false, %(now)s, %(now)s, %(key_id)s, %(admission)s)
         RETURNING id
     )
     INSERT INTO events (tenant_id, type, task_id, data, created_at)
@@ -109,6 +113,8 @@ def _create_params(task: Task) -> dict[str, Any]:
         "metadata": jsonb(task.metadata_),
         "now": task.created_at,
         "event": jsonb(queued_event(task)),
+        "key_id": task.key_id,
+        "admission": None if task.admission is None else jsonb(task.admission),
     }
 
 
@@ -143,7 +149,9 @@ def _publish(dispatcher: Dispatcher, task: Task) -> None:
 
 def create_batch_lines(tx: Tx, dispatcher: BatchDispatcher, tasks: list[Task]) -> None:
     """Insert the tasks of a batch's released lines, with their `task.queued` events, in two statements
-    however many there are, and publish their ids (many a message) once the transaction commits."""
+    however many there are, and publish their ids (many a message) once the transaction commits. A line
+    refused at admission (a budget spent) comes as a task already failed: stored with `task.failed`, never
+    published."""
     if not tasks:
         return
     table: Table = Task.__table__  # type: ignore[assignment]
@@ -154,10 +162,12 @@ def create_batch_lines(tx: Tx, dispatcher: BatchDispatcher, tasks: list[Task]) -
         [
             {
                 "tenant_id": t.tenant_id,
-                "type": "task.queued",
+                "type": f"task.{t.status}",
                 "task_id": t.id,
                 "batch_id": t.batch_id,
-                "data": queued_event(t),
+                "data": queued_event(t)
+                if t.status == TaskStatus.QUEUED
+                else {"id": t.id, "status": t.status, "error": t.error},
                 "created_at": t.created_at,
             }
             for t in tasks
@@ -165,7 +175,8 @@ def create_batch_lines(tx: Tx, dispatcher: BatchDispatcher, tasks: list[Task]) -
     )
     by_type: dict[str, list[str]] = {}
     for t in tasks:
-        by_type.setdefault(t.type, []).append(t.id)
+        if t.status == TaskStatus.QUEUED:
+            by_type.setdefault(t.type, []).append(t.id)
     tx.after_commit(lambda: dispatcher.publish_batch_lines(by_type))
 
 
@@ -189,5 +200,9 @@ _TASK_COLUMNS = {
         "published_at",
         "batch_id",
         "batch_line",
+        "key_id",
+        "admission",
+        "error",
+        "finished_at",
     )
 }

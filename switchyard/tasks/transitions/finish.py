@@ -24,6 +24,7 @@ from switchyard.tasks.transitions.common import (
     task_update,
     usage_of_attempts,
 )
+from switchyard.tasks.transitions.settle import settle_now
 
 # The common finish, for a batch of tasks in one statement: each task (unless a cancel arrived meanwhile), its
 # attempt and its terminal event. A task whose id does not come back was canceled
@@ -98,6 +99,8 @@ def finish(
         view = _finish_general(db, c, attempt, status=status, result=result, error=error)
     if view is None:
         return None
+    # Before the waiter hears of it: a caller's next request then sees the window settled.
+    settle_now(c.task_id, c.admission, view["cost_usd"], view.get("usage"))
     if then.on_finished is not None:
         run_after(then.on_finished, c.task_id, view)
     if c.run_id is not None and then.advancer is not None:

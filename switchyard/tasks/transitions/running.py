@@ -23,12 +23,14 @@ from switchyard.tasks.transitions.common import (
     log,
     publish_after_commit,
     task_update,
+    usage_of_attempts,
 )
+from switchyard.tasks.transitions.settle import settle_after_commit
 from switchyard.tasks.views import task_view
 
 _CLAIM_COLUMNS = (
     "id, tenant_id, type, model, input, options, metadata, webhook, attempt_count, run_id, step_id, batch_id, "
-    "created_at"
+    "created_at, admission"
 )
 
 _PG_CLAIM = f"""
@@ -94,6 +96,7 @@ def claim(db: Database, task_ids: Sequence[str], lease_s: Callable[[dict[str, An
                         Task.step_id,
                         Task.batch_id,
                         Task.created_at,
+                        Task.admission,
                     )
                 )
             )
@@ -126,6 +129,7 @@ def _claim_of(row: Any, claim_id: str, now: datetime) -> Claim:
         started_at=now,
         metadata=row.metadata,
         webhook=row.webhook,
+        admission=row.admission,
     )
 
 
@@ -239,3 +243,18 @@ def cancel_released(db: Database, c: Claim) -> None:
         if task is not None:
             attempts = list(tx.session.scalars(select(Attempt).where(Attempt.task_id == c.task_id)))
             claim_event(tx.session, c, "task.canceled", task_view(task, attempts))
+            cost = sum(a.cost_usd for a in attempts)
+            settle_after_commit(
+                tx, c.task_id, task.admission, cost, usage_of_attempts([_usage_row(a) for a in attempts])
+            )
+
+
+def _usage_row(a: Attempt) -> dict[str, Any]:
+    return {
+        "input_tokens": a.input_tokens,
+        "output_tokens": a.output_tokens,
+        "cached_input_tokens": a.cached_input_tokens,
+        "cache_write_tokens": a.cache_write_tokens,
+        "predictions": a.predictions,
+        "compute_ms": a.compute_ms,
+    }

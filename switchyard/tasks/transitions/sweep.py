@@ -16,6 +16,7 @@ from switchyard.tasks.transitions.common import (
     publish_after_commit,
     task_update,
 )
+from switchyard.tasks.transitions.settle import settle_after_commit
 
 
 def reclaim_expired(tx: Tx, dispatcher: Dispatcher, now: datetime, limit: int) -> tuple[list[str], list[str]]:
@@ -24,7 +25,16 @@ def reclaim_expired(tx: Tx, dispatcher: Dispatcher, now: datetime, limit: int) -
     session = tx.session
     expired = list(
         session.execute(
-            select(Task.id, Task.type, Task.tenant_id, Task.reclaim_count, Task.run_id, Task.step_id, Task.batch_id)
+            select(
+                Task.id,
+                Task.type,
+                Task.tenant_id,
+                Task.reclaim_count,
+                Task.run_id,
+                Task.step_id,
+                Task.batch_id,
+                Task.admission,
+            )
             .where(Task.status == TaskStatus.RUNNING, Task.lease_expires_at < now)
             .limit(limit)
             .with_for_update(skip_locked=True)
@@ -49,6 +59,8 @@ def reclaim_expired(tx: Tx, dispatcher: Dispatcher, now: datetime, limit: int) -
                 )
             )
             append_event(session, type="task.failed", data={"id": row.id, "status": "failed", "error": error}, **common)
+            # What its attempts cost is not summed here: the reservation is released (cost 0, usage unknown).
+            settle_after_commit(tx, row.id, row.admission, 0.0, None)
             abandoned.append(row.id)
             continue
         session.execute(
