@@ -185,3 +185,36 @@ def test_no_policy_no_headers(client: httpx.Client) -> None:
     response = client.post("/v1/tasks", json={"type": "chat", "model": "chat-default", "input": chat("plain")})
     assert response.status_code == 202
     assert not any(h.startswith("x-ratelimit") for h in response.headers)
+
+
+def test_limits_set_over_the_api_apply_at_once_on_every_api_process(stack: Stack, second_api: str) -> None:
+    # The admin API, not the database: a key made with limits, then the tenant's limits changed while both API
+    # processes hold the key in their caches.
+    admin = stack.new_key(tenant(), "admin")
+    with httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {admin}"}, timeout=30) as api:
+        made = api.post("/v1/keys", json={"name": "limited", "role": "member", "limits": {"rpm": 2}})
+        assert made.status_code == 201, made.text
+        key = made.json()["key"]
+        clients = [sdk(stack.url, key), sdk(second_api, key)]
+        fresh_window()
+        for client in clients:
+            client.chat.completions.create(model="chat-default", messages=[{"role": "user", "content": "a"}])
+        with pytest.raises(openai.RateLimitError):
+            clients[0].chat.completions.create(model="chat-default", messages=[{"role": "user", "content": "b"}])
+
+        other = api.post("/v1/keys", json={"name": "free", "role": "member"}).json()["key"]
+        free = [sdk(stack.url, other), sdk(second_api, other)]
+        for client in free:  # cached by both processes, with no tenant limit yet
+            client.chat.completions.create(model="chat-default", messages=[{"role": "user", "content": "c"}])
+        assert api.put("/v1/tenant/limits", json={"rpm": 1}).status_code == 200
+        # Whether calls made before the tenant had a limit were counted or not, at most one more is admitted
+        # across both processes; a process still serving its cached principal would admit all of its own.
+        admitted, limits_seen = 0, set()
+        for i in range(6):
+            try:
+                free[i % 2].chat.completions.create(model="chat-default", messages=[{"role": "user", "content": "d"}])
+                admitted += 1
+            except openai.RateLimitError as exc:
+                limits_seen.add(exc.response.headers["x-ratelimit-limit-requests"])
+        assert admitted <= 1
+        assert limits_seen == {"1"}
