@@ -77,3 +77,24 @@ def test_database_down_is_503(stack: Stack, admin_key: str, dead_port: int) -> N
         assert "database" in ready.json()["error"]["message"]
     finally:
         proc.stop()
+
+
+def test_redis_down_limits_fail_open_and_budgets_answer_503(stack: Stack, broker_down_api: str) -> None:
+    # Counters unreachable: a rate limit does not stop the service (it is logged), but a budget cannot be
+    # checked without them, so a call that needs one is a 503 rather than a chance to overspend.
+    limited = stack.new_key("redis_down_limits", "member")
+    stack.set_policy(limited, limits={"rpm": 1})
+    budgeted = stack.new_key("redis_down_budget", "member")
+    stack.set_policy(budgeted, budget={"daily_usd": 5.0})
+    body = {"type": "chat", "model": "chat-default", "input": chat("counters are down")}
+    for _ in range(2):
+        accepted = httpx.post(
+            f"{broker_down_api}/v1/tasks", headers={"Authorization": f"Bearer {limited}"}, json=body, timeout=60
+        )
+        assert accepted.status_code == 202, accepted.text
+    refused = httpx.post(
+        f"{broker_down_api}/v1/tasks", headers={"Authorization": f"Bearer {budgeted}"}, json=body, timeout=60
+    )
+    assert refused.status_code == 503, refused.text
+    assert refused.headers["Retry-After"]
+    assert refused.json()["error"]["type"] == "service_unavailable"
