@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from switchyard.core.errors import ConfigError
+from switchyard.core.guardrail_spec import Guardrails
 from switchyard.core.policy import Tier
 from switchyard.defaults import DEFAULTS_DIR
 
@@ -127,6 +128,8 @@ class ModelConfig(_Strict):
     context_window_fallbacks: list[str] = Field(default_factory=list)
     content_policy_fallbacks: list[str] = Field(default_factory=list)
     breaker: BreakerConfig | None = None
+    # Guardrails of calls to this model; they replace the top-level ones kind by kind (pii, moderation).
+    guardrails: Guardrails | None = None
 
 
 class AppConfig(_Strict):
@@ -137,6 +140,8 @@ class AppConfig(_Strict):
     routing: RoutingConfig = RoutingConfig()
     # Named budgets (and limits) that keys and tenants may be given by name: `tier: standard`.
     tiers: dict[str, Tier] = Field(default_factory=dict)
+    # Guardrails of every model (a model's own `guardrails:` replace them kind by kind).
+    guardrails: Guardrails | None = None
 
     def breaker_for(self, model: str) -> BreakerConfig:
         own = self.models[model].breaker if model in self.models else None
@@ -167,6 +172,19 @@ class AppConfig(_Strict):
                         problems.append(f"{where}: '{fallback}' is a {other.type} model, not {model.type}")
                     elif fallback == name:
                         problems.append(f"{where}: a model cannot fall back to itself")
+        guarded = [("guardrails", self.guardrails)] + [
+            (f"models.{name}.guardrails", model.guardrails) for name, model in self.models.items()
+        ]
+        for where, guardrails in guarded:
+            moderation = guardrails.moderation if guardrails is not None else None
+            if moderation is not None:
+                other = self.models.get(moderation.model)
+                if other is None:
+                    problems.append(f"{where}.moderation.model: unknown model '{moderation.model}'")
+                elif other.type != "moderate":
+                    problems.append(
+                        f"{where}.moderation.model: '{moderation.model}' is a {other.type} model, not moderate"
+                    )
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -148,6 +148,9 @@ class Task(Base):
     # The key that submitted it, and what its admission took from limits and budgets (settled when it ends).
     key_id: Mapped[str | None] = mapped_column(String(200))
     admission: Mapped[dict[str, Any] | None]
+    # What its guardrails found and did: per direction, entity types and counts, moderation scores and
+    # verdicts. Never the values found.
+    guardrails: Mapped[dict[str, Any] | None]
 
     __table_args__ = (
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_tasks_tenant_idempotency_key"),

@@ -1,0 +1,54 @@
+"""What a guardrail is, as the config file (a model's `guardrails:`, the top-level `guardrails:`) and a request
+(`options.guardrails`, `extra_body={"guardrails": ...}` on the OpenAI endpoints) write it.
+
+It lives in core because the config file holds it; the guardrails themselves (PII scrubbing, moderation gates)
+are in `switchyard.guardrails`."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+PiiMode = Literal["mask", "hash", "remove", "reversible"]
+Direction = Literal["request", "response"]
+WhenUnavailable = Literal["block", "allow", "keywords"]
+
+
+def _request_only() -> list[Direction]:
+    return ["request"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PiiGuardrail(_Strict):
+    """Personal data and secrets found in text are replaced before the text goes on (to the provider for
+    `request`, to the caller and the database for `response`). `entities` unset: every type."""
+
+    mode: PiiMode = "mask"
+    entities: list[str] | None = Field(default=None, min_length=1)
+    on: list[Direction] = Field(default_factory=_request_only, min_length=1)
+
+
+class ModerationGuardrail(_Strict):
+    """Text is scored by `model` (a `moderate` model of the config); a category at or over its threshold blocks
+    the call (`content_blocked`). `when_unavailable` says what happens when the moderation model cannot answer."""
+
+    model: str = Field(min_length=1)
+    thresholds: dict[str, float] = Field(default_factory=dict)
+    on: list[Direction] = Field(default_factory=_request_only, min_length=1)
+    when_unavailable: WhenUnavailable = "block"
+    # `keywords` mode: blocked words and phrases (case-insensitive) instead of the shipped list.
+    keywords: list[str] | None = None
+
+
+class Guardrails(_Strict):
+    """The guardrails of a call; each kind is set or not."""
+
+    pii: PiiGuardrail | None = None
+    moderation: ModerationGuardrail | None = None
+
+    def is_empty(self) -> bool:
+        return self.pii is None and self.moderation is None

@@ -1,0 +1,1 @@
+"""Guardrails: PII scrubbing (`pii`) and moderation gates (`moderation`) around a call."""
