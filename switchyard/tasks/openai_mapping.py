@@ -32,8 +32,8 @@ from switchyard.core.validation import invalid_request
 from switchyard.tasks.schemas import TaskCreate
 
 # Request fields of OpenAI's that are about the exchange rather than the model call.
-EXCHANGE_FIELDS = ("model", "stream", "stream_options", "metadata", "store", "service_tier")
-EMBEDDING_FIELDS = frozenset({"model", "input", "encoding_format", "dimensions", "user"})
+EXCHANGE_FIELDS = ("model", "stream", "stream_options", "metadata", "store", "service_tier", "guardrails")
+EMBEDDING_FIELDS = frozenset({"model", "input", "encoding_format", "dimensions", "user", "guardrails"})
 
 
 # --- requests -----------------------------------------------------------------------------------------------------
@@ -120,13 +120,23 @@ def task_of_request(config: AppConfig, url: str, body: dict[str, Any]) -> TaskCr
         task_input, stream, _, metadata = chat_request(body)
         if stream:
             raise MalformedRequest("stream is not supported in a batch", param="stream")
-        return task_create("chat", require_model(body), task_input, metadata=metadata)
+        return task_create(
+            "chat", require_model(body), task_input, metadata=metadata, guardrails=body.get("guardrails")
+        )
     if url == "/v1/embeddings":
         task_input, encoding = embeddings_request(body)
         # The encoding is how the answer is written, not part of the call: kept with the task's metadata.
-        return task_create("embed", require_model(body), task_input, metadata={"encoding_format": encoding})
+        return task_create(
+            "embed",
+            require_model(body),
+            task_input,
+            metadata={"encoding_format": encoding},
+            guardrails=body.get("guardrails"),
+        )
     if url == "/v1/moderations":
-        return task_create("moderate", moderation_model(config, body), {"input": text_input(body)})
+        return task_create(
+            "moderate", moderation_model(config, body), {"input": text_input(body)}, guardrails=body.get("guardrails")
+        )
     raise MalformedRequest(f"unsupported url '{url}'", param="url")
 
 
@@ -232,9 +242,10 @@ def failure(task: dict[str, Any], *, invalid: type[AppError] = InvalidRequest) -
 
 def openai_style(exc: InvalidRequest) -> AppError:
     """Our 422 for a bad task input, as OpenAI's endpoints say it: a 400 naming the request's own field
-    (`messages[0].role`, not `input.messages[0].role`), a 404 for an unknown model."""
-    param = (exc.param or "").removeprefix("input.")
-    message = exc.message.replace("input.", "")
+    (`messages[0].role`, not `input.messages[0].role`; `guardrails.pii.mode`, not `options.guardrails...`),
+    a 404 for an unknown model."""
+    param = (exc.param or "").removeprefix("input.").removeprefix("options.")
+    message = exc.message.replace("input.", "").replace("options.guardrails", "guardrails")
     if exc.param == "model":
         return NotFound(message, param="model", code="model_not_found")
     return MalformedRequest(message, param=param or None)

@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from switchyard.core.guardrail_spec import Guardrails
 from switchyard.webhooks.service import WebhookTarget
 
 JsonScalar = str | int | float | bool | None
@@ -21,6 +22,8 @@ class TaskOptions(_Strict):
     timeout_s: Annotated[float, Field(gt=0, le=3600)] | None = None
     # chat: stream the answer, as `task.delta` events, while the provider produces it.
     stream: bool | None = None
+    # This call's guardrails: each kind set here replaces the model's and the top level's (config file).
+    guardrails: Guardrails | None = None
 
 
 class TaskCreate(_Strict):

@@ -93,7 +93,14 @@ async def chat_completions(request: Request, principal: Member, state: StateDep)
     body = await _json_object(request)
     task_input, stream, include_usage, metadata = mapping.chat_request(body)
     model = body["model"]
-    task_body = mapping.task_create("chat", model, task_input, metadata=metadata, stream=True if stream else None)
+    task_body = mapping.task_create(
+        "chat",
+        model,
+        task_input,
+        metadata=metadata,
+        stream=True if stream else None,
+        guardrails=body.get("guardrails"),  # extra_body={"guardrails": ...} with the openai SDK
+    )
     if not stream:
         task = await _finished(state, principal, await _submit(state, principal, task_body, request))
         return FastJSONResponse(mapping.chat_completion(task, model), headers=sync.task_headers(task, request))
@@ -222,7 +229,7 @@ async def embeddings(request: Request, principal: Member, state: StateDep) -> Re
     """OpenAI's embeddings (float or base64): runs as an embed task."""
     body = await _json_object(request)
     task_input, encoding = mapping.embeddings_request(body)
-    task_body = mapping.task_create("embed", body["model"], task_input)
+    task_body = mapping.task_create("embed", body["model"], task_input, guardrails=body.get("guardrails"))
     task = await _finished(state, principal, await _submit(state, principal, task_body, request))
     payload = mapping.embedding_list(task, body["model"], encoding)
     return FastJSONResponse(payload, headers=sync.task_headers(task, request))
@@ -243,6 +250,8 @@ async def moderations(request: Request, principal: Member, state: StateDep) -> R
     if not isinstance(raw, dict):
         raise unparsed_body_error(request, MalformedRequest("request body must be a JSON object", param="body"))
     model = mapping.moderation_model(state.config, raw)
-    task_body = mapping.task_create("moderate", model, {"input": mapping.text_input(raw)})
+    task_body = mapping.task_create(
+        "moderate", model, {"input": mapping.text_input(raw)}, guardrails=raw.get("guardrails")
+    )
     task = await _finished(state, principal, await _submit(state, principal, task_body, request))
     return FastJSONResponse(mapping.moderation(task, model), headers=sync.task_headers(task, request))
