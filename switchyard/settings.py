@@ -43,7 +43,8 @@ class Settings(BaseSettings):
     # the prefix, instead of in the directory. The endpoint URL names a server other than AWS's; the region,
     # unset, is boto3's (AWS_REGION, the profile). Credentials come from boto3's standard chain
     # (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE, an instance or pod role): never from here.
-    files_s3_bucket: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{1,254}$")
+    # (An empty bucket is unset: compose's `${VAR:-}` gives one.)
+    files_s3_bucket: str | None = Field(default=None, pattern=r"^([A-Za-z0-9][A-Za-z0-9._-]{1,254})?$")
     files_s3_prefix: str = ""
     files_s3_endpoint_url: str | None = None
     files_s3_region: str | None = None

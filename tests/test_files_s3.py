@@ -207,6 +207,9 @@ def test_unreachable_storage_or_missing_bucket_is_unavailable(s3_url: str) -> No
 
 def test_settings_pick_the_storage(s3_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert isinstance(storage_for(Settings(data_dir=tmp_path)), DirectoryStorage)
+    assert isinstance(storage_for(Settings(data_dir=tmp_path, files_s3_bucket="")), DirectoryStorage)
+    with pytest.raises(ValueError, match="files_s3_bucket"):
+        Settings(files_s3_bucket="no spaces/or slashes")
     settings = Settings(
         data_dir=tmp_path, files_s3_bucket=BUCKET, files_s3_prefix="/switchyard/files", files_s3_endpoint_url=s3_url
     )
