@@ -14,10 +14,12 @@ ENV PATH="/opt/venv/bin:$PATH"
 
 WORKDIR /src
 
-# Dependencies first, from pyproject.toml alone, so that editing the source does not reinstall them.
+# Dependencies first, from pyproject.toml alone, so that editing the source does not reinstall them. The s3 extra
+# too: one image serves a files volume or an S3 bucket, as the settings say.
 COPY pyproject.toml ./
 RUN --mount=type=cache,target=/root/.cache/pip \
-    python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+    python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+print('\n'.join(p['dependencies'] + p['optional-dependencies']['s3']))" \
         > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt
 

@@ -30,9 +30,13 @@ def _settings() -> Settings:
 
 
 def _check_config() -> None:
-    """Stop the process with the file, the key and the problem when the config cannot be used."""
+    """Stop the process with the file, the key and the problem when the config cannot be used (the models file,
+    or a files storage this installation cannot reach: S3 configured without the s3 extra)."""
+    from switchyard.files.storage import storage_for
+
     try:
         load_config(_settings().config)
+        storage_for(_settings())
     except ConfigError as exc:
         # One problem is one line (file: key: problem); several are one line each.
         click.echo(f"switchyard: configuration error: {exc}", err=True)

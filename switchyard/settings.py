@@ -39,6 +39,15 @@ class Settings(BaseSettings):
     # deployment must see the same directory: on several machines, a shared volume mounted at the same path.
     # Unset, `files/` in the data directory.
     files_dir: Path | None = None
+    # Or S3-compatible object storage (AWS S3, MinIO, R2, ...): set the bucket and the files live there, under
+    # the prefix, instead of in the directory. The endpoint URL names a server other than AWS's; the region,
+    # unset, is boto3's (AWS_REGION, the profile). Credentials come from boto3's standard chain
+    # (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE, an instance or pod role): never from here.
+    # (An empty bucket is unset: compose's `${VAR:-}` gives one.)
+    files_s3_bucket: str | None = Field(default=None, pattern=r"^([A-Za-z0-9][A-Za-z0-9._-]{1,254})?$")
+    files_s3_prefix: str = ""
+    files_s3_endpoint_url: str | None = None
+    files_s3_region: str | None = None
     max_file_bytes: int = Field(default=200 * 1024 * 1024, ge=1024)
     # A verified key (or JWT) is kept this long in each API process. Changes and revocations reach every
     # process at once over Redis pub/sub; while that subscription is down, and in embedded mode (no Redis),
@@ -139,6 +148,11 @@ class Settings(BaseSettings):
             raise ValueError("SWITCHYARD_RETRY_BASE_S must not exceed SWITCHYARD_RETRY_MAX_S")
         if any(wait < 0 for wait in self.webhook_retry_schedule_s):
             raise ValueError("SWITCHYARD_WEBHOOK_RETRY_SCHEDULE_S must list waits of zero seconds or more")
+        if self.files_s3_endpoint_url and not self.files_s3_endpoint_url.startswith(("http://", "https://")):
+            raise ValueError("SWITCHYARD_FILES_S3_ENDPOINT_URL must be an http:// or https:// URL")
+        # Keys are `<prefix>/<tenant>/<file id>`: a prefix given with or without its slashes means the same.
+        prefix = self.files_s3_prefix.strip("/")
+        self.files_s3_prefix = f"{prefix}/" if prefix else ""
         if not self.database_url:
             self.database_url = f"sqlite:///{(self.data_dir / 'switchyard.db').resolve()}"
         if not self.database_url.startswith(("postgresql", "sqlite")):

@@ -63,7 +63,7 @@ def test_dev_mode_runs_chat_and_embed_tasks(dev: tuple[str, str]) -> None:
             what="the embedded worker to run the periodic duties",
         )
         assert ready.status_code == 200
-        assert ready.json()["checks"] == {"database": "ok", "broker": "ok", "duties": "ok"}
+        assert ready.json()["checks"] == {"database": "ok", "broker": "ok", "duties": "ok", "files": "ok"}
         assert ready.json()["duties"]["tasks"]["leader"].endswith(":worker")
         chat_id = client.post(
             "/v1/tasks", json={"type": "chat", "model": "chat-default", "input": chat("hello embedded")}

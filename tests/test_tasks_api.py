@@ -330,4 +330,4 @@ def test_health_and_readiness(stack: Stack) -> None:
     assert httpx.get(f"{stack.url}/healthz").json() == {"status": "ok"}
     ready = httpx.get(f"{stack.url}/readyz")
     assert ready.status_code == 200, ready.text
-    assert ready.json()["checks"] == {"database": "ok", "broker": "ok", "redis": "ok", "duties": "ok"}
+    assert ready.json()["checks"] == {"database": "ok", "broker": "ok", "redis": "ok", "duties": "ok", "files": "ok"}

@@ -1,9 +1,11 @@
-"""Where the Files API keeps bytes: one small interface, and a directory implementation.
+"""Where the Files API keeps bytes: one small interface, a directory implementation, and the choice between it
+and S3-compatible object storage (`s3.py`) that the settings make.
 
 Rows in the `files` table describe files; the bytes live here under a key (`<tenant>/<file id>`). Every API and
 worker process of a deployment must reach the same storage — with `DirectoryStorage`, the same directory (a
-shared volume when they run on several machines). Writes are atomic (a temporary file renamed into place), so
-a reader never sees half a file, and reads stream: nothing here holds a whole file in memory.
+shared volume when they run on several machines); with `S3Storage`, the same bucket and prefix. Writes are
+atomic (a temporary file renamed into place; an S3 object appears when its upload completes), so a reader never
+sees half a file, and reads stream: nothing here holds a whole file in memory.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import BinaryIO, Protocol
 
 import anyio.to_thread
 
+from switchyard.core.errors import ConfigError
 from switchyard.settings import Settings
 
 # Keys are made by the service (`<tenant id>/<file id>`); anything else is refused rather than resolved, so a
@@ -55,6 +58,17 @@ class Storage(Protocol):
         """The number of stored bytes."""
         ...
 
+    def check(self) -> None:
+        """Raise unless the storage can be used now (cheap: /readyz calls it)."""
+        ...
+
+
+def check_key(key: str) -> str:
+    """`key`, when it is one the service makes (`<tenant>/<file id>`); else `ValueError`."""
+    if not _KEY.match(key):
+        raise ValueError(f"invalid storage key {key!r}")
+    return key
+
 
 class DirectoryStorage:
     """`Storage` in a directory of the local filesystem (or a shared volume mounted on every machine)."""
@@ -64,9 +78,7 @@ class DirectoryStorage:
 
     def path(self, key: str) -> Path:
         """Where `key`'s bytes are (the key is checked: it cannot leave the root)."""
-        if not _KEY.match(key):
-            raise ValueError(f"invalid storage key {key!r}")
-        return self.root / key
+        return self.root / check_key(key)
 
     def write(self, key: str, chunks: Iterable[bytes]) -> int:
         """See `Storage.write`."""
@@ -121,6 +133,12 @@ class DirectoryStorage:
         """See `Storage.size`."""
         return self.path(key).stat().st_size
 
+    def check(self) -> None:
+        """See `Storage.check`: the directory exists (made if need be) and this process may write to it."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise PermissionError(f"{self.root} is not writable")
+
     def _begin(self, key: str) -> tuple[Path, Path, BinaryIO]:
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -151,5 +169,23 @@ class DirectoryStorage:
 
 
 def storage_for(settings: Settings) -> Storage:
-    """The files storage the settings name (today always a directory: `SWITCHYARD_FILES_DIR`)."""
-    return DirectoryStorage(settings.files_path)
+    """The files storage the settings name: a bucket when `SWITCHYARD_FILES_S3_BUCKET` is set, else a directory
+    (`SWITCHYARD_FILES_DIR`). Made once per process, in its start-up hooks (an S3 client is not free)."""
+    if not settings.files_s3_bucket:
+        return DirectoryStorage(settings.files_path)
+    try:
+        from switchyard.files.s3 import S3Storage
+    except ImportError as exc:
+        if exc.name not in ("boto3", "botocore"):
+            raise
+        # boto3 is an extra: deployments on a directory do not need it.
+        raise ConfigError(
+            "SWITCHYARD_FILES_S3_BUCKET is set, but boto3 is not installed: install Switchyard's s3 extra "
+            "(pip install 'switchyard[s3]')"
+        ) from exc
+    return S3Storage(
+        settings.files_s3_bucket,
+        prefix=settings.files_s3_prefix,
+        endpoint_url=settings.files_s3_endpoint_url,
+        region=settings.files_s3_region,
+    )

@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 import anyio.to_thread
 import redis.asyncio
+import structlog
 from fastapi import Depends, FastAPI
 
 from switchyard.core.config import load_config
@@ -57,6 +58,8 @@ from switchyard.workers.dispatch import PublishQueue
 from switchyard.workflows.engine import Engine
 from switchyard.workflows.service import load_shared
 
+log = structlog.get_logger(__name__)
+
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
@@ -96,6 +99,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if pg is not None:
             await pg.open()
         key_cache = KeyCache(ttl_s=settings.api_key_cache_s, short_ttl_s=settings.api_key_cache_unsubscribed_s)
+        files_storage = storage_for(settings)
+        try:
+            await anyio.to_thread.run_sync(files_storage.check)
+        except Exception as exc:
+            # Said, not fatal: a storage that is down for a moment must not keep the API from serving everything
+            # else (the Files API answers 503 until it is back; /readyz shows it as `checks.files`).
+            log.warning("files_storage_unavailable_at_start", error=f"{type(exc).__name__}: {exc}")
         # Shared definitions (a bad file stops start-up with its problem named).
         with db.transaction() as tx:
             load_shared(tx, config, settings.shared_workflows)
@@ -117,7 +127,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ws_slots=ConnectionSlots(settings.redis_url, settings.ws_max_connections_per_tenant),
             health=health,
             limits=limits,
-            files=storage_for(settings),
+            files=files_storage,
             jwt=JwtVerifier(settings) if settings.jwt_jwks_url else None,
             announcer=Announcer(redis_client, local=lambda message: apply(key_cache, message)),
             quotas=quotas,

@@ -39,7 +39,9 @@ class Health(BaseModel):
 
 class Ready(BaseModel):
     status: Literal["ready"]
-    checks: dict[str, str] = Field(description="`ok`, or what is wrong, for the database, broker and Redis.")
+    checks: dict[str, str] = Field(
+        description="`ok`, or what is wrong, for the database, broker, Redis and the files storage."
+    )
     duties: dict[str, Any] = Field(description="When each periodic duty last ran.")
 
 

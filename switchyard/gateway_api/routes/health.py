@@ -30,7 +30,8 @@ _NOT_READY = {
 
 @router.get("/readyz", response_model=Ready, responses={503: _NOT_READY})
 def readyz(state: StateDep) -> FastJSONResponse:
-    """Database, broker and Redis reachable, and the periodic duties run recently; 503 names what is not."""
+    """Database, broker and Redis reachable, and the periodic duties run recently; 503 names what is not.
+    `checks.files` tells whether the files storage answers, without making the process unready."""
     checks: dict[str, str] = {}
     duties: DutyHealth | None = None
     try:
@@ -56,7 +57,14 @@ def readyz(state: StateDep) -> FastJSONResponse:
             checks["redis"] = "ok"
         except Exception as exc:
             checks["redis"] = f"unreachable: {type(exc).__name__}"
-    down = [name for name, value in checks.items() if value != "ok" and name != "duties"]
+    try:
+        state.files.check()
+        checks["files"] = "ok"
+    except Exception as exc:
+        checks["files"] = f"unavailable: {type(exc).__name__}"
+    # The files storage is reported, not required: only the Files and Batch APIs need it, and a bucket that is
+    # down must not take every API process out of its load balancer (they answer those requests 503 meanwhile).
+    down = [name for name, value in checks.items() if value != "ok" and name not in ("duties", "files")]
     problems = [f"{', '.join(down)} unreachable"] if down else []
     if "duties" in checks:
         problems.append("the duties table is unreadable (are the migrations applied?)")
