@@ -23,6 +23,7 @@ from switchyard.tasks.transitions.common import (
     OnFinished,
     RunAdvancer,
     RunDispatcher,
+    TaskRef,
     TaskStatus,
 )
 from switchyard.tasks.transitions.create import (
@@ -51,6 +52,7 @@ __all__ = [
     "OnFinished",
     "RunAdvancer",
     "RunDispatcher",
+    "TaskRef",
     "TaskStatus",
     "acreate_plain",
     "cancel",

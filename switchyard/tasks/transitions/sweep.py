@@ -24,7 +24,16 @@ def reclaim_expired(tx: Tx, dispatcher: Dispatcher, now: datetime, limit: int) -
     session = tx.session
     expired = list(
         session.execute(
-            select(Task.id, Task.type, Task.tenant_id, Task.reclaim_count, Task.run_id, Task.step_id, Task.batch_id)
+            select(
+                Task.id,
+                Task.type,
+                Task.model,
+                Task.tenant_id,
+                Task.reclaim_count,
+                Task.run_id,
+                Task.step_id,
+                Task.batch_id,
+            )
             .where(Task.status == TaskStatus.RUNNING, Task.lease_expires_at < now)
             .limit(limit)
             .with_for_update(skip_locked=True)
@@ -64,7 +73,7 @@ def reclaim_expired(tx: Tx, dispatcher: Dispatcher, now: datetime, limit: int) -
         )
         append_event(session, type="task.retrying", data={"id": row.id, "reason": "worker lease expired"}, **common)
         reclaimed.append(row.id)
-        publish_after_commit(tx, dispatcher, row.id, row.type, row.batch_id)
+        publish_after_commit(tx, dispatcher, row.id, row.type, row.model, row.run_id, row.batch_id)
     return reclaimed, abandoned
 
 
@@ -74,7 +83,7 @@ def republish_due(tx: Tx, dispatcher: Dispatcher, now: datetime, stale: datetime
     session = tx.session
     due = list(
         session.execute(
-            select(Task.id, Task.type, Task.batch_id)
+            select(Task.id, Task.type, Task.model, Task.run_id, Task.batch_id)
             .where(
                 Task.status == TaskStatus.QUEUED,
                 Task.cancel_requested.is_(False),
@@ -88,5 +97,5 @@ def republish_due(tx: Tx, dispatcher: Dispatcher, now: datetime, stale: datetime
     if due:
         session.execute(task_update().where(Task.id.in_([r.id for r in due])).values(published_at=now))
     for row in due:
-        publish_after_commit(tx, dispatcher, row.id, row.type, row.batch_id)
+        publish_after_commit(tx, dispatcher, row.id, row.type, row.model, row.run_id, row.batch_id)
     return [row.id for row in due]
