@@ -108,6 +108,12 @@ class Settings(BaseSettings):
     # A batch says its progress (`batch.progress`) at most this often.
     batch_progress_interval_s: float = Field(default=1.0, ge=0)
 
+    # Flower. Workers send Celery's task events (received, started, succeeded) and publishers a task-sent event
+    # per message: that is what Flower shows. Off, each message costs a few Redis publishes less, and Flower
+    # (`switchyard flower`) does not turn them on again. Unset: on, except on the filesystem broker of embedded
+    # mode, which Flower does not watch (see `send_task_events`).
+    task_events: bool | None = None
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.retry_base_s > self.retry_max_s:
@@ -126,6 +132,15 @@ class Settings(BaseSettings):
         if self.duty_stale_after_s is not None:
             return self.duty_stale_after_s
         return max(30.0, 5 * self.sweep_interval_s)
+
+    @property
+    def send_task_events(self) -> bool:
+        """Whether Celery task events are sent (SWITCHYARD_TASK_EVENTS). Not by default on the filesystem broker:
+        its fanout exchange keeps each listener's queue in a file, and a Flower that has stopped would leave one
+        that every event is then written to, for good."""
+        if self.task_events is not None:
+            return self.task_events
+        return not self.filesystem_broker
 
     @property
     def files_path(self) -> Path:
@@ -161,6 +176,11 @@ class Settings(BaseSettings):
             if url.startswith(prefix):
                 return "postgresql+psycopg://" + url[len(prefix) :]
         return url
+
+    @property
+    def filesystem_broker(self) -> bool:
+        """True on the filesystem transport of embedded mode."""
+        return self.celery_broker_url.startswith("filesystem://")
 
     @property
     def celery_broker_url(self) -> str:

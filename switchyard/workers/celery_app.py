@@ -16,8 +16,7 @@ from switchyard.workers.queues import ALL, CONTROL
 def broker_options(settings: Settings) -> dict[str, Any]:
     """The filesystem transport of embedded mode needs its folders; Redis needs a visibility timeout longer
     than any task, after which an unacknowledged message is delivered again."""
-    url = settings.celery_broker_url
-    if url.startswith("filesystem://"):
+    if settings.filesystem_broker:
         folder = (settings.data_dir / "broker").resolve()
         for sub in ("queue", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
@@ -93,6 +92,10 @@ def make_celery(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
         # Redirected stdout is logged at WARNING, which mislabels anything printed; nothing of ours prints.
         worker_redirect_stdouts=False,
+        # What Flower shows: workers say when they receive, start and finish a message, publishers when they
+        # send one (a Redis PUBLISH each; SWITCHYARD_TASK_EVENTS=false saves them).
+        worker_send_task_events=settings.send_task_events,
+        task_send_sent_event=settings.send_task_events,
     )
     return app
 
