@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from switchyard.defaults import DEFAULT_CONFIG, DEFAULT_WORKFLOWS
@@ -113,6 +113,9 @@ class Settings(BaseSettings):
     # (`switchyard flower`) does not turn them on again. Unset: on, except on the filesystem broker of embedded
     # mode, which Flower does not watch (see `send_task_events`).
     task_events: bool | None = None
+    # Credentials of Flower's UI and HTTP API, `user:password`, several comma-separated (Flower's --basic-auth).
+    # Without them `switchyard flower` serves on loopback only, and Flower's HTTP API answers 401.
+    flower_basic_auth: SecretStr | None = None
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
@@ -120,6 +123,14 @@ class Settings(BaseSettings):
             raise ValueError("SWITCHYARD_RETRY_BASE_S must not exceed SWITCHYARD_RETRY_MAX_S")
         if any(wait < 0 for wait in self.webhook_retry_schedule_s):
             raise ValueError("SWITCHYARD_WEBHOOK_RETRY_SCHEDULE_S must list waits of zero seconds or more")
+        if self.flower_basic_auth is not None and not self.flower_basic_auth.get_secret_value():
+            # Compose passes an unset variable as an empty one.
+            self.flower_basic_auth = None
+        if self.flower_basic_auth is not None:
+            pairs = self.flower_basic_auth.get_secret_value().split(",")
+            if not all(user and password for user, _, password in (p.partition(":") for p in pairs)):
+                # The value is a secret: the message never repeats it.
+                raise ValueError("SWITCHYARD_FLOWER_BASIC_AUTH must be user:password pairs separated by commas")
         if not self.database_url:
             self.database_url = f"sqlite:///{(self.data_dir / 'switchyard.db').resolve()}"
         if not self.database_url.startswith(("postgresql", "sqlite")):
@@ -141,6 +152,13 @@ class Settings(BaseSettings):
         if self.task_events is not None:
             return self.task_events
         return not self.filesystem_broker
+
+    @property
+    def flower_credentials(self) -> list[str]:
+        """The `user:password` pairs of SWITCHYARD_FLOWER_BASIC_AUTH (none when unset)."""
+        if self.flower_basic_auth is None:
+            return []
+        return self.flower_basic_auth.get_secret_value().split(",")
 
     @property
     def files_path(self) -> Path:
