@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import sys
 from datetime import UTC, datetime, timedelta
@@ -398,13 +399,68 @@ def fake_provider(
     )
 
 
+def _loopback(address: str) -> bool:
+    """True for an address only this machine reaches (`""`, Flower's default, is every interface)."""
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        # A host name other than localhost may resolve to any interface.
+        return False
+
+
 @main.command()
+@click.option(
+    "--address",
+    default="127.0.0.1",
+    show_default=True,
+    help="interface to listen on; any but loopback needs SWITCHYARD_FLOWER_BASIC_AUTH",
+)
 @click.option("--port", default=5555, show_default=True, type=int)
-def flower(port: int) -> None:
-    """Flower on the same broker."""
+@click.option(
+    "--save-interval",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="seconds between saves of Flower's state to <data dir>/flower.db (0: only when Flower stops)",
+)
+def flower(address: str, port: int, save_interval: float) -> None:
+    """Flower on the same broker: every message by task type and model, its task, run and batch ids in its args;
+    its state kept in the data directory across restarts."""
+    settings = _settings()
+    if settings.filesystem_broker:
+        # Its event queue would outlive it in the broker's folder (see Settings.send_task_events).
+        raise click.ClickException(
+            "Flower needs Redis (SWITCHYARD_REDIS_URL): embedded mode's filesystem broker carries no task events for it"
+        )
+    credentials = settings.flower_credentials
+    if not credentials and not _loopback(address):
+        # Flower can revoke tasks and shut workers down: never on a reachable interface without credentials.
+        raise click.ClickException(
+            f"Flower on {address or 'every interface'} needs credentials: set SWITCHYARD_FLOWER_BASIC_AUTH="
+            "user:password, or keep --address 127.0.0.1"
+        )
+    db = (settings.data_dir / "flower.db").resolve()
+    db.parent.mkdir(parents=True, exist_ok=True)
     from switchyard.workers.celery_app import app
 
-    app.start(["flower", f"--port={port}"])
+    argv = [
+        "flower",
+        f"--address={address}",
+        f"--port={port}",
+        "--persistent=True",
+        f"--db={db}",
+        f"--state_save_interval={round(save_interval * 1000)}",
+        # With task events off, Flower must not turn them on in every worker (it asks them every 5 s).
+        f"--enable_events={settings.send_task_events}",
+        # The args hold the task, run and batch ids a message carries: shown beside its name.
+        "--tasks_columns=name,uuid,state,args,received,runtime,worker",
+    ]
+    if credentials:
+        # In this process's arguments only, not in its command line (`ps` shows `switchyard flower`).
+        argv.append(f"--basic_auth={','.join(credentials)}")
+    app.start(argv)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from switchyard.defaults import DEFAULT_CONFIG, DEFAULT_WORKFLOWS
@@ -135,6 +135,15 @@ class Settings(BaseSettings):
     # but not more often than the cooldown (a flood of made-up key ids must not become a flood of fetches).
     jwt_jwks_cache_s: float = Field(default=300.0, gt=0)
     jwt_jwks_refresh_cooldown_s: float = Field(default=5.0, ge=0)
+    # Flower. Workers send Celery's task events (received, started, succeeded) and publishers a task-sent event
+    # per message: that is what Flower shows. Off, each message costs a worker about 0.4 ms of CPU less (its
+    # publisher 0.1 ms; bench/task_events_cost.py), and Flower (`switchyard flower`) does not turn them on again.
+    # Unset: on, except on the filesystem broker of embedded mode, which Flower does not watch (see
+    # `send_task_events`).
+    task_events: bool | None = None
+    # Credentials of Flower's UI and HTTP API, `user:password`, several comma-separated (Flower's --basic-auth).
+    # Without them `switchyard flower` serves on loopback only, and Flower's HTTP API answers 401.
+    flower_basic_auth: SecretStr | None = None
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
@@ -153,6 +162,14 @@ class Settings(BaseSettings):
         # Keys are `<prefix>/<tenant>/<file id>`: a prefix given with or without its slashes means the same.
         prefix = self.files_s3_prefix.strip("/")
         self.files_s3_prefix = f"{prefix}/" if prefix else ""
+        if self.flower_basic_auth is not None and not self.flower_basic_auth.get_secret_value():
+            # Compose passes an unset variable as an empty one.
+            self.flower_basic_auth = None
+        if self.flower_basic_auth is not None:
+            pairs = self.flower_basic_auth.get_secret_value().split(",")
+            if not all(user and password for user, _, password in (p.partition(":") for p in pairs)):
+                # The value is a secret: the message never repeats it.
+                raise ValueError("SWITCHYARD_FLOWER_BASIC_AUTH must be user:password pairs separated by commas")
         if not self.database_url:
             self.database_url = f"sqlite:///{(self.data_dir / 'switchyard.db').resolve()}"
         if not self.database_url.startswith(("postgresql", "sqlite")):
@@ -165,6 +182,22 @@ class Settings(BaseSettings):
         if self.duty_stale_after_s is not None:
             return self.duty_stale_after_s
         return max(30.0, 5 * self.sweep_interval_s)
+
+    @property
+    def send_task_events(self) -> bool:
+        """Whether Celery task events are sent (SWITCHYARD_TASK_EVENTS). Not by default on the filesystem broker:
+        its fanout exchange keeps each listener's queue in a file, and a Flower that has stopped would leave one
+        that every event is then written to, for good."""
+        if self.task_events is not None:
+            return self.task_events
+        return not self.filesystem_broker
+
+    @property
+    def flower_credentials(self) -> list[str]:
+        """The `user:password` pairs of SWITCHYARD_FLOWER_BASIC_AUTH (none when unset)."""
+        if self.flower_basic_auth is None:
+            return []
+        return self.flower_basic_auth.get_secret_value().split(",")
 
     @property
     def files_path(self) -> Path:
@@ -200,6 +233,11 @@ class Settings(BaseSettings):
             if url.startswith(prefix):
                 return "postgresql+psycopg://" + url[len(prefix) :]
         return url
+
+    @property
+    def filesystem_broker(self) -> bool:
+        """True on the filesystem transport of embedded mode."""
+        return self.celery_broker_url.startswith("filesystem://")
 
     @property
     def celery_broker_url(self) -> str:

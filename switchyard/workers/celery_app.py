@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery, signals
+from celery.app.amqp import AMQP
 from kombu import Exchange, Queue
 
 from switchyard.settings import Settings, get_settings
@@ -15,8 +16,7 @@ from switchyard.workers.queues import ALL, CONTROL
 def broker_options(settings: Settings) -> dict[str, Any]:
     """The filesystem transport of embedded mode needs its folders; Redis needs a visibility timeout longer
     than any task, after which an unacknowledged message is delivered again."""
-    url = settings.celery_broker_url
-    if url.startswith("filesystem://"):
+    if settings.filesystem_broker:
         folder = (settings.data_dir / "broker").resolve()
         for sub in ("queue", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
@@ -37,12 +37,40 @@ def _keep_logging(**_: Any) -> None:
     (core/logs.py), with true levels and one format for Celery's lines and ours."""
 
 
+class NamedMessages(AMQP):  # type: ignore[misc]
+    """Celery's message building, fitted to messages named for Flower (`shadow` and `argsrepr`, see
+    workers/dispatch.py)."""
+
+    def as_task_v2(self, *args: Any, **kwargs: Any) -> Any:
+        message = super().as_task_v2(*args, **kwargs)
+        shadow = message.headers.get("shadow")
+        if shadow and message.sent_event is not None:
+            # Celery's task-sent event carries the registered name, not the shadow one: Flower would list queued
+            # messages as `switchyard.execute_task`, and rename one back when its sent event comes in after the
+            # worker's received event (the two are published by different processes).
+            message.sent_event["name"] = shadow
+        return message
+
+    def _create_task_sender(self) -> Any:
+        send = super()._create_task_sender()
+
+        def send_task_message(
+            producer: Any, name: str, message: Any, argsrepr: str | None = None, **options: Any
+        ) -> Any:
+            # send_task hands `argsrepr` on here too, where it would become a message property: the ids a second
+            # time in every message. The headers hold it already.
+            return send(producer, name, message, **options)
+
+        return send_task_message
+
+
 def make_celery(settings: Settings) -> Celery:
     # The duty hooks join in through the worker's signals: every worker competes to run the periodic duties.
     app = Celery(
         "switchyard",
         broker=settings.celery_broker_url,
         include=["switchyard.workers.tasks", "switchyard.workers.duty_hooks"],
+        amqp=NamedMessages,
     )
     app.conf.update(
         broker_transport_options=broker_options(settings),
@@ -64,6 +92,10 @@ def make_celery(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
         # Redirected stdout is logged at WARNING, which mislabels anything printed; nothing of ours prints.
         worker_redirect_stdouts=False,
+        # What Flower shows: workers say when they receive, start and finish a message, publishers when they
+        # send one (about 0.4 ms of a worker's CPU a message, bench/RESULTS.md; SWITCHYARD_TASK_EVENTS=false).
+        worker_send_task_events=settings.send_task_events,
+        task_send_sent_event=settings.send_task_events,
     )
     return app
 

@@ -6,11 +6,13 @@ import queue
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Sequence
+from operator import itemgetter
 
 import structlog
 from celery import Celery
 
-from switchyard.tasks.transitions import BatchAdvancer
+from switchyard.tasks.transitions import BatchAdvancer, TaskRef
 from switchyard.workers.queues import (
     ADVANCE_BATCH,
     ADVANCE_RUN,
@@ -30,23 +32,66 @@ MAX_IDS_PER_MESSAGE = 100
 # more ids to share the next message; a lone request (sequential callers) is published at once.
 BUSY_S = 0.01
 LINGER_S = 0.002
+# A message of several kinds of task (type and model) is named after this many of them at most.
+MAX_NAMED_KINDS = 3
+# The fields of a TaskRef.
+_ID, _TYPE, _MODEL, _RUN, _BATCH = (itemgetter(i) for i in range(5))
+_KIND = itemgetter(1, 2)
+
+
+def describe(refs: Sequence[TaskRef]) -> tuple[str, str]:
+    """The name and the args Flower shows for a message carrying these tasks (Celery's `shadow` and `argsrepr`):
+    `chat chat-default` and `task=task_01… run=run_01…`. A message of several tasks counts them in its args
+    (`tasks=task_01…,task_01… count=12 batch=batch_01…`), not in its name: one name per type and model keeps
+    Flower's task-name filter and its per-name metrics usable."""
+    if len(refs) == 1:
+        task_id, task_type, model, run_id, batch_id = refs[0]
+        args = f"task={task_id}"
+        if run_id is not None:
+            args += f" run={run_id}"
+        if batch_id is not None:
+            args += f" batch={batch_id}"
+        return f"{task_type} {model}", args
+    # map/set over the refs run in C: this is the publishing thread's work per message.
+    types, models = set(map(_TYPE, refs)), set(map(_MODEL, refs))
+    if len(types) == 1 and len(models) == 1:
+        name = f"{types.pop()} {models.pop()}"
+    else:
+        kinds = sorted(f"{task_type} {model}" for task_type, model in set(map(_KIND, refs)))
+        name = " + ".join(kinds[:MAX_NAMED_KINDS])
+        if len(kinds) > MAX_NAMED_KINDS:
+            name += f" + {len(kinds) - MAX_NAMED_KINDS} more"
+    args = f"tasks={','.join(map(_ID, refs))} count={len(refs)}"
+    runs = set(map(_RUN, refs))
+    runs.discard(None)
+    if runs:
+        args += f" run={','.join(sorted(runs))}"
+    batches = set(map(_BATCH, refs))
+    batches.discard(None)
+    if batches:
+        args += f" batch={','.join(sorted(batches))}"
+    return name, args
 
 
 class CeleryDispatcher:
-    """Sends `execute_task(id)` to the queue of the task's resource."""
+    """Sends `execute_task(id)` to the queue of the task's resource, named for Flower by its type and model."""
 
     def __init__(self, app: Celery) -> None:
         self._app = app
 
-    def publish_task(self, task_id: str, task_type: str, batch: bool = False) -> None:
-        self._app.send_task(EXECUTE_TASK, args=[task_id], queue=queue_for(task_type, batch))
+    def publish_task(
+        self, task_id: str, task_type: str, model: str, run_id: str | None = None, batch_id: str | None = None
+    ) -> None:
+        self.publish_tasks(queue_for(task_type, batch_id is not None), [(task_id, task_type, model, run_id, batch_id)])
 
-    def publish_tasks(self, queue_name: str, task_ids: list[str]) -> None:
-        """Several ids of one queue in one message."""
-        if len(task_ids) == 1:
-            self._app.send_task(EXECUTE_TASK, args=[task_ids[0]], queue=queue_name)
+    def publish_tasks(self, queue_name: str, refs: Sequence[TaskRef]) -> None:
+        """Several tasks of one queue in one message (their ids; the rest only names the message)."""
+        name, args = describe(refs)
+        if len(refs) == 1:
+            self._app.send_task(EXECUTE_TASK, args=[refs[0][0]], queue=queue_name, shadow=name, argsrepr=args)
         else:
-            self._app.send_task(EXECUTE_TASKS, args=[task_ids], queue=queue_name)
+            ids = [ref[0] for ref in refs]
+            self._app.send_task(EXECUTE_TASKS, args=[ids], queue=queue_name, shadow=name, argsrepr=args)
 
     def publish_advance(self, run_id: str) -> None:
         """Ask the control workers to advance a workflow run."""
@@ -56,12 +101,12 @@ class CeleryDispatcher:
         """Ask the webhook workers to attempt a delivery."""
         self._app.send_task(DELIVER_WEBHOOK, args=[delivery_id], queue=WEBHOOKS)
 
-    def publish_batch_lines(self, task_ids_by_type: dict[str, list[str]]) -> None:
+    def publish_batch_lines(self, lines_by_type: dict[str, list[TaskRef]]) -> None:
         """A batch's released lines, many ids a message, on the queue of each type's batch lines."""
-        for task_type, ids in task_ids_by_type.items():
+        for task_type, refs in lines_by_type.items():
             queue_name = queue_for(task_type, batch=True)
-            for start in range(0, len(ids), MAX_IDS_PER_MESSAGE):
-                self.publish_tasks(queue_name, ids[start : start + MAX_IDS_PER_MESSAGE])
+            for start in range(0, len(refs), MAX_IDS_PER_MESSAGE):
+                self.publish_tasks(queue_name, refs[start : start + MAX_IDS_PER_MESSAGE])
 
     def publish_batch_advance(self, batch_id: str) -> None:
         """Ask the control workers to advance a batch."""
@@ -121,13 +166,15 @@ class PublishQueue(CeleryDispatcher):
 
     def __init__(self, app: Celery) -> None:
         super().__init__(app)
-        # (task id, queue name)
-        self._queue: queue.SimpleQueue[tuple[str, str] | None] = queue.SimpleQueue()
+        # (queue name, task)
+        self._queue: queue.SimpleQueue[tuple[str, TaskRef] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="sy-publish", daemon=True)
         self._thread.start()
 
-    def publish_task(self, task_id: str, task_type: str, batch: bool = False) -> None:
-        self._queue.put((task_id, queue_for(task_type, batch)))
+    def publish_task(
+        self, task_id: str, task_type: str, model: str, run_id: str | None = None, batch_id: str | None = None
+    ) -> None:
+        self._queue.put((queue_for(task_type, batch_id is not None), (task_id, task_type, model, run_id, batch_id)))
 
     def close(self) -> None:
         """Publish what is queued, then stop."""
@@ -148,15 +195,15 @@ class PublishQueue(CeleryDispatcher):
                 except queue.Empty:
                     break
             last = time.monotonic()
-            by_queue: dict[str, list[str]] = defaultdict(list)
+            by_queue: dict[str, list[TaskRef]] = defaultdict(list)
             for item in items:
                 if item is None:
                     stopping = True
                 else:
-                    by_queue[item[1]].append(item[0])
-            for queue_name, ids in by_queue.items():
-                for start in range(0, len(ids), MAX_IDS_PER_MESSAGE):
+                    by_queue[item[0]].append(item[1])
+            for queue_name, refs in by_queue.items():
+                for start in range(0, len(refs), MAX_IDS_PER_MESSAGE):
                     try:
-                        self.publish_tasks(queue_name, ids[start : start + MAX_IDS_PER_MESSAGE])
+                        self.publish_tasks(queue_name, refs[start : start + MAX_IDS_PER_MESSAGE])
                     except Exception:
-                        log.warning("publish_failed", queue=queue_name, tasks=len(ids), exc_info=True)
+                        log.warning("publish_failed", queue=queue_name, tasks=len(refs), exc_info=True)

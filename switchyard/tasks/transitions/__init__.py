@@ -23,6 +23,7 @@ from switchyard.tasks.transitions.common import (
     OnFinished,
     RunAdvancer,
     RunDispatcher,
+    TaskRef,
     TaskStatus,
 )
 from switchyard.tasks.transitions.create import (
@@ -53,6 +54,7 @@ __all__ = [
     "RunAdvancer",
     "RunDispatcher",
     "Settler",
+    "TaskRef",
     "TaskStatus",
     "acreate_plain",
     "cancel",

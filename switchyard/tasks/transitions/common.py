@@ -39,11 +39,19 @@ CANCELED_ERROR: dict[str, Any] = {"type": "canceled", "message": "canceled by re
 MAX_RECLAIMS = 5
 
 
+# A task as its message tells of it: (task id, type, model, run id, batch id). The message itself carries the id
+# only; the rest names it where operators watch the queues (Flower).
+TaskRef = tuple[str, str, str, str | None, str | None]
+
+
 class Dispatcher(Protocol):
     """Hands a task id to the broker (after commit)."""
 
-    def publish_task(self, task_id: str, task_type: str, batch: bool = False) -> None:
-        """`batch`: the task is a line of a batch (it goes on the batch queue)."""
+    def publish_task(
+        self, task_id: str, task_type: str, model: str, run_id: str | None = None, batch_id: str | None = None
+    ) -> None:
+        """`batch_id`: the task is a line of that batch (it goes on the batch queue). The type, model, run and
+        batch only name the message."""
 
 
 class RunAdvancer(Protocol):
@@ -65,7 +73,7 @@ class BatchAdvancer(Protocol):
 class BatchDispatcher(BatchAdvancer, Protocol):
     """What advancing a batch publishes: its released lines (many ids a message), its next advance."""
 
-    def publish_batch_lines(self, task_ids_by_type: dict[str, list[str]]) -> None: ...
+    def publish_batch_lines(self, lines_by_type: dict[str, list[TaskRef]]) -> None: ...
 
 
 # Told (after the commit) when a task reaches its final state, with the task as the API shows it.
@@ -162,12 +170,15 @@ def _dumps(value: Any) -> str:
 
 
 def publish_after_commit(
-    tx: Tx, dispatcher: Dispatcher, task_id: str, task_type: str, batch_id: str | None = None
+    tx: Tx,
+    dispatcher: Dispatcher,
+    task_id: str,
+    task_type: str,
+    model: str,
+    run_id: str | None = None,
+    batch_id: str | None = None,
 ) -> None:
-    if batch_id is None:
-        tx.after_commit(lambda: dispatcher.publish_task(task_id, task_type))
-    else:
-        tx.after_commit(lambda: dispatcher.publish_task(task_id, task_type, batch=True))
+    tx.after_commit(lambda: dispatcher.publish_task(task_id, task_type, model, run_id, batch_id))
 
 
 def run_after(fn: Callable[..., None], *args: Any) -> None:

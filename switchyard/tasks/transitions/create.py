@@ -12,7 +12,7 @@ from switchyard.core.db import Database, Tx
 from switchyard.core.ids import new_id
 from switchyard.core.models import EVENTS, Task, utcnow
 from switchyard.events.log import append_event
-from switchyard.tasks.transitions.common import BatchDispatcher, Dispatcher, TaskStatus, jsonb
+from switchyard.tasks.transitions.common import BatchDispatcher, Dispatcher, TaskRef, TaskStatus, jsonb
 
 log = structlog.get_logger(__name__)
 
@@ -84,8 +84,8 @@ def enqueue(tx: Tx, dispatcher: Dispatcher, task: Task) -> None:
         step_id=task.step_id,
         data=queued_event(task),
     )
-    task_id, task_type = task.id, task.type
-    tx.after_commit(lambda: dispatcher.publish_task(task_id, task_type))
+    args = (task.id, task.type, task.model, task.run_id, task.batch_id)
+    tx.after_commit(lambda: dispatcher.publish_task(*args))
 
 
 # One statement, one commit: the task and its event.
@@ -141,7 +141,7 @@ async def acreate_plain(pool: AsyncConnectionPool, dispatcher: Dispatcher, task:
 
 def _publish(dispatcher: Dispatcher, task: Task) -> None:
     try:
-        dispatcher.publish_task(task.id, task.type)
+        dispatcher.publish_task(task.id, task.type, task.model)
     except Exception:
         # The row is committed; the sweeper publishes what could not be published now.
         log.warning("publish_failed", task_id=task.id, exc_info=True)
@@ -173,10 +173,10 @@ def create_batch_lines(tx: Tx, dispatcher: BatchDispatcher, tasks: list[Task]) -
             for t in tasks
         ],
     )
-    by_type: dict[str, list[str]] = {}
+    by_type: dict[str, list[TaskRef]] = {}
     for t in tasks:
         if t.status == TaskStatus.QUEUED:
-            by_type.setdefault(t.type, []).append(t.id)
+            by_type.setdefault(t.type, []).append((t.id, t.type, t.model, None, t.batch_id))
     tx.after_commit(lambda: dispatcher.publish_batch_lines(by_type))
 
 

@@ -228,7 +228,7 @@ def hand_back(db: Database, dispatcher: Dispatcher, c: Claim) -> None:
         if row is None:
             return
         claim_event(tx.session, c, "task.retrying", {"id": c.task_id, "reason": "worker shutting down"})
-        publish_after_commit(tx, dispatcher, c.task_id, c.type, c.batch_id)
+        publish_after_commit(tx, dispatcher, c.task_id, c.type, c.model, c.run_id, c.batch_id)
 
 
 def cancel_released(db: Database, c: Claim) -> None:

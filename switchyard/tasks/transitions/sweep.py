@@ -28,12 +28,14 @@ def reclaim_expired(tx: Tx, dispatcher: Dispatcher, now: datetime, limit: int) -
             select(
                 Task.id,
                 Task.type,
+                Task.model,
                 Task.tenant_id,
                 Task.reclaim_count,
                 Task.run_id,
                 Task.step_id,
                 Task.batch_id,
                 Task.admission,
+                Task.cost_usd,
             )
             .where(Task.status == TaskStatus.RUNNING, Task.lease_expires_at < now)
             .limit(limit)
@@ -59,8 +61,8 @@ def reclaim_expired(tx: Tx, dispatcher: Dispatcher, now: datetime, limit: int) -
                 )
             )
             append_event(session, type="task.failed", data={"id": row.id, "status": "failed", "error": error}, **common)
-            # What its attempts cost is not summed here: the reservation is released (cost 0, usage unknown).
-            settle_after_commit(tx, row.id, row.admission, 0.0, None)
+            # Settled to what its finished attempts cost (the lost ones' usage is unknown).
+            settle_after_commit(tx, row.id, row.admission, row.cost_usd or 0.0, None)
             abandoned.append(row.id)
             continue
         session.execute(
@@ -76,7 +78,7 @@ def reclaim_expired(tx: Tx, dispatcher: Dispatcher, now: datetime, limit: int) -
         )
         append_event(session, type="task.retrying", data={"id": row.id, "reason": "worker lease expired"}, **common)
         reclaimed.append(row.id)
-        publish_after_commit(tx, dispatcher, row.id, row.type, row.batch_id)
+        publish_after_commit(tx, dispatcher, row.id, row.type, row.model, row.run_id, row.batch_id)
     return reclaimed, abandoned
 
 
@@ -86,7 +88,7 @@ def republish_due(tx: Tx, dispatcher: Dispatcher, now: datetime, stale: datetime
     session = tx.session
     due = list(
         session.execute(
-            select(Task.id, Task.type, Task.batch_id)
+            select(Task.id, Task.type, Task.model, Task.run_id, Task.batch_id)
             .where(
                 Task.status == TaskStatus.QUEUED,
                 Task.cancel_requested.is_(False),
@@ -100,5 +102,5 @@ def republish_due(tx: Tx, dispatcher: Dispatcher, now: datetime, stale: datetime
     if due:
         session.execute(task_update().where(Task.id.in_([r.id for r in due])).values(published_at=now))
     for row in due:
-        publish_after_commit(tx, dispatcher, row.id, row.type, row.batch_id)
+        publish_after_commit(tx, dispatcher, row.id, row.type, row.model, row.run_id, row.batch_id)
     return [row.id for row in due]
