@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from switchyard.defaults import DEFAULT_CONFIG, DEFAULT_WORKFLOWS
@@ -126,6 +126,10 @@ class Settings(BaseSettings):
     # but not more often than the cooldown (a flood of made-up key ids must not become a flood of fetches).
     jwt_jwks_cache_s: float = Field(default=300.0, gt=0)
     jwt_jwks_refresh_cooldown_s: float = Field(default=5.0, ge=0)
+
+    # Guardrails. The secret of the PII guardrail's `hash` mode (the same on every process of a deployment, so
+    # that a value hashes alike everywhere); unset, a random key kept in the data directory (one machine).
+    pii_hash_key: SecretStr | None = Field(default=None, min_length=16)
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
