@@ -47,9 +47,6 @@ IP_ADDRESS = "IP_ADDRESS"
 SECRET = "SECRET"
 URL_CREDENTIALS = "URL_CREDENTIALS"
 
-# National formats are read as these regions' (a number written with `+` is read as its own country's).
-PHONE_REGIONS = ("US", "GB")
-
 
 @dataclass(frozen=True, slots=True)
 class Span:
@@ -62,49 +59,57 @@ class Span:
 
 # --- the candidate pass ---------------------------------------------------------------------------------------
 
-# Alternatives by their first character, so that the engine skips most positions in its fast loop. A candidate
-# must not continue a word (the look-behinds), so an order id `ORD-2024-000123` or `v1.2.3.4` offers nothing.
-_MAIN = re.compile(
+# Each pattern starts with one character class, so the engine skips the positions that cannot start a candidate
+# in its fast loop (an alternation of patterns would try each of them at every position). The look-behind just
+# after that character refuses a candidate that continues a word: `ORD-2024-000123` or `v1.2.3.4` offer nothing.
+_DIGITS = re.compile(
     r"""
-    (?P<secret>
-        (?<![\w-])(?:
-            sk-ant-[A-Za-z0-9_-]{20,}
-          | sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{20,}
-          | [sr]k_(?:live|test)_[A-Za-z0-9]{16,}
-          | (?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}
-          | gh[pousr]_[A-Za-z0-9]{36,}
-          | github_pat_[A-Za-z0-9_]{22,}
-          | xox[abposr]-[A-Za-z0-9-]{10,}
-          | AIza[0-9A-Za-z_-]{35}
-          | eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}
-        )(?![\w-])
+    [+(\d](?<![\w.,/-].)
+    (?:
+        (?<=\d)(?P<alnum>\d{7}-?[A-Z]|\d{5}[-+A]\d{3}[0-9A-Y])(?![\w-])
+      | [\d .()-]{5,26}\d(?![\w-]|\.\d)
     )
+    """,
+    re.VERBOSE,
+)
+_CAPITALS = re.compile(
+    r"""
+    [A-Z](?<![\w-].)
+    (?:
+        [A-Z]\d{2}(?:[ ]?[A-Z0-9]{4}){2,7}(?:[ ]?[A-Z0-9]{1,3})?
+      | [A-Z][ ]?\d{2}[ ]?\d{2}[ ]?\d{2}[ ]?[A-D]
+      | [A-Z]{5}\d{2}[A-Z]\d{2}[A-Z]\d{3}[A-Z]
+      | -?\d{7}-?[A-Z]
+    )(?![\w-])
+    """,
+    re.VERBOSE,
+)
+# Secrets are looked for only when one of their prefixes is in the text (substring tests cost next to nothing).
+_SECRET_PREFIXES = ("sk-", "sk_", "rk_", "AKIA", "ASIA", "ABIA", "ACCA", "gh", "xox", "AIza", "eyJ", "Bearer")
+_SECRETS = re.compile(
+    r"""
+    (?<![\w-])(?:
+        sk-ant-[A-Za-z0-9_-]{20,}
+      | sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{20,}
+      | [sr]k_(?:live|test)_[A-Za-z0-9]{16,}
+      | (?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}
+      | gh[pousr]_[A-Za-z0-9]{36,}
+      | github_pat_[A-Za-z0-9_]{22,}
+      | xox[abposr]-[A-Za-z0-9-]{10,}
+      | AIza[0-9A-Za-z_-]{35}
+      | eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}
+    )(?![\w-])
   | (?<![\w-])Bearer[ \t]+(?P<bearer>[A-Za-z0-9._~+/-]{16,}=*)
-  | (?P<upper>
-        (?<![\w-])(?:
-            [A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]{4}){2,7}(?:[ ]?[A-Z0-9]{1,3})?
-          | [A-Z]{2}[ ]?\d{2}[ ]?\d{2}[ ]?\d{2}[ ]?[A-D]
-          | [A-Z]{6}\d{2}[A-Z]\d{2}[A-Z]\d{3}[A-Z]
-          | [XYZ]-?\d{7}-?[A-Z]
-        )(?![\w-])
-    )
-  | (?P<alnum>(?<![\w.,-])(?:\d{8}-?[A-Z]|\d{6}[-+A]\d{3}[0-9A-Y])(?![\w-]))
-  | (?P<num>
-        (?<![\w.,/-])
-        (?:\+\d|\(\d|\d)[\d .()-]{5,26}\d
-        (?![\w-]|\.\d)
-    )
     """,
     re.VERBOSE,
 )
 
-_AT = re.compile(
-    r"""
-    (?P<url>(?<![\w.+-])[A-Za-z][A-Za-z0-9+.-]{1,15}://[^\s:/@]+:[^\s/@]+@[^\s/?#"'<>]+)
-  | (?P<email>(?<![\w.%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,24}(?![\w-]))
-    """,
-    re.VERBOSE,
-)
+# Emails and URL credentials are read outwards from each `@` (found by `str.find`, far faster than a pattern
+# that could start at any letter): the token it is in, then the shapes anchored at the token's start.
+_TOKEN_ENDS = (" ", "\n", "\t", '"', "'", "<", ">", "(", ")", ",", ";")
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{1,15}://[^\s:/@]+:[^\s/@]+@[^\s/?#\"'<>]+")
+_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,24}(?![\w-])")
+_LOCAL_START = re.compile(r"[A-Za-z0-9._%+-]+\Z")
 _PEM = re.compile(r"-----BEGIN[A-Z ]* PRIVATE KEY-----[A-Za-z0-9+/=\s:,-]*?(?:-----END[A-Z ]* PRIVATE KEY-----|\Z)")
 _IPV6 = re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{1,4}:|::)[0-9A-Fa-f:.]*[0-9A-Fa-f](?![\w:])")
 
@@ -125,13 +130,16 @@ _SPACES = re.compile(r" +")
 
 # National identifiers written with digits only: (shape, validator). A checksum alone on a plain run of digits
 # would flag order numbers, so each needs the shape its country writes it in.
-_NATIONAL: tuple[tuple[re.Pattern[str], Callable[[str], bool]], ...] = (
-    (re.compile(r"\d{3}\.\d{3}\.\d{3}-\d{2}"), cpf.is_valid),
-    (re.compile(r"\d{3}([ -])\d{3}\1\d{3}"), sin.is_valid),
-    (re.compile(r"[2-9]\d{3}([ -])\d{4}\1\d{4}"), aadhaar.is_valid),
-    (re.compile(r"(?:\d{2})?\d{6}[-+]\d{4}"), personnummer.is_valid),
-    (re.compile(r"[12] ?\d{2} ?\d{2} ?(?:\d{2}|2[AB]) ?\d{3} ?\d{3} ?\d{2}"), nir.is_valid),
-)
+_NATIONAL: dict[int, tuple[tuple[re.Pattern[str], Callable[[str], bool]], ...]] = {
+    11: ((re.compile(r"\d{3}\.\d{3}\.\d{3}-\d{2}"), cpf.is_valid),),
+    9: ((re.compile(r"\d{3}([ -])\d{3}\1\d{3}"), sin.is_valid),),
+    12: (
+        (re.compile(r"[2-9]\d{3}([ -])\d{4}\1\d{4}"), aadhaar.is_valid),
+        (re.compile(r"\d{8}[-+]\d{4}"), personnummer.is_valid),
+    ),
+    10: ((re.compile(r"\d{6}[-+]\d{4}"), personnummer.is_valid),),
+    15: ((re.compile(r"[12] ?\d{2} ?\d{2} ?\d{2} ?\d{3} ?\d{3} ?\d{2}"), nir.is_valid),),
+}  # by the count of digits
 
 # Card numbers start with a known issuer range: Visa, Mastercard, Amex, Discover, Diners, JCB, UnionPay, Maestro.
 _CARD_PREFIX = re.compile(r"4|5[0-8]|2[2-7]|3[0-9]|6")
@@ -149,10 +157,20 @@ def _ssn(candidate: str) -> bool:
     return area not in ("000", "666") and area[0] != "9" and group != "00" and serial != "0000"
 
 
-def _phone(candidate: str, digits: int) -> bool:
-    if not 7 <= digits <= 15:
+def _phone(candidate: str, digits: str) -> bool:
+    n = len(digits)
+    if candidate[0] == "+":
+        if not 8 <= n <= 15:
+            return False
+        regions: Iterable[str | None] = (None,)
+    # National formats: NANP's 10 digits (area code 2-9, or 11 with the leading 1), the UK's 0 and 10-11 digits.
+    # Anything else is not a phone number of these regions, and is not handed to the (slow) parser.
+    elif (n == 10 and digits[0] in "23456789") or (n == 11 and digits[0] == "1"):
+        regions = ("US",)
+    elif digits[0] == "0" and 10 <= n <= 11:
+        regions = ("GB",)
+    else:
         return False
-    regions: Iterable[str | None] = (None,) if candidate.startswith("+") else PHONE_REGIONS
     for region in regions:
         try:
             number = phonenumbers.parse(candidate, region)
@@ -164,22 +182,26 @@ def _phone(candidate: str, digits: int) -> bool:
 
 
 def _numeric(candidate: str) -> str | None:
-    """The type of a run of digits and separators, or None."""
-    if _IPV4.fullmatch(candidate):
+    """The type of a run of digits and separators, or None. The count of digits picks the few checks that
+    can apply (most look-alikes are refused before any validator runs)."""
+    digits = _NON_DIGIT.sub("", candidate)
+    n = len(digits)
+    if n <= 12 and candidate.count(".") == 3 and _IPV4.fullmatch(candidate):
         try:
             ipaddress.IPv4Address(candidate)
         except ValueError:
             return None
         return IP_ADDRESS
-    if _ssn(candidate):
+    if n < 7:
+        return None
+    if n == 9 and _ssn(candidate):
         return US_SSN
-    digits = _NON_DIGIT.sub("", candidate)
-    if candidate[0].isdigit() and _CARD_SHAPE.fullmatch(candidate) and _card(digits):
+    if 13 <= n <= 19 and candidate[0].isdigit() and _CARD_SHAPE.fullmatch(candidate) and _card(digits):
         return CREDIT_CARD
-    for shape, valid in _NATIONAL:
+    for shape, valid in _NATIONAL.get(n, ()):
         if shape.fullmatch(candidate) and valid(candidate):
             return NATIONAL_ID
-    if _phone(candidate, len(digits)):
+    if _phone(candidate, digits):
         return PHONE
     return None
 
@@ -193,7 +215,7 @@ def _numeric_spans(text: str, start: int, end: int, wanted: frozenset[str], out:
         if kind in wanted:
             out.append(Span(start, end, kind))
         return
-    if " " not in candidate:
+    if " " not in candidate or end - start < 9:
         return
     pieces = [(m.start(), m.end()) for m in re.finditer(r"[^ ]+", candidate)]
     # Longest first: drop pieces from the right, then from the left.
@@ -235,30 +257,27 @@ def _alnum(candidate: str) -> str | None:
 def detect(text: str, wanted: frozenset[str]) -> list[Span]:
     """The findings in `text` of the entity types in `wanted`, in order, not overlapping."""
     spans: list[Span] = []
-    for m in _MAIN.finditer(text):
-        group = m.lastgroup
-        if group == "num":
+    for m in _DIGITS.finditer(text):
+        if m.lastgroup != "alnum":
             _numeric_spans(text, m.start(), m.end(), wanted, spans)
-        elif group == "secret" or group == "bearer":
-            if SECRET in wanted:
-                spans.append(Span(m.start(group), m.end(group), SECRET))
-        elif group == "upper":
-            kind = _upper(m.group())
-            if kind is not None and kind in wanted:
+            continue
+        kind = _alnum(m.group())
+        if kind is not None:
+            if kind in wanted:
                 spans.append(Span(m.start(), m.end(), kind))
-        elif group == "alnum":
-            kind = _alnum(m.group())
-            if kind is not None:
-                if kind in wanted:
-                    spans.append(Span(m.start(), m.end(), kind))
-            elif m.group()[-1].isdigit():  # a HETU's shape that is not one: `880320-0016` is a personnummer
-                _numeric_spans(text, m.start(), m.end(), wanted, spans)
+        elif m.group()[-1].isdigit():  # a HETU's shape that is not one: `880320-0016` is a personnummer
+            _numeric_spans(text, m.start(), m.end(), wanted, spans)
+    for m in _CAPITALS.finditer(text):
+        kind = _upper(m.group())
+        if kind is not None and kind in wanted:
+            spans.append(Span(m.start(), m.end(), kind))
+    if SECRET in wanted and any(p in text for p in _SECRET_PREFIXES):
+        for m in _SECRETS.finditer(text):
+            group = "bearer" if m.lastgroup == "bearer" else 0
+            spans.append(Span(m.start(group), m.end(group), SECRET))
     extra: list[Span] = []
     if "@" in text and (EMAIL in wanted or URL_CREDENTIALS in wanted):
-        for m in _AT.finditer(text):
-            kind = EMAIL if m.lastgroup == "email" else URL_CREDENTIALS
-            if kind in wanted:
-                extra.append(Span(m.start(), m.end(), kind))
+        _at_signs(text, wanted, extra)
     if "::" in text or text.count(":") >= 7:
         if IP_ADDRESS in wanted:
             for m in _IPV6.finditer(text):
@@ -266,9 +285,30 @@ def detect(text: str, wanted: frozenset[str]) -> list[Span]:
                     extra.append(Span(m.start(), m.end(), IP_ADDRESS))
     if "-----BEGIN" in text and SECRET in wanted:
         extra.extend(Span(m.start(), m.end(), SECRET) for m in _PEM.finditer(text))
-    if extra:
+    if extra or len(spans) > 1:
         spans = _merge(spans, extra)
     return spans
+
+
+def _at_signs(text: str, wanted: frozenset[str], out: list[Span]) -> None:
+    at = text.find("@")
+    done = 0  # findings do not overlap: an `@` inside the last one is skipped
+    while at != -1:
+        if at >= done:
+            window = max(done, at - 256)
+            start = max(window, max(text.rfind(c, window, at) for c in _TOKEN_ENDS) + 1)
+            url = _URL.match(text, start) if "://" in text[start:at] else None
+            if url is not None and url.end() > at:
+                if URL_CREDENTIALS in wanted:
+                    out.append(Span(url.start(), url.end(), URL_CREDENTIALS))
+                done = url.end()
+            else:
+                local = _LOCAL_START.search(text, max(start, at - 64), at)
+                email = _EMAIL.match(text, local.start()) if local is not None else None
+                if email is not None and EMAIL in wanted:
+                    out.append(Span(email.start(), email.end(), EMAIL))
+                    done = email.end()
+        at = text.find("@", at + 1)
 
 
 def _ipv6(candidate: str) -> bool:
