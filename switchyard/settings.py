@@ -145,6 +145,10 @@ class Settings(BaseSettings):
     # Without them `switchyard flower` serves on loopback only, and Flower's HTTP API answers 401.
     flower_basic_auth: SecretStr | None = None
 
+    # Guardrails. The secret of the PII guardrail's `hash` mode (the same on every process of a deployment, so
+    # that a value hashes alike everywhere); unset, a random key kept in the data directory (one machine).
+    pii_hash_key: SecretStr | None = Field(default=None, min_length=16)
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.jwt_jwks_url and not (self.jwt_issuer and self.jwt_audience):

@@ -22,6 +22,7 @@ NAMES: tuple[str, ...] = (
     "sync_throughput",
     "task_cost",
     "batch",
+    "pii",
 )
 
 

@@ -10,6 +10,9 @@ errors are counted per side and reported, and ours must have recorded a succeede
 A third side, `limited`, is ours again with a key that has limits (rpm, tpm, max_concurrent) and a budget
 (per call, daily, monthly) set high enough never to refuse: the cost of admission (one Redis script) and
 settlement on the hot path, against the same run's unlimited key (target >= 0.9x).
+
+A fourth side, `pii`, is ours with a PII guardrail (`mask`) on the request, on a message holding an email and a
+phone number, against the same run's `ours` (target >= 0.9x).
 """
 
 from __future__ import annotations
@@ -39,6 +42,11 @@ REDIS_DB = 4
 LIMITS = '{"rpm": 100000000, "tpm": 1000000000, "rph": 1000000000, "max_concurrent": 100000}'
 BUDGET = '{"max_per_call_usd": 100, "daily_usd": 1000000, "monthly_usd": 10000000}'
 BODY = b'{"model":"%s","messages":[{"role":"user","content":"hello bench"}]}' % LITELLM_MODEL.encode()
+# The same call with a PII guardrail on the request and two values to mask.
+PII_BODY = (
+    b'{"model":"%s","messages":[{"role":"user","content":"hello bench, I am jane.doe@example.com, (415) 555-2671"}],'
+    b'"guardrails":{"pii":{"mode":"mask"}}}' % LITELLM_MODEL.encode()
+)
 
 
 @dataclass(frozen=True)
@@ -56,11 +64,11 @@ FULL = Sizes(warm_s=3.0, measure_s=10.0, rounds=3, fake_latency_ms=0, max_in_fli
 QUICK = Sizes(warm_s=1.0, measure_s=3.0, rounds=1, fake_latency_ms=0, max_in_flight=1000, worker_concurrency=64)
 
 
-def _check_answer(url: str, key: str, side: str) -> None:
+def _check_answer(url: str, key: str, side: str, body: bytes = BODY) -> None:
     """One request with the benchmark's body: a 200 with the fake's answer (ours through a task)."""
     got = httpx.post(
         f"{url}/v1/chat/completions",
-        content=BODY,
+        content=body,
         headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
         timeout=30,
     )
@@ -68,6 +76,8 @@ def _check_answer(url: str, key: str, side: str) -> None:
         raise BenchError(f"{side} answered {got.status_code}: {got.text[:500]}")
     if side == "ours" and "x-switchyard-task-id" not in got.headers:
         raise BenchError("our /v1/chat/completions answered without a task id")
+    if body is PII_BODY and "<EMAIL_1>" not in got.json()["choices"][0]["message"]["content"]:
+        raise BenchError(f"the PII guardrail did not mask the request: {got.text[:500]}")
 
 
 def _summary(runs: list[LoadResult], cpu_ms: list[float]) -> dict[str, Any]:
@@ -105,23 +115,26 @@ def run(opts: Options) -> Result:
         )
         _check_answer(ours.url, ours.key, "ours")
         _check_answer(ours.url, limited, "ours")
+        _check_answer(ours.url, ours.key, "ours", PII_BODY)
         _check_answer(proxy.url, proxy.key, "LiteLLM's proxy")
         sides: dict[str, tuple[str, str, list[Process]]] = {
             "proxy": (proxy.url, proxy.key, [proxy.proc]),
             "ours": (ours.url, ours.key, [ours.api, worker]),
             "limited": (ours.url, limited, [ours.api, worker]),
+            "pii": (ours.url, ours.key, [ours.api, worker]),
         }
+        bodies = {side: PII_BODY if side == "pii" else BODY for side in sides}
         runs: dict[str, list[LoadResult]] = {k: [] for k in sides}
         cpu_ms: dict[str, list[float]] = {k: [] for k in sides}
         ok_total = {k: 0 for k in sides}
         for r in range(sz.rounds):
             for side, (url, key, procs) in sides.items():
                 endpoint = f"{url}/v1/chat/completions"
-                warm = load(endpoint, auth=key, connections=CONNECTIONS, seconds=sz.warm_s, body=BODY)
+                warm = load(endpoint, auth=key, connections=CONNECTIONS, seconds=sz.warm_s, body=bodies[side])
                 prof = Profiler(opts.profile and side == "ours" and r == 0, procs[0].pid, "sync-api", sz.measure_s)
                 cpu0 = sum(cpu_seconds(p.pid) for p in procs)
                 try:
-                    res = load(endpoint, auth=key, connections=CONNECTIONS, seconds=sz.measure_s, body=BODY)
+                    res = load(endpoint, auth=key, connections=CONNECTIONS, seconds=sz.measure_s, body=bodies[side])
                 finally:
                     prof.stop()
                 # Server-side CPU (ours: API + worker) per request: less sensitive than req/s to other load.
@@ -158,12 +171,21 @@ def run(opts: Options) -> Result:
                 "target": 0.9,
                 "target_kind": ">=",
             },
+            # The same API and worker with a PII guardrail (mask) on the request, vs no guardrail.
+            "pii": {
+                "ours": summary["pii"]["rps"],
+                "baseline": o,
+                "unit": "req/s",
+                "ratio": summary["pii"]["rps"] / o,
+                "target": 0.9,
+                "target_kind": ">=",
+            },
             "check": {
                 # Every 2xx of ours is a succeeded task; more tasks than 2xx are the requests wrk dropped at its end.
-                "ours_2xx_incl_warmup": ok_total["ours"] + ok_total["limited"],
+                "ours_2xx_incl_warmup": ok_total["ours"] + ok_total["limited"] + ok_total["pii"],
                 "ours_tasks_succeeded": succeeded,
                 "ours_tasks_failed": failed,
-                "every_2xx_a_task": succeeded >= ok_total["ours"] + ok_total["limited"],
+                "every_2xx_a_task": succeeded >= ok_total["ours"] + ok_total["limited"] + ok_total["pii"],
                 "proxy_2xx_incl_warmup": ok_total["proxy"],
             },
         }
@@ -176,13 +198,14 @@ def rows(name: str, res: Result) -> list[Row]:
     return [
         standard_row(f"{name}: /v1/chat/completions, 32 conns", res, baseline_note=" (LiteLLM proxy)"),
         standard_row(f"{name} with limits + budget", res["limits"], baseline_note=" (no limits)"),
+        *([standard_row(f"{name} with a PII guardrail", res["pii"], baseline_note=" (none)")] if "pii" in res else []),
     ]
 
 
 def details(res: Result) -> None:
     """Latency, errors and CPU per side, and the task check."""
     s, c = res["summary"], res["check"]
-    for side, label in (("ours", "ours   "), ("limited", "limited"), ("proxy", "proxy  ")):
+    for side, label in (("ours", "ours   "), ("limited", "limited"), ("pii", "pii    "), ("proxy", "proxy  ")):
         x = s[side]
         print(
             f"sync_throughput {label}: {x['rps']:.0f} req/s, p50 {x['latency_p50_ms']:.1f} ms, p99 "

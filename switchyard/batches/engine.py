@@ -38,7 +38,7 @@ from switchyard.tenancy.quotas.estimate import estimate
 from switchyard.tenancy.quotas.service import Quotas
 
 from . import repository
-from .lines import MAX_ERRORS, Line, LineError, LineRules, error, parse
+from .lines import FOUND_KEY, MAX_ERRORS, Line, LineError, LineRules, error, parse
 from .schemas import TERMINAL, BatchStatus
 from .views import batch_view
 
@@ -126,11 +126,12 @@ def _release(tx: Tx, ctx: BatchContext, batch: Batch, room: int) -> int:
             type=line.type,
             model=line.model,
             input=line.input,
-            options=line.options,
+            options={k: v for k, v in line.options.items() if k != FOUND_KEY},
             metadata=line.metadata_,
             batch_id=batch.id,
             batch_line=line.line,
             key_id=batch.key_id,
+            guardrails=line.options.get(FOUND_KEY),
         )
         for line in lines
     ]

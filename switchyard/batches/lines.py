@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from switchyard.core.config import AppConfig
 from switchyard.core.errors import AppError, InvalidRequest
 from switchyard.core.validation import invalid_request
+from switchyard.guardrails import pii
 from switchyard.ml.signature import Signature
 from switchyard.tasks import openai_mapping
 from switchyard.tasks.schemas import TaskCreate
@@ -23,6 +24,9 @@ from .schemas import ENDPOINTS
 
 # A failed validation names at most this many lines (a file of 50,000 bad lines needs no 50,000 errors).
 MAX_ERRORS = 100
+# What a line's PII guardrail found, kept in the line's options until its task is made (`batch_lines` has no
+# column of its own for it); the batch engine moves it to the task's `guardrails`.
+FOUND_KEY = "_guardrails_found"
 MAX_CUSTOM_ID_CHARS = 512
 
 
@@ -120,13 +124,19 @@ def _parse_line(rules: LineRules, raw: bytes) -> Line:
         task = _task(rules, url, body)
         options = {**rules.options, **task.options.model_dump(exclude_none=True)}
         normalised = validate_input(rules.config, rules.signatures, task, options.get("provider"))
+        # Scrubbed now, so that the stored line (and the task made of it) never holds the values.
+        scrubbed = pii.scrub_request(
+            rules.config, task.type, task.model, normalised, task.options.guardrails, restorable=False
+        )
     except AppError as exc:
         if url != "/v1/tasks" and isinstance(exc, InvalidRequest):
             exc = openai_mapping.openai_style(exc)  # named as the OpenAI body names it: `messages`, not `input.…`
         code = exc.code or ("model_not_found" if exc.param == "model" else "invalid_request")
         raise LineError(code, exc.message, f"body.{exc.param}" if exc.param else "body") from None
     options.pop("stream", None)
-    return Line(custom_id, task.type, task.model, normalised, options, dict(task.metadata))
+    if scrubbed.record is not None:
+        options[FOUND_KEY] = scrubbed.record
+    return Line(custom_id, task.type, task.model, scrubbed.input, options, dict(task.metadata))
 
 
 def _task(rules: LineRules, url: str, body: dict[str, Any]) -> TaskCreate:

@@ -8,7 +8,21 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# The kinds of personal data and secrets the PII guardrail finds (`switchyard.guardrails.pii` detects them;
+# the names live here because the config file and requests name them, and core imports nothing above it).
+PII_ENTITIES = (
+    "EMAIL",
+    "PHONE",
+    "CREDIT_CARD",
+    "IBAN",
+    "NATIONAL_ID",
+    "US_SSN",
+    "IP_ADDRESS",
+    "SECRET",
+    "URL_CREDENTIALS",
+)
 
 PiiMode = Literal["mask", "hash", "remove", "reversible"]
 Direction = Literal["request", "response"]
@@ -30,6 +44,24 @@ class PiiGuardrail(_Strict):
     mode: PiiMode = "mask"
     entities: list[str] | None = Field(default=None, min_length=1)
     on: list[Direction] = Field(default_factory=_request_only, min_length=1)
+
+    @field_validator("entities")
+    @classmethod
+    def _known_entities(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        unknown = [name for name in value if name not in PII_ENTITIES]
+        if unknown:
+            raise ValueError(f"unknown PII entities {unknown}; the entities are: {', '.join(PII_ENTITIES)}")
+        return value
+
+    @model_validator(mode="after")
+    def _reversible_on_request(self) -> PiiGuardrail:
+        # Reversible replaces the request's values and puts them back in the answer: an answer's own values
+        # have nothing to be restored from, so scrubbing it "reversibly" means nothing.
+        if self.mode == "reversible" and self.on != ["request"]:
+            raise ValueError("reversible mode scrubs the request and restores the answer: `on` must be [request]")
+        return self
 
 
 class ModerationGuardrail(_Strict):

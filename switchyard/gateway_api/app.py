@@ -42,6 +42,7 @@ from switchyard.gateway_api.routes import (
 )
 from switchyard.gateway_api.state import ApiState, KeyCache
 from switchyard.gateway_api.ws_slots import ConnectionSlots
+from switchyard.guardrails.pii.keys import load_hash_key
 from switchyard.ml.catalog import model_signatures
 from switchyard.providers.health import DeploymentHealth, health_store
 from switchyard.providers.health_snapshots import WorkerSnapshots, health_folder
@@ -86,6 +87,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         # This process ends tasks too (a cancel): their reservations are settled through it.
         install_settler(quotas)
+        # Requests scrubbed in `hash` mode: the key is read (or made, in the data directory) once, here.
+        load_hash_key(settings)
         dispatcher = PublishQueue(celery)
         pg = async_pool(settings)
         health: DeploymentHealth

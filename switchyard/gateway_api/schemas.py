@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from switchyard.core.guardrail_spec import Guardrails
 from switchyard.tasks.schemas import ChatInput, EmbedInput, JsonScalar, ModerateInput, PredictInput, TaskOptions
 
 # --- errors -------------------------------------------------------------------------------------------------------
@@ -191,6 +192,9 @@ class ChatCompletionRequest(ChatInput):
     service_tier: Any = Field(default=None, description="Accepted and ignored.")
     logprobs: Literal[False] | None = Field(default=None, description="Not supported: only false or null.")
     top_logprobs: Literal[0] | None = Field(default=None, description="Not supported: only 0 or null.")
+    guardrails: Guardrails | None = Field(
+        default=None, description='This call\'s guardrails (`extra_body={"guardrails": ...}` with the openai SDK).'
+    )
 
 
 class ChatMessageOut(BaseModel):
@@ -241,6 +245,9 @@ class EmbeddingRequest(EmbedInput):
     model: Annotated[str, Field(min_length=1, max_length=200)] = Field(description="A logical model's name.")
     encoding_format: Literal["float", "base64"] | None = None
     user: str | None = Field(default=None, description="Accepted and ignored.")
+    guardrails: Guardrails | None = Field(
+        default=None, description='This call\'s guardrails (`extra_body={"guardrails": ...}` with the openai SDK).'
+    )
 
 
 class Embedding(BaseModel):
@@ -267,6 +274,9 @@ class ModerationRequest(ModerateInput):
 
     model: Annotated[str, Field(max_length=200)] | None = Field(
         default=None, description="A logical model's name; the first moderation model of the config if left out."
+    )
+    guardrails: Guardrails | None = Field(
+        default=None, description='This call\'s guardrails (`extra_body={"guardrails": ...}` with the openai SDK).'
     )
 
 

@@ -20,7 +20,7 @@ from switchyard.tasks.schemas import TaskCreate
 from switchyard.tenancy.service import Principal
 
 # The mapping of a failed task to the error a caller gets lives with the OpenAI mapping (batch lines use it too).
-__all__ = ["create", "failure", "openai_style", "read", "task_headers", "wait_for"]
+__all__ = ["create", "failure", "openai_style", "read", "submit", "task_headers", "wait_for"]
 
 
 async def create(
@@ -28,7 +28,20 @@ async def create(
 ) -> str:
     """Submit the task (committed and published before this returns); its id (a replay's, for a repeated
     Idempotency-Key)."""
+    return (await submit(state, principal, body, request, task_id=task_id)).task.id
 
+
+async def submit(
+    state: ApiState,
+    principal: Principal,
+    body: TaskCreate,
+    request: Request,
+    *,
+    task_id: str | None = None,
+    restorable: bool = False,
+) -> service.Created:
+    """`create`, with what it made: `restorable` (the caller waits here for the answer) lets a reversible
+    PII guardrail run, and `vault` then restores the answer."""
     created = await service.submit_async(
         state.db,
         state.pg,
@@ -44,12 +57,13 @@ async def create(
             task_id=task_id,
             key_id=principal.key_id,
             gate=state.gate(principal),
+            restorable=restorable,
         ),
     )
     if created.headers:
         # The response, made later from the finished task, carries them (`task_headers`).
         request.state.ratelimit_headers = created.headers
-    return created.task.id
+    return created
 
 
 async def read(state: ApiState, principal: Principal, task_id: str) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from switchyard.core.errors import ProviderError
 from switchyard.core.group_commit import GroupCommit
 from switchyard.core.models import Attempt, utcnow
 from switchyard.events.bus import delta_event
+from switchyard.guardrails import pii
 from switchyard.providers.base import CallResult, ProviderAdapter, Usage
 from switchyard.providers.pricing import cost_usd
 from switchyard.providers.registry import ProviderSet
@@ -252,8 +253,12 @@ class Executor:
         started_at = utcnow()
         t0 = time.perf_counter()
         chunks = 0
+        stream = claim.type == "chat" and bool(claim.options.get("stream")) and self.deltas is not None
+        # A PII guardrail on the answer scrubs it before anything of it is published or stored.
+        guardrail = pii.response_guardrail(self.config, claim.model, claim.options)
+        answer = pii.AnswerScrub(guardrail, stream) if guardrail is not None else None
 
-        def on_delta(text: str) -> None:
+        def publish(text: str) -> None:
             nonlocal chunks
             assert self.deltas is not None
             event = delta_event(
@@ -262,8 +267,12 @@ class Executor:
             self.deltas(claim.tenant_id, event)
             chunks += 1
 
+        def on_delta(text: str) -> None:
+            text = answer.chunk(text) if answer is not None else text
+            if text:
+                publish(text)
+
         try:
-            stream = claim.type == "chat" and bool(claim.options.get("stream")) and self.deltas is not None
             result = await _invoke(
                 adapter, claim.type, deployment.model, claim.input, ex.timeout_s, on_delta if stream else None
             )
@@ -281,6 +290,11 @@ class Executor:
             log.exception("adapter_crashed", task_id=claim.task_id, provider=deployment.provider)
             err = ProviderError("provider_error", f"{type(exc).__name__}: {exc}", retryable=False)
             return Outcome(deployment, model, n, started_at, _ms_since(t0), error=err, batch=batch)
+        if answer is not None:
+            if stream and (rest := answer.rest()):
+                publish(rest)
+            result = CallResult(answer.result(claim.type, result.output), result.usage, result.provider_model)
+            claim.guardrails = answer.record(claim.guardrails)
         return Outcome(deployment, model, n, started_at, _ms_since(t0), result=result, batch=batch)
 
     # --- helpers ----------------------------------------------------------------------------------------------

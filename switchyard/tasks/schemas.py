@@ -162,6 +162,10 @@ class TaskView(BaseModel):
     finished_at: str | None
     metadata: dict[str, JsonScalar]
     webhook: ObjectWebhook | None
+    guardrails: dict[str, Any] | None = Field(
+        description="What the call's guardrails found, by kind: `pii` has the mode and, per direction "
+        "(`request`, `response`), the values replaced by entity type. Counts only, never the values."
+    )
 
 
 class TaskPage(BaseModel):

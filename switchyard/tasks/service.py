@@ -21,6 +21,7 @@ from switchyard.core.db import Database, Tx
 from switchyard.core.errors import Conflict, InvalidRequest, NotFound
 from switchyard.core.models import Task, utcnow
 from switchyard.core.validation import invalid_request
+from switchyard.guardrails import pii
 from switchyard.ml.signature import Signature, check_inputs
 from switchyard.providers.router import candidates
 from switchyard.tasks import repository, transitions
@@ -39,6 +40,9 @@ class Created:
     replayed: bool
     # The `x-ratelimit-*` headers of the caller's limits (empty when none apply).
     headers: dict[str, str] = field(default_factory=dict)
+    # A reversible PII guardrail's placeholders and values, for the caller that restores the answer (never
+    # stored: the task holds the placeholders).
+    vault: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -102,16 +106,37 @@ class Submission:
     # The key that submits it (recorded on the task: spend is summed by key), and what it is admitted against.
     key_id: str | None = None
     gate: Gate | None = None
+    # The caller waits on the call in this process and can restore a reversible PII guardrail's values.
+    restorable: bool = False
 
 
-def _plain(config: AppConfig, signatures: Mapping[str, Signature], sub: Submission) -> Task | None:
-    """The checked task row when the submission is the common case (no idempotency key, no webhook), which
-    is inserted with one statement; None for the rest, which `create_task` inserts in a transaction."""
+def checked_input(
+    config: AppConfig,
+    signatures: Mapping[str, Signature],
+    body: TaskCreate,
+    pinned: str | None,
+    *,
+    restorable: bool = False,
+) -> pii.ScrubbedRequest:
+    """The normalised input (`validate_input`) after the request's PII guardrail: what the task row holds."""
+    normalised = validate_input(config, signatures, body, pinned)
+    return pii.scrub_request(config, body.type, body.model, normalised, body.options.guardrails, restorable=restorable)
+
+
+def _plain(
+    config: AppConfig, signatures: Mapping[str, Signature], sub: Submission
+) -> tuple[Task, dict[str, str] | None] | None:
+    """The checked task row (and a reversible guardrail's vault) when the submission is the common case (no
+    idempotency key, no webhook), which is inserted with one statement; None for the rest, which
+    `create_task` inserts in a transaction."""
     if sub.idempotency_key is not None or sub.body.webhook is not None:
         return None
     pinned = sub.body.options.provider or sub.pinned_provider
-    normalised = validate_input(config, signatures, sub.body, pinned)
-    return _new(sub.tenant_id, sub.body, pinned, normalised, task_id=sub.task_id, key_id=sub.key_id)
+    checked = checked_input(config, signatures, sub.body, pinned, restorable=sub.restorable)
+    task = _new(
+        sub.tenant_id, sub.body, pinned, checked.input, task_id=sub.task_id, key_id=sub.key_id, found=checked.record
+    )
+    return task, checked.vault
 
 
 def _admitted(task: Task, admitted: Admitted) -> None:
@@ -122,8 +147,9 @@ def submit(
     db: Database, config: AppConfig, signatures: Mapping[str, Signature], dispatcher: Dispatcher, sub: Submission
 ) -> Created:
     """Validate, admit (limits and budgets), insert and publish a task, committed before this returns."""
-    task = _plain(config, signatures, sub)
-    if task is not None:
+    plain = _plain(config, signatures, sub)
+    if plain is not None:
+        task, vault = plain
         admitted = sub.gate.quotas.admit(sub.gate.request(config, task)) if sub.gate is not None else None
         if admitted is not None:
             _admitted(task, admitted)
@@ -133,7 +159,7 @@ def submit(
             if admitted is not None and admitted.record is not None and sub.gate is not None:
                 sub.gate.quotas.release(task.id)
             raise
-        return Created(task=task, replayed=False, headers=admitted.headers if admitted else {})
+        return Created(task=task, replayed=False, headers=admitted.headers if admitted else {}, vault=vault)
     with db.transaction() as tx:
         return create_task(
             tx,
@@ -149,6 +175,7 @@ def submit(
             task_id=sub.task_id,
             key_id=sub.key_id,
             gate=sub.gate,
+            restorable=sub.restorable,
         )
 
 
@@ -162,8 +189,9 @@ async def submit_async(
 ) -> Created:
     """`submit` from an event loop: on Postgres the common case is one statement on `pool`, with no thread;
     the rest runs `submit` on a thread. `dispatcher.publish_task` must not block."""
-    task = _plain(config, signatures, sub) if pool is not None else None
-    if pool is not None and task is not None:
+    plain = _plain(config, signatures, sub) if pool is not None else None
+    if pool is not None and plain is not None:
+        task, vault = plain
         admitted = await sub.gate.quotas.admit_async(sub.gate.request(config, task)) if sub.gate is not None else None
         if admitted is not None:
             _admitted(task, admitted)
@@ -173,7 +201,7 @@ async def submit_async(
             if admitted is not None and admitted.record is not None and sub.gate is not None:
                 await anyio.to_thread.run_sync(sub.gate.quotas.release, task.id)
             raise
-        return Created(task=task, replayed=False, headers=admitted.headers if admitted else {})
+        return Created(task=task, replayed=False, headers=admitted.headers if admitted else {}, vault=vault)
     return await anyio.to_thread.run_sync(partial(submit, db, config, signatures, dispatcher, sub))
 
 
@@ -187,6 +215,7 @@ def _new(
     idempotency_key: str | None = None,
     request_hash: str | None = None,
     key_id: str | None = None,
+    found: dict[str, Any] | None = None,
 ) -> Task:
     options = body.options.model_dump(exclude_none=True)
     if pinned is not None:
@@ -202,6 +231,7 @@ def _new(
         idempotency_key=idempotency_key,
         request_hash=request_hash,
         key_id=key_id,
+        guardrails=found,
     )
 
 
@@ -220,12 +250,13 @@ def create_task(
     task_id: str | None = None,
     key_id: str | None = None,
     gate: Gate | None = None,
+    restorable: bool = False,
 ) -> Created:
     """Insert the task and its `task.queued` event; publish its id once the transaction commits. `task_id`
     gives the new task an id chosen beforehand (a caller that listens to its events from the start). `gate`
     admits it (a replay of an Idempotency-Key is not admitted again)."""
     pinned = body.options.provider or pinned_provider
-    normalised = validate_input(config, signatures, body, pinned)
+    checked = checked_input(config, signatures, body, pinned, restorable=restorable)
     session = tx.session
     request_hash = None
     if idempotency_key is not None:
@@ -241,11 +272,12 @@ def create_task(
         tenant_id,
         body,
         pinned,
-        normalised,
+        checked.input,
         task_id=task_id,
         idempotency_key=idempotency_key,
         request_hash=request_hash,
         key_id=key_id,
+        found=checked.record,
     )
     admitted = gate.quotas.admit(gate.request(config, task)) if gate is not None else None
     if admitted is not None:
@@ -273,7 +305,7 @@ def create_task(
     else:
         session.add(task)
     enqueue(tx, dispatcher, task)
-    return Created(task=task, replayed=False, headers=admitted.headers if admitted else {})
+    return Created(task=task, replayed=False, headers=admitted.headers if admitted else {}, vault=checked.vault)
 
 
 def _replay(existing: Task, request_hash: str) -> Created:

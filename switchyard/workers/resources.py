@@ -18,6 +18,7 @@ from switchyard.events.bus import publish_delta
 from switchyard.events.local_bus import LocalDeltaSender, delta_folder
 from switchyard.events.relay import EventRelay
 from switchyard.files.storage import storage_for
+from switchyard.guardrails.pii.keys import load_hash_key
 from switchyard.ml.catalog import model_signatures
 from switchyard.providers.health import DeploymentHealth, HealthStore, health_store
 from switchyard.providers.health_snapshots import SnapshotWriter, written_store
@@ -138,6 +139,8 @@ def init_resources() -> WorkerResources:
             quotas = Quotas(config, db, redis_client, reservation_ttl_s=settings.reservation_ttl_s)
             # Tasks end here: their reservations are settled through this process's Redis client.
             install_settler(quotas)
+            # Answers scrubbed in `hash` mode here hash as the API's requests do.
+            load_hash_key(settings)
             engine = Engine(config, dispatcher, quotas)
             executor = Executor(
                 settings,

@@ -22,6 +22,7 @@ from switchyard.core.errors import BudgetExceeded, ServiceUnavailable
 from switchyard.core.models import Run, RunStep, Task, Workflow, utcnow
 from switchyard.core.validation import invalid_request
 from switchyard.events.log import append_event
+from switchyard.guardrails import pii
 from switchyard.tasks.schemas import INPUT_MODELS
 from switchyard.tasks.transitions import RunDispatcher, cancel_queued_of_run, enqueue, new_task
 from switchyard.tenancy.quotas import repository
@@ -239,12 +240,24 @@ class Engine:
             options: dict[str, Any] = {"max_attempts": spec.retries + 1}
             if spec.timeout_s is not None:
                 options["timeout_s"] = spec.timeout_s
+            if spec.guardrails is not None:
+                options["guardrails"] = spec.guardrails.model_dump(exclude_none=True)
+            # The rendered input (the run's input, earlier steps' outputs) is scrubbed before the task holds it.
+            scrubbed = pii.scrub_request(
+                self.config,
+                spec.type,
+                spec.model,
+                parsed.model_dump(mode="json", exclude_none=True),
+                spec.guardrails,
+                restorable=False,
+            )
             task = new_task(
                 tenant_id=run.tenant_id,
                 type=spec.type,
                 model=spec.model,
-                input=parsed.model_dump(mode="json", exclude_none=True),
+                input=scrubbed.input,
                 options=options,
+                guardrails=scrubbed.record,
                 run_id=run.id,
                 step_id=spec.id,
                 item_index=index,

@@ -6,6 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from switchyard.core.guardrail_spec import Guardrails
+
 StepId = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$")]
 
 
@@ -24,6 +26,8 @@ class StepSpec(BaseModel):
     on_failure: Literal["fail", "continue"] = "fail"
     for_each: str | None = None
     max_parallel: Annotated[int, Field(ge=1, le=1000)] | None = None
+    # The step's guardrails: each kind set here replaces the model's and the top level's (config file).
+    guardrails: Guardrails | None = None
 
 
 class WorkflowSpec(BaseModel):

@@ -182,6 +182,14 @@ class _Checker:
                 self.problem(f"{at}.for_each", "for_each must be a single {{ expression }} that yields a list")
         if step.max_parallel is not None and not for_each:
             self.problem(f"{at}.max_parallel", "max_parallel applies only to a step with for_each")
+        pii = step.guardrails.pii if step.guardrails is not None else None
+        if pii is not None and pii.mode == "reversible":
+            # Nobody waits on a step's call to get the values back; restoring later would mean storing them.
+            self.problem(
+                f"{at}.guardrails.pii.mode",
+                "reversible PII mode needs a caller waiting on the call: a step's values cannot be restored "
+                "without storing them; use mask, hash or remove",
+            )
 
         self.check_input(i, step)
 

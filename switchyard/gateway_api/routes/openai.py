@@ -6,6 +6,10 @@ with `x-switchyard-task-id` and `x-switchyard-cost-usd`. A streamed answer's chu
 over Redis (embedded mode: a local socket) as the provider produces them: a provider failing before the first
 chunk is failed over out of sight; a stream that breaks after chunks were sent ends with an error event,
 never with `[DONE]`.
+
+A reversible PII guardrail runs here: the task (and so the provider and the database) holds placeholders, and
+this process alone keeps the values, for the time of the request, to put them back into the answer and its
+chunks on the way out.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from switchyard.gateway_api.schemas import (
     ModerationResponse,
 )
 from switchyard.gateway_api.state import ApiState
+from switchyard.guardrails.pii import Restorer, map_result
 from switchyard.tasks import openai_mapping as mapping
 from switchyard.tasks.schemas import TaskCreate
 from switchyard.tenancy.service import Principal
@@ -59,11 +64,13 @@ async def _json_object(request: Request) -> dict[str, Any]:
 
 async def _submit(
     state: ApiState, principal: Principal, body: TaskCreate, request: Request, task_id: str | None = None
-) -> str:
+) -> tuple[str, Restorer | None]:
+    """The task's id, and the restorer of a reversible PII guardrail's values (None: nothing to restore)."""
     try:
-        return await sync.create(state, principal, body, request, task_id=task_id)
+        created = await sync.submit(state, principal, body, request, task_id=task_id, restorable=True)
     except InvalidRequest as exc:
         raise sync.openai_style(exc) from None
+    return created.task.id, Restorer(created.vault) if created.vault else None
 
 
 async def _finished(state: ApiState, principal: Principal, task_id: str) -> dict[str, Any]:
@@ -102,7 +109,10 @@ async def chat_completions(request: Request, principal: Member, state: StateDep)
         guardrails=body.get("guardrails"),  # extra_body={"guardrails": ...} with the openai SDK
     )
     if not stream:
-        task = await _finished(state, principal, await _submit(state, principal, task_body, request))
+        task_id, restorer = await _submit(state, principal, task_body, request)
+        task = await _finished(state, principal, task_id)
+        if restorer is not None:
+            task = {**task, "result": map_result("chat", task["result"], restorer.restore)}
         return FastJSONResponse(mapping.chat_completion(task, model), headers=sync.task_headers(task, request))
     return await _stream(request, principal, state, task_body, model, include_usage)
 
@@ -114,7 +124,7 @@ async def _stream(
     following = Following(state.hub, principal.tenant_id, object_key("task", task_id), max_queue=100_000)
     await following.__aenter__()  # listening before the task exists: its first chunk cannot be missed
     try:
-        created = await _submit(state, principal, body, request, task_id=task_id)
+        created, restorer = await _submit(state, principal, body, request, task_id=task_id)
         replayed = created != task_id
         if replayed:  # an Idempotency-Key replay: follow that task from its start
             await following.__aexit__()
@@ -122,7 +132,7 @@ async def _stream(
             following = Following(state.hub, principal.tenant_id, object_key("task", task_id), max_queue=100_000)
             await following.__aenter__()
         events = following.events(since=0 if replayed else None)
-        chunks = _chunks(state, principal, task_id, model, include_usage, events)
+        chunks = _chunks(state, principal, task_id, model, include_usage, events, restorer)
         # Nothing is sent until the first chunk is known: a task that fails before any text answers with
         # its error status, like a non-streamed request.
         try:
@@ -164,8 +174,10 @@ async def _chunks(
     model: str,
     include_usage: bool,
     events: AsyncIterator[FeedEvent],
+    restorer: Restorer | None = None,
 ) -> AsyncIterator[bytes]:
-    """The task's events as chat.completion.chunk events."""
+    """The task's events as chat.completion.chunk events (with a reversible guardrail's values put back: a
+    placeholder cut over chunks is held back until it is whole)."""
     base = {"id": f"chatcmpl-{task_id}", "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
 
     def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
@@ -173,7 +185,15 @@ async def _chunks(
             {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}]}
         )
 
-    sent: list[str] = []
+    sent: list[str] = []  # the text as the task has it (placeholders, when restored)
+    restoring = restorer.stream() if restorer is not None else None
+
+    def restored(text: str) -> str:
+        return restoring.feed(text) if restoring is not None else text
+
+    def held() -> str:
+        return restoring.flush() if restoring is not None else ""
+
     async for event in events:
         if event.seq is None:  # a text chunk
             if event.view["data"]["index"] != len(sent):
@@ -182,7 +202,8 @@ async def _chunks(
                 yield chunk({"role": "assistant", "content": ""})
             text = str(event.view["data"]["content"])
             sent.append(text)
-            yield chunk({"content": text})
+            if out := restored(text):
+                yield chunk({"content": out})
             continue
         if not event.terminal:
             continue
@@ -193,6 +214,8 @@ async def _chunks(
             error = sync.failure(task, invalid=MalformedRequest)
             if not sent:
                 raise _FailedBeforeText(error)
+            if tail := held():
+                yield chunk({"content": tail})
             # Text went out already: the client must learn that the answer is cut short, not see it end.
             yield _sse({"error": {"type": error.type, "message": error.message, "param": None, "code": error.code}})
             return
@@ -204,9 +227,13 @@ async def _chunks(
         streamed = "".join(sent)
         if content != streamed:
             rest = content[len(streamed) :] if content.startswith(streamed) else content
-            if rest:
-                yield chunk({"content": rest})
+            if rest and (out := restored(rest)):
+                yield chunk({"content": out})
+        if tail := held():
+            yield chunk({"content": tail})
         if result.get("tool_calls"):
+            if restorer is not None:
+                result = map_result("chat", result, restorer.restore)
             calls = [{"index": i, **call} for i, call in enumerate(result["tool_calls"])]
             yield chunk({"tool_calls": calls})
         yield chunk({}, result.get("finish_reason") or "stop")
@@ -230,7 +257,7 @@ async def embeddings(request: Request, principal: Member, state: StateDep) -> Re
     body = await _json_object(request)
     task_input, encoding = mapping.embeddings_request(body)
     task_body = mapping.task_create("embed", body["model"], task_input, guardrails=body.get("guardrails"))
-    task = await _finished(state, principal, await _submit(state, principal, task_body, request))
+    task = await _finished(state, principal, (await _submit(state, principal, task_body, request))[0])
     payload = mapping.embedding_list(task, body["model"], encoding)
     return FastJSONResponse(payload, headers=sync.task_headers(task, request))
 
@@ -253,5 +280,5 @@ async def moderations(request: Request, principal: Member, state: StateDep) -> R
     task_body = mapping.task_create(
         "moderate", model, {"input": mapping.text_input(raw)}, guardrails=raw.get("guardrails")
     )
-    task = await _finished(state, principal, await _submit(state, principal, task_body, request))
+    task = await _finished(state, principal, (await _submit(state, principal, task_body, request))[0])
     return FastJSONResponse(mapping.moderation(task, model), headers=sync.task_headers(task, request))

@@ -101,6 +101,8 @@ class Claim:
     webhook: dict[str, Any] | None = None
     # What the task's admission took from limits and budgets (None: nothing to settle when it ends).
     admission: dict[str, Any] | None = None
+    # What its guardrails found (`tasks.guardrails`); the worker adds what the answer's guardrails find.
+    guardrails: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -241,6 +243,7 @@ def finished_view(
         finished_at=finished_at,
         metadata_=c.metadata or {},
         webhook=c.webhook,
+        guardrails=c.guardrails,
     )
     return task_view(task, [SimpleNamespace(**a) for a in attempts])
 

@@ -37,6 +37,7 @@ def new_task(
     batch_line: int | None = None,
     key_id: str | None = None,
     admission: dict[str, Any] | None = None,
+    guardrails: dict[str, Any] | None = None,
 ) -> Task:
     """A queued task row, not yet added to a session (inputs already checked by the caller)."""
     now = utcnow()
@@ -66,11 +67,15 @@ def new_task(
         batch_line=batch_line,
         key_id=key_id,
         admission=admission,
+        guardrails=guardrails,
     )
 
 
 def queued_event(task: Task) -> dict[str, Any]:
-    return {"id": task.id, "status": TaskStatus.QUEUED.value, "type": task.type, "model": task.model}
+    event: dict[str, Any] = {"id": task.id, "status": TaskStatus.QUEUED.value, "type": task.type, "model": task.model}
+    if task.guardrails is not None:
+        event["guardrails"] = task.guardrails  # what the request's guardrails found: types and counts
+    return event
 
 
 def enqueue(tx: Tx, dispatcher: Dispatcher, task: Task) -> None:
@@ -92,9 +97,9 @@ def enqueue(tx: Tx, dispatcher: Dispatcher, task: Task) -> None:
 _PG_CREATE = """
     WITH t AS (
         INSERT INTO tasks (id, tenant_id, type, model, status, input, options, metadata, cost_usd, attempt_count,
-                           reclaim_count, cancel_requested, created_at, published_at, key_id, admission)
+                           reclaim_count, cancel_requested, created_at, published_at, key_id, admission, guardrails)
         VALUES (%(id)s, %(tenant_id)s, %(type)s, %(model)s, 'queued', %(input)s, %(options)s, %(metadata)s,
-                0, 0, 0, false, %(now)s, %(now)s, %(key_id)s, %(admission)s)
+                0, 0, 0, false, %(now)s, %(now)s, %(key_id)s, %(admission)s, %(guardrails)s)
         RETURNING id
     )
     INSERT INTO events (tenant_id, type, task_id, data, created_at)
@@ -115,6 +120,7 @@ def _create_params(task: Task) -> dict[str, Any]:
         "event": jsonb(queued_event(task)),
         "key_id": task.key_id,
         "admission": None if task.admission is None else jsonb(task.admission),
+        "guardrails": None if task.guardrails is None else jsonb(task.guardrails),
     }
 
 
@@ -202,6 +208,7 @@ _TASK_COLUMNS = {
         "batch_line",
         "key_id",
         "admission",
+        "guardrails",
         "error",
         "finished_at",
     )

@@ -37,10 +37,11 @@ _PG_FINISH = """
             a_model text, a_provider text, a_deployment text, a_provider_model text, a_status text,
             a_error_type text, a_error_message text, a_status_code int, a_latency_ms int, a_input_tokens int,
             a_output_tokens int, a_cached_input_tokens int, a_cache_write_tokens int, a_predictions int,
-            a_compute_ms float8, a_cost_usd float8, a_started_at timestamptz)
+            a_compute_ms float8, a_cost_usd float8, a_started_at timestamptz, guardrails jsonb)
     ), d AS (
         UPDATE tasks t SET status = v.status, result = v.result, error = v.error, usage = v.usage,
-                           cost_usd = v.cost, finished_at = v.finished_at, lease_expires_at = NULL, attempt_count = v.n
+                           cost_usd = v.cost, finished_at = v.finished_at, lease_expires_at = NULL, attempt_count = v.n,
+                           guardrails = COALESCE(v.guardrails, t.guardrails)
         FROM v
         WHERE t.id = v.id AND t.claim_id = v.claim_id AND t.status = 'running' AND NOT t.cancel_requested
         RETURNING t.id
@@ -135,6 +136,7 @@ def write_first_finishes(db: Database, finishes: list[FirstFinish]) -> dict[str,
             run_id=c.run_id,
             step_id=c.step_id,
             view=views[c.task_id],
+            guardrails=c.guardrails,
         )
         rows.append(row)
     with db.autocommit() as conn:
@@ -173,6 +175,8 @@ def _finish_general(
             "lease_expires_at": None,
             "attempt_count": attempt.n if attempt else c.attempt_count,
         }
+        if c.guardrails is not None:  # with what the answer's guardrails found
+            values["guardrails"] = c.guardrails
         row = session.execute(
             task_update()
             .where(held, Task.cancel_requested.is_(False))
