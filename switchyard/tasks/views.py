@@ -55,6 +55,7 @@ class TaskFields(Protocol):
     finished_at: datetime | None
     metadata_: dict[str, Any]
     webhook: dict[str, Any] | None
+    guardrails: dict[str, Any] | None
 
 
 def attempt_view(attempt: Attempt | AttemptFields) -> dict[str, Any]:
@@ -101,6 +102,7 @@ def task_view(task: Task | TaskFields, attempts: Sequence[Attempt | AttemptField
         "finished_at": _iso(task.finished_at),
         "metadata": task.metadata_,
         "webhook": task.webhook,
+        "guardrails": task.guardrails,
     }
 
 

@@ -93,6 +93,8 @@ class Claim:
     webhook: dict[str, Any] | None = None
     # What the task's admission took from limits and budgets (None: nothing to settle when it ends).
     admission: dict[str, Any] | None = None
+    # What its guardrails found so far (`tasks.guardrails`), kept up to date as they write it.
+    guardrails: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -190,6 +192,13 @@ def claim_event(session: Session, c: Claim, type: str, data: dict[str, Any]) -> 
     )
 
 
+def guardrail_cost(c: Claim) -> float:
+    """What the task's guardrails spent on calls of their own (a moderation model's): part of the task's cost."""
+    if not c.guardrails:
+        return 0.0
+    return sum(float(v.get("cost_usd") or 0.0) for v in c.guardrails.values() if isinstance(v, dict))
+
+
 def usage_of_attempts(rows: list[dict[str, Any]]) -> dict[str, float]:
     """Usage summed over every attempt (failed attempts can still cost money)."""
     return Usage(
@@ -230,6 +239,7 @@ def finished_view(
         finished_at=finished_at,
         metadata_=c.metadata or {},
         webhook=c.webhook,
+        guardrails=c.guardrails,
     )
     return task_view(task, [SimpleNamespace(**a) for a in attempts])
 

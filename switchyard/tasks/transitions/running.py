@@ -30,7 +30,7 @@ from switchyard.tasks.views import task_view
 
 _CLAIM_COLUMNS = (
     "id, tenant_id, type, model, input, options, metadata, webhook, attempt_count, run_id, step_id, batch_id, "
-    "created_at, admission"
+    "created_at, admission, guardrails"
 )
 
 _PG_CLAIM = f"""
@@ -97,6 +97,7 @@ def claim(db: Database, task_ids: Sequence[str], lease_s: Callable[[dict[str, An
                         Task.batch_id,
                         Task.created_at,
                         Task.admission,
+                        Task.guardrails,
                     )
                 )
             )
@@ -130,6 +131,7 @@ def _claim_of(row: Any, claim_id: str, now: datetime) -> Claim:
         metadata=row.metadata,
         webhook=row.webhook,
         admission=row.admission,
+        guardrails=row.guardrails,
     )
 
 
