@@ -357,6 +357,8 @@ class Executor:
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if watch is None or watch.failure is None or (current is not None and current.cancelling()):
+                if watch is not None:
+                    watch.abandon()
                 raise  # not our cut: the worker is shutting down
             # Cut by the gate: the provider has produced (and billed) about this much.
             usage = Usage(estimate_tokens("chat", claim.input), math.ceil(len(watch.text) / 4))
