@@ -162,6 +162,10 @@ class TaskView(BaseModel):
     finished_at: str | None
     metadata: dict[str, JsonScalar]
     webhook: ObjectWebhook | None
+    guardrails: dict[str, Any] | None = Field(
+        description="What the call's guardrails found, by kind (`moderation`: verdicts, sources, top scores); "
+        "never the text."
+    )
 
 
 class TaskPage(BaseModel):
