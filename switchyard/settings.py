@@ -89,6 +89,11 @@ class Settings(BaseSettings):
     # A task no deployment can take (breakers open, rpm/tpm limits reached) waits in the database; it fails
     # as unavailable once it is this old.
     unavailable_timeout_s: float = Field(default=600.0, gt=0)
+    # Moderation gates: how long one check may take (all its tries together) before the moderation model
+    # counts as unavailable and the guardrail's `when_unavailable` decides; the keyword list that
+    # `when_unavailable: keywords` uses (unset: the packaged defaults/moderation_keywords.yaml).
+    moderation_timeout_s: float = Field(default=3.0, gt=0, le=60)
+    moderation_keywords_file: Path | None = None
 
     # Events. The relay looks for committed events every relay_poll_s and numbers what it finds in one batch:
     # writers do not wake it (a NOTIFY serialises every notifying commit, fsync included, on one lock; a

@@ -65,6 +65,16 @@ class BudgetExceeded(RateLimited):
     type = "budget_exceeded"
 
 
+class ContentBlocked(AppError):
+    """A moderation gate (or the provider's own content policy) refused the call: OpenAI's answer to a policy
+    refusal, a 400, with `code: content_blocked`."""
+
+    status = 400
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = "content_blocked") -> None:
+        super().__init__(message, param=param, code=code)
+
+
 class PayloadTooLarge(AppError):
     status = 413
     type = "request_too_large"
@@ -95,6 +105,14 @@ class ServiceUnavailable(AppError):
     def __init__(self, message: str, *, retry_after_s: int = 5) -> None:
         super().__init__(message)
         self.headers["Retry-After"] = str(retry_after_s)
+
+
+class GuardrailUnavailable(ServiceUnavailable):
+    """A moderation gate could not check the call (its model unavailable) and its guardrail says `block`."""
+
+    def __init__(self, message: str, *, retry_after_s: int = 5) -> None:
+        super().__init__(message, retry_after_s=retry_after_s)
+        self.code = "guardrail_unavailable"
 
 
 class ConfigError(Exception):

@@ -63,7 +63,8 @@ Behaviour
   a chat request (any chat route) to MODEL whose prompt tokens exceed N gets the context-length error of
   ``[[context]]`` with W = N. Embeddings and moderations ignore the windows.
 - Embeddings: unit vectors (float32) derived from sha256 of each input text.
-- Moderation flags any input containing ``[[flag]]`` (category ``harassment`` scores 0.99).
+- Moderation flags any input containing ``[[flag]]`` (category ``harassment`` scores 0.99); ``[[flag:N]]``
+  makes ``harassment`` score N/100 (flagged when N >= 50). Every other score is 0.001.
 
 Markers (searched in the text of ALL messages, incl. system, or in embeddings/moderation ``input``)
 ---------------------------------------------------------------------------------------------------
@@ -103,6 +104,7 @@ markers of one kind, the first one that applies to the request's model wins; the
                          not allowed by our content policy."; Anthropic: ``invalid_request_error`` "Output
                          blocked by content filtering policy".
 - ``[[flag]]``           moderation flags the input.
+- ``[[flag:N]]``         (extension) moderation scores ``harassment`` N/100 (0-100), flagged when N >= 50.
 
 Global settings (``--latency-ms``, ``--fail-rate``, ``--fail-status`` or ``POST /control``) apply to every
 API request. The fail rate is deterministic: API request number n (1-based, counted over all API requests
@@ -331,6 +333,7 @@ class _Markers:
     context: bool = False
     policy: bool = False
     flag: bool = False
+    flag_score: float | None = None
 
 
 _NO_MARKERS = _Markers()
@@ -368,6 +371,10 @@ def _parse_markers(text: str, model: str) -> _Markers:
             m.fail_model = only_for
         elif ":" in arg:
             continue
+        elif name == "flag":
+            if int(arg) > 100:
+                continue
+            m.flag_score = int(arg) / 100
         elif name == "sleep":
             m.sleep_ms = int(arg)
         elif name == "retry-after":
@@ -1024,10 +1031,14 @@ class FakeProvider:
 
         results = []
         for text in texts:
-            # each input is flagged on its own, by a [[flag]] that applies to this model
-            flagged = _parse_markers(text, model).flag
+            # each input is scored on its own, by a [[flag]] or [[flag:N]] that applies to this model
+            markers = _parse_markers(text, model)
+            score = 0.99 if markers.flag else markers.flag_score
+            flagged = score is not None and score >= 0.5
             categories = {c: flagged and c == _FLAGGED_CATEGORY for c in MODERATION_CATEGORIES}
-            scores = {c: 0.99 if categories[c] else 0.001 for c in MODERATION_CATEGORIES}
+            scores = {c: 0.001 for c in MODERATION_CATEGORIES}
+            if score is not None:
+                scores[_FLAGGED_CATEGORY] = score
             results.append(
                 {
                     "flagged": flagged,

@@ -177,6 +177,10 @@ class PredictResponse(BaseModel):
 # --- OpenAI-compatible ----------------------------------------------------------------------------------------------
 
 
+# `extra_body={"guardrails": ...}` with the openai SDK.
+_GUARDRAILS = "This call's guardrails (pii, moderation): each kind replaces the model's and the config file's."
+
+
 class StreamOptions(BaseModel):
     include_usage: bool | None = None
 
@@ -192,9 +196,7 @@ class ChatCompletionRequest(ChatInput):
     service_tier: Any = Field(default=None, description="Accepted and ignored.")
     logprobs: Literal[False] | None = Field(default=None, description="Not supported: only false or null.")
     top_logprobs: Literal[0] | None = Field(default=None, description="Not supported: only 0 or null.")
-    guardrails: Guardrails | None = Field(
-        default=None, description='This call\'s guardrails (`extra_body={"guardrails": ...}` with the openai SDK).'
-    )
+    guardrails: Guardrails | None = Field(default=None, description=_GUARDRAILS)
 
 
 class ChatMessageOut(BaseModel):
@@ -245,9 +247,7 @@ class EmbeddingRequest(EmbedInput):
     model: Annotated[str, Field(min_length=1, max_length=200)] = Field(description="A logical model's name.")
     encoding_format: Literal["float", "base64"] | None = None
     user: str | None = Field(default=None, description="Accepted and ignored.")
-    guardrails: Guardrails | None = Field(
-        default=None, description='This call\'s guardrails (`extra_body={"guardrails": ...}` with the openai SDK).'
-    )
+    guardrails: Guardrails | None = Field(default=None, description=_GUARDRAILS)
 
 
 class Embedding(BaseModel):

@@ -8,6 +8,9 @@ so a killed worker leaves at most a lease that the sweeper reclaims.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,9 +30,10 @@ from switchyard.guardrails import pii
 from switchyard.providers.base import CallResult, ProviderAdapter, Usage
 from switchyard.providers.pricing import cost_usd
 from switchyard.providers.registry import ProviderSet
-from switchyard.providers.router import Choice, Earlier, Route, Router, Unavailable, backoff_s
+from switchyard.providers.router import Choice, Earlier, Route, Router, Unavailable, backoff_s, estimate_tokens
 from switchyard.settings import Settings
 from switchyard.tasks import transitions
+from switchyard.tasks.moderation_gate import ModerationGates, Step, StreamGate, TaskGate
 from switchyard.tasks.transitions import AttemptRecord, Claim, Finished, RunAdvancer, TaskStatus
 
 log = structlog.get_logger(__name__)
@@ -48,6 +52,8 @@ class Execution:
     max_attempts: int
     timeout_s: float
     n: int = field(init=False)
+    # Its moderation gate (None: no moderation guardrail applies, nothing to do).
+    gate: TaskGate | None = None
 
     def __post_init__(self) -> None:
         self.n = self.claim.attempt_count + 1
@@ -65,6 +71,8 @@ class Outcome:
     result: CallResult | None = None
     error: ProviderError | None = None
     batch: bool = False  # a batch line: the deployment's batch price applies when it has one
+    # The task's error when a guardrail stopped the answer: the task fails with it, whatever fallbacks exist.
+    failure: dict[str, Any] | None = None
 
     @property
     def cost(self) -> float:
@@ -119,6 +127,7 @@ class Executor:
         self.finished = Finished(on_finished=on_finished, advancer=dispatcher, batch_advancer=batch_advancer)
         # Where a streaming chat task's text chunks go as they arrive (None: nobody can listen, do not stream).
         self.deltas = deltas
+        self.gates = ModerationGates(settings, config, db, providers, router)
         # Publishes a task handed back at shutdown.
         self.dispatch = dispatch
         # Finishes settled at the same time on several threads are written in one statement.
@@ -150,7 +159,10 @@ class Executor:
                 max_attempts=int(claim.options.get("max_attempts") or self.settings.default_max_attempts),
                 timeout_s=float(claim.options.get("timeout_s") or self.settings.default_timeout_s),
             )
-            if self.choose_next(execution):
+            execution.gate = self.gates.for_claim(claim)
+            if execution.gate is not None and execution.gate.request_pending:
+                started.append(execution)  # no deployment is taken before its request has passed (guard_request)
+            elif self.choose_next(execution):
                 started.append(execution)
         return started
 
@@ -173,6 +185,18 @@ class Executor:
         self.router.finish(
             choice, _health_outcome(outcome), outcome.latency_ms, usage.input_tokens + usage.output_tokens
         )
+        if outcome.failure is not None:
+            transitions.finish(
+                self.db,
+                claim,
+                outcome.record(),
+                status=TaskStatus.FAILED,
+                result=None,
+                error=outcome.failure,
+                then=self.finished,
+                group=self.finishes,
+            )
+            return None
         if outcome.error is None:
             assert outcome.result is not None
             result = dict(outcome.result.output)
@@ -244,8 +268,23 @@ class Executor:
 
     # --- the call (the event loop) ----------------------------------------------------------------------------
 
-    async def call(self, ex: Execution) -> Outcome:
-        """One provider call for the chosen deployment, on the running event loop."""
+    async def guard_request(self, ex: Execution, step: Step) -> bool:
+        """The request gate, before any provider call, then the first deployment's choice. False when the
+        task ended here (blocked, or its moderation model away with `when_unavailable: block`) or was handed
+        back (nothing can take it now)."""
+        gate = ex.gate
+        if gate is None or not gate.request_pending:
+            return True
+        failure = await gate.check_request(step)
+        if failure is not None:
+            await step(partial(self._fail, ex.claim, failure))
+            return False
+        return bool(await step(self.choose_next, ex))
+
+    async def call(self, ex: Execution, step: Step | None = None) -> Outcome:
+        """One provider call for the chosen deployment, on the running event loop; with a moderation gate on
+        the response, its answer is checked (a streamed one as it goes) before it counts. `step` runs the
+        gate's blocking steps on the caller's threads."""
         assert ex.choice is not None
         claim, deployment, model, n = ex.claim, ex.choice.deployment, ex.choice.model, ex.n
         batch = claim.batch_id is not None
@@ -272,6 +311,21 @@ class Executor:
             if text:
                 publish(text)
 
+        def scrubbed(result: CallResult) -> CallResult:
+            if answer is None:
+                return result
+            if stream and (rest := answer.rest()):
+                publish(rest)
+            claim.guardrails = answer.record(claim.guardrails)
+            return CallResult(answer.result(claim.type, result.output), result.usage, result.provider_model)
+
+        gate = ex.gate if ex.gate is not None and ex.gate.on_response else None
+        if gate is not None:
+            # The moderation gate sees the answer as the provider wrote it; what it lets through is scrubbed.
+            gated = await self._call_gated(ex, gate, step or _default_step, on_delta if stream else None)
+            if gated.error is None and gated.result is not None:
+                return dataclasses.replace(gated, result=scrubbed(gated.result))
+            return gated
         try:
             result = await _invoke(
                 adapter, claim.type, deployment.model, claim.input, ex.timeout_s, on_delta if stream else None
@@ -290,14 +344,78 @@ class Executor:
             log.exception("adapter_crashed", task_id=claim.task_id, provider=deployment.provider)
             err = ProviderError("provider_error", f"{type(exc).__name__}: {exc}", retryable=False)
             return Outcome(deployment, model, n, started_at, _ms_since(t0), error=err, batch=batch)
-        if answer is not None:
-            if stream and (rest := answer.rest()):
-                publish(rest)
-            result = CallResult(answer.result(claim.type, result.output), result.usage, result.provider_model)
-            claim.guardrails = answer.record(claim.guardrails)
-        return Outcome(deployment, model, n, started_at, _ms_since(t0), result=result, batch=batch)
+        return Outcome(deployment, model, n, started_at, _ms_since(t0), result=scrubbed(result), batch=batch)
+
+    async def _call_gated(
+        self, ex: Execution, gate: TaskGate, step: Step, on_delta: Callable[[str], None] | None
+    ) -> Outcome:
+        """`call` with the response gate: the answer checked before it counts; a streamed one checked as it
+        goes, its chunks held until passed, its provider call cut when a check blocks."""
+        assert ex.choice is not None
+        claim, deployment, model, n = ex.claim, ex.choice.deployment, ex.choice.model, ex.n
+        batch = claim.batch_id is not None
+        adapter = self.providers.get(deployment.provider)
+        started_at = utcnow()
+        t0 = time.perf_counter()
+        invoke: asyncio.Task[CallResult] | None = None
+
+        def cut() -> None:
+            if invoke is not None:
+                invoke.cancel()
+
+        watch: StreamGate | None = gate.stream(step, on_delta, cut) if on_delta is not None else None
+        invoke = asyncio.ensure_future(
+            _invoke(
+                adapter,
+                claim.type,
+                deployment.model,
+                claim.input,
+                ex.timeout_s,
+                watch.on_delta if watch is not None else None,
+            )
+        )
+        try:
+            result = await invoke
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if watch is None or watch.failure is None or (current is not None and current.cancelling()):
+                if watch is not None:
+                    watch.abandon()
+                raise  # not our cut: the worker is shutting down
+            # Cut by the gate: the provider has produced (and billed) about this much.
+            usage = Usage(estimate_tokens("chat", claim.input), math.ceil(len(watch.text) / 4))
+            await watch.finish()
+            error = ProviderError("content_blocked", watch.failure["message"], retryable=False)
+            partial_result = CallResult(output={}, usage=usage, provider_model=deployment.model)
+            return Outcome(deployment, model, n, started_at, _ms_since(t0), partial_result, error, batch, watch.failure)
+        except ProviderError as exc:
+            if watch is not None:
+                watch.abandon()
+                if watch.released:
+                    exc = ProviderError(
+                        "stream_interrupted",
+                        f"the stream broke after {watch.released} chunks were sent: {exc.message}",
+                        retryable=False,
+                        status_code=exc.status_code,
+                    )
+            return Outcome(deployment, model, n, started_at, _ms_since(t0), error=exc, batch=batch)
+        except Exception as exc:  # an adapter bug must fail the attempt, not the loop
+            if watch is not None:
+                watch.abandon()
+            log.exception("adapter_crashed", task_id=claim.task_id, provider=deployment.provider)
+            err = ProviderError("provider_error", f"{type(exc).__name__}: {exc}", retryable=False)
+            return Outcome(deployment, model, n, started_at, _ms_since(t0), error=err, batch=batch)
+        latency = _ms_since(t0)
+        failure = await watch.finish() if watch is not None else await gate.check_response(result.output, step)
+        if failure is None:
+            return Outcome(deployment, model, n, started_at, latency, result=result, batch=batch)
+        error = ProviderError(failure["type"], failure["message"], retryable=False)
+        return Outcome(deployment, model, n, started_at, latency, result, error, batch, failure)
 
     # --- helpers ----------------------------------------------------------------------------------------------
+
+    def _fail(self, claim: Claim, error: dict[str, Any]) -> None:
+        transitions.finish(self.db, claim, None, status=TaskStatus.FAILED, result=None, error=error, then=self.finished)
 
     def _wait_for_deployment(self, claim: Claim, unavailable: Unavailable) -> None:
         """Hand the task back with a due time, no attempt made, or fail it once it has waited longer than
@@ -355,12 +473,17 @@ def _finished_id(finish: transitions.FirstFinish) -> str:
 
 def _health_outcome(outcome: Outcome) -> str | None:
     """What an attempt says of its deployment: failures another try could fix count against it; the
-    caller's own mistakes (a 400, a prompt too long) do not."""
-    if outcome.error is None:
+    caller's own mistakes (a 400, a prompt too long) do not; an answer a guardrail stopped was served well."""
+    if outcome.error is None or outcome.failure is not None:
         return "ok"
     if outcome.error.retryable or outcome.error.error_type == "stream_interrupted":
         return "fail"
     return None
+
+
+async def _default_step(fn: Callable[..., Any], *args: Any) -> Any:
+    """Blocking work of a gate on the loop's default threads (for a caller with no step threads of its own)."""
+    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
 
 def _ms_since(t0: float) -> int:

@@ -20,7 +20,9 @@ from switchyard.core.errors import (
     AppError,
     BudgetExceeded,
     Conflict,
+    ContentBlocked,
     GatewayTimeout,
+    GuardrailUnavailable,
     InvalidRequest,
     MalformedRequest,
     NotFound,
@@ -221,7 +223,9 @@ def failure(task: dict[str, Any], *, invalid: type[AppError] = InvalidRequest) -
     kind = error["type"]
     message = f"task {task['id']} {task['status']}: {error['message']}"
     exc: AppError
-    if kind in ("invalid_request", "context_length_exceeded", "content_blocked"):
+    if kind == "content_blocked":
+        exc = ContentBlocked(message)
+    elif kind in ("invalid_request", "context_length_exceeded"):
         exc = invalid(message)
     elif kind == "rate_limited":
         exc = RateLimited(message)
@@ -231,6 +235,8 @@ def failure(task: dict[str, Any], *, invalid: type[AppError] = InvalidRequest) -
         exc = GatewayTimeout(message)
     elif kind == "unavailable":
         exc = ServiceUnavailable(message)
+    elif kind == "guardrail_unavailable":
+        exc = GuardrailUnavailable(message)
     elif kind == "canceled":
         exc = Conflict(message)
     else:

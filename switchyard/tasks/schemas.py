@@ -164,7 +164,8 @@ class TaskView(BaseModel):
     webhook: ObjectWebhook | None
     guardrails: dict[str, Any] | None = Field(
         description="What the call's guardrails found, by kind: `pii` has the mode and, per direction "
-        "(`request`, `response`), the values replaced by entity type. Counts only, never the values."
+        "(`request`, `response`), the values replaced by entity type; `moderation` has verdicts, sources and top "
+        "scores. Counts and scores only, never the text."
     )
 
 

@@ -80,6 +80,9 @@ def validate_input(
         )
     if body.options.stream and body.type != "chat":
         raise InvalidRequest("only chat tasks can stream", param="options.stream")
+    moderation = body.options.guardrails.moderation if body.options.guardrails is not None else None
+    if moderation is not None:
+        _check_moderation_model(config, moderation.model)
     try:
         parsed = INPUT_MODELS[body.type].model_validate(body.input)
     except ValidationError as exc:
@@ -89,6 +92,16 @@ def validate_input(
     if body.type == "predict" and signature is not None:
         check_inputs(signature, normalised["inputs"])
     return normalised
+
+
+def _check_moderation_model(config: AppConfig, name: str) -> None:
+    """A request's moderation guardrail must name a `moderate` model of the config (as the config file's must)."""
+    other = config.models.get(name)
+    if other is None or other.type != "moderate":
+        problem = "an unknown model" if other is None else f"a {other.type} model, not a moderate model"
+        raise InvalidRequest(
+            f"options.guardrails.moderation.model: '{name}' is {problem}", param="options.guardrails.moderation.model"
+        )
 
 
 @dataclass(frozen=True)

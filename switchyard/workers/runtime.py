@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any, TypeVar
 
 import structlog
@@ -96,9 +97,12 @@ class Runtime:
     # --- the loop side ----------------------------------------------------------------------------------------
 
     async def _drive(self, ex: Execution, lane: _Lane) -> None:
+        step = partial(self._step, lane)
         try:
+            if not await self.executor.guard_request(ex, step):
+                return
             while True:
-                outcome = await self.executor.call(ex)
+                outcome = await self.executor.call(ex, step)
                 wait = await self._step(lane, self.executor.settle, ex, outcome)
                 if wait is None:
                     return

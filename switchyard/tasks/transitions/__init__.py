@@ -34,6 +34,7 @@ from switchyard.tasks.transitions.create import (
     new_task,
 )
 from switchyard.tasks.transitions.finish import FinishGroup, FirstFinish, finish, write_first_finishes
+from switchyard.tasks.transitions.guardrails import record_guardrails
 from switchyard.tasks.transitions.running import cancel_released, claim, hand_back, record_retry, release
 from switchyard.tasks.transitions.settle import Settler, install_settler, settle_now
 from switchyard.tasks.transitions.sweep import reclaim_expired, republish_due
@@ -70,6 +71,7 @@ __all__ = [
     "install_settler",
     "new_task",
     "reclaim_expired",
+    "record_guardrails",
     "record_retry",
     "release",
     "republish_due",

@@ -101,7 +101,7 @@ class Claim:
     webhook: dict[str, Any] | None = None
     # What the task's admission took from limits and budgets (None: nothing to settle when it ends).
     admission: dict[str, Any] | None = None
-    # What its guardrails found (`tasks.guardrails`); the worker adds what the answer's guardrails find.
+    # What its guardrails found so far (`tasks.guardrails`), kept up to date as they write it.
     guardrails: dict[str, Any] | None = None
 
 
@@ -201,6 +201,13 @@ def claim_event(session: Session, c: Claim, type: str, data: dict[str, Any]) -> 
     append_event(
         session, tenant_id=c.tenant_id, type=type, task_id=c.task_id, run_id=c.run_id, step_id=c.step_id, data=data
     )
+
+
+def guardrail_cost(c: Claim) -> float:
+    """What the task's guardrails spent on calls of their own (a moderation model's): part of the task's cost."""
+    if not c.guardrails:
+        return 0.0
+    return sum(float(v.get("cost_usd") or 0.0) for v in c.guardrails.values() if isinstance(v, dict))
 
 
 def usage_of_attempts(rows: list[dict[str, Any]]) -> dict[str, float]:

@@ -18,6 +18,7 @@ from switchyard.tasks.transitions.common import (
     TaskStatus,
     claim_event,
     finished_view,
+    guardrail_cost,
     jsonb,
     log,
     run_after,
@@ -118,9 +119,8 @@ def write_first_finishes(db: Database, finishes: list[FirstFinish]) -> dict[str,
         c, attempt = f.claim, f.attempt
         usage = attempt.usage.as_dict()
         values = attempt.values(c.task_id)
-        views[c.task_id] = finished_view(
-            c, f.status, f.result, f.error, usage, attempt.cost_usd, attempt.finished_at, [values]
-        )
+        cost = attempt.cost_usd + guardrail_cost(c)
+        views[c.task_id] = finished_view(c, f.status, f.result, f.error, usage, cost, attempt.finished_at, [values])
         row = {f"a_{k}": v for k, v in values.items() if k not in ("task_id", "n", "finished_at")}
         row.update(
             id=c.task_id,
@@ -129,7 +129,7 @@ def write_first_finishes(db: Database, finishes: list[FirstFinish]) -> dict[str,
             result=f.result,
             error=f.error,
             usage=usage,
-            cost=attempt.cost_usd,
+            cost=cost,
             n=attempt.n,
             finished_at=attempt.finished_at,
             tenant_id=c.tenant_id,
@@ -163,7 +163,7 @@ def _finish_general(
         ]
         # A success shows the usage of the call that answered; a failure, what every attempt used.
         usage = attempt.usage.as_dict() if status == TaskStatus.SUCCEEDED and attempt else usage_of_attempts(rows)
-        cost = sum(r["cost_usd"] for r in rows)
+        cost = sum(r["cost_usd"] for r in rows) + guardrail_cost(c)
         now = utcnow()
         held = (Task.id == c.task_id) & (Task.claim_id == c.claim_id) & (Task.status == TaskStatus.RUNNING)
         values = {
