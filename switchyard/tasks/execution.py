@@ -316,8 +316,9 @@ class Executor:
                 return result
             if stream and (rest := answer.rest()):
                 publish(rest)
-            claim.guardrails = answer.record(claim.guardrails)
-            return CallResult(answer.result(claim.type, result.output), result.usage, result.provider_model)
+            output = answer.result(claim.type, result.output)
+            claim.guardrails = answer.record(claim.guardrails)  # after result(): it counts what that scrubbed
+            return CallResult(output, result.usage, result.provider_model)
 
         gate = ex.gate if ex.gate is not None and ex.gate.on_response else None
         if gate is not None:

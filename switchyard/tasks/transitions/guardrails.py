@@ -21,13 +21,18 @@ def record_guardrails(db: Database, c: Claim, kind: str, record: dict[str, Any],
     value: Any
     if db.is_postgres:
         # Merged in the statement: another kind's key written meanwhile is kept.
+        # A row made without guardrails may hold JSON null rather than SQL NULL (the ORM's JSON type writes None
+        # so): `null || {...}` would make an array, so JSON null counts as empty too.
         empty = cast(literal("{}"), JSONB)
-        value = func.coalesce(Task.guardrails, empty).op("||", return_type=JSONB)(
+        current = func.nullif(Task.guardrails, cast(literal("null"), JSONB))
+        value = func.coalesce(current, empty).op("||", return_type=JSONB)(
             func.jsonb_build_object(kind, bindparam("record", record, type_=JSONB))
         )
     else:
         value = func.json_set(
-            func.coalesce(Task.guardrails, "{}"), f"$.{kind}", func.json(orjson.dumps(record).decode())
+            func.coalesce(func.nullif(Task.guardrails, "null"), "{}"),
+            f"$.{kind}",
+            func.json(orjson.dumps(record).decode()),
         )
     with db.transaction() as tx:
         row = tx.session.execute(
