@@ -27,6 +27,7 @@ from switchyard.core.group_commit import GroupCommit
 from switchyard.core.models import Attempt, utcnow
 from switchyard.events.bus import delta_event
 from switchyard.guardrails import pii
+from switchyard.observability import metrics
 from switchyard.providers.base import CallResult, ProviderAdapter, Usage
 from switchyard.providers.pricing import cost_usd
 from switchyard.providers.registry import ProviderSet
@@ -185,6 +186,17 @@ class Executor:
         self.router.finish(
             choice, _health_outcome(outcome), outcome.latency_ms, usage.input_tokens + usage.output_tokens
         )
+        metrics.attempt_ended(
+            outcome.deployment.provider,
+            outcome.deployment.name,
+            outcome.model,
+            outcome.error.error_type if outcome.error else None,
+            outcome.latency_ms / 1000.0,
+            usage.input_tokens,
+            usage.output_tokens,
+            outcome.cost,
+            claim.tenant_id,
+        )
         if outcome.failure is not None:
             transitions.finish(
                 self.db,
@@ -231,6 +243,8 @@ class Executor:
                 group=self.finishes,
             )
             return None
+        if moved_on:
+            metrics.fell_back(choice.model, ex.route.model)
         wait = 0.0
         if not self.router.fails_over_at_once(ex.route):
             # Only the deployments that failed are left: give them time (and what they asked for).
@@ -304,6 +318,8 @@ class Executor:
                 task_id=claim.task_id, run_id=claim.run_id, step_id=claim.step_id, index=chunks, content=text
             )
             self.deltas(claim.tenant_id, event)
+            if not chunks:
+                metrics.first_token(model, time.perf_counter() - t0)
             chunks += 1
 
         def on_delta(text: str) -> None:
