@@ -174,6 +174,9 @@ class Executor:
         if isinstance(choice, Unavailable):
             self._wait_for_deployment(ex.claim, choice)
             return False
+        if ex.choice is not None and ex.choice.model != choice.model:
+            # The route moved on (its model's deployments failed, or an error with a fallback of its own).
+            metrics.fell_back(ex.choice.model, choice.model)
         ex.choice = choice
         return True
 
@@ -243,8 +246,6 @@ class Executor:
                 group=self.finishes,
             )
             return None
-        if moved_on:
-            metrics.fell_back(choice.model, ex.route.model)
         wait = 0.0
         if not self.router.fails_over_at_once(ex.route):
             # Only the deployments that failed are left: give them time (and what they asked for).
