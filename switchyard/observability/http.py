@@ -2,7 +2,7 @@
 
 It sits on every request's path, so it does little: a clock read at each end, the route template FastAPI left in
 the scope, and label children cached per (method, route, status) so that a request costs two dictionary lookups
-and two increments, not prometheus-client's label resolution (bench/benchmarks/metrics_middleware.py)."""
+and two increments, not prometheus-client's label resolution (bench/metrics_middleware.py)."""
 
 from __future__ import annotations
 
