@@ -117,7 +117,12 @@ def dev(host: str, port: int, fake_port: int) -> None:
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--workers", default=1, show_default=True, type=int, help="uvicorn worker processes")
 def api(host: str, port: int, workers: int) -> None:
-    """The HTTP/WebSocket front (uvicorn)."""
+    """The HTTP/WebSocket front (uvicorn); `GET /metrics` serves every process's metrics."""
+    if workers > 1 and _settings().metrics:
+        from switchyard.observability.exposition import prepare_multiprocess
+
+        # Before prometheus-client is imported anywhere: the uvicorn processes inherit it and share their values.
+        prepare_multiprocess(_settings().data_dir, f"api-{port}")
     import uvicorn
 
     _check_config()
@@ -161,6 +166,12 @@ def _pool_for(queues: list[str]) -> str:
 # Kept so that existing command lines still start: every worker now competes to run the periodic duties.
 @click.option("--beat", is_flag=True, hidden=True, help="no longer needed (every worker runs the periodic duties)")
 @click.option("--loglevel", default=None, help="default: SWITCHYARD_LOG_LEVEL (INFO)")
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="serve this worker's Prometheus metrics on this port (default: SWITCHYARD_METRICS_PORT; unset: none)",
+)
 def worker(
     queues: str,
     concurrency: int | None,
@@ -168,6 +179,7 @@ def worker(
     pool: str | None,
     beat: bool,
     loglevel: str | None,
+    metrics_port: int | None,
 ) -> None:
     """A Celery worker; one worker at a time also leads the periodic duties (sweeps)."""
     _check_config()
@@ -194,6 +206,11 @@ def worker(
     if pool == "prefork":
         # ONNX Runtime sizes its threads to the cores divided among the processes (ml/batching.py).
         os.environ["SWITCHYARD_ML_PROCESSES"] = str(concurrency)
+    metrics_port = metrics_port or _settings().metrics_port
+    if metrics_port is not None and _settings().metrics:
+        from switchyard.observability.exposition import serve_worker_metrics
+
+        serve_worker_metrics(_settings(), metrics_port, prefork=pool == "prefork")
     from switchyard.workers.celery_app import app
 
     argv = [

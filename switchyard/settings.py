@@ -111,6 +111,16 @@ class Settings(BaseSettings):
     # permessage-deflate on WebSocket connections: less bandwidth, much more CPU per listener.
     ws_compression: bool = False
 
+    # Prometheus metrics (docs/api.md, "Metrics"): GET /metrics on the API, `switchyard worker --metrics-port`
+    # (or metrics_port) on workers, served on metrics_host. A tenant label on the per-task families only when
+    # asked: one series per tenant and model is what makes a Prometheus fall over. The API's queue and health
+    # gauges come from the database and Redis, read at most once per metrics_state_cache_s.
+    metrics: bool = True
+    metrics_tenant_label: bool = False
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_host: str = "0.0.0.0"
+    metrics_state_cache_s: float = Field(default=5.0, ge=0, le=300)
+
     # Webhooks. Deliveries to loopback, private and link-local addresses are refused unless allowed (cloud
     # metadata addresses always are). A failed attempt is retried after each wait of the schedule in turn
     # (a JSON list of seconds), never sooner than the receiver's Retry-After; then the delivery has failed.

@@ -13,6 +13,12 @@ settlement on the hot path, against the same run's unlimited key (target >= 0.9x
 
 A fourth side, `pii`, is ours with a PII guardrail (`mask`) on the request, on a message holding an email and a
 phone number, against the same run's `ours` (target >= 0.9x).
+
+A fifth side, `nometrics`, is a second API process started with SWITCHYARD_METRICS=false (no middleware, no
+overhead histogram) in front of the same worker: `ours` (metrics on, the default) against it gives the cost of
+the API's metrics on the hot path (target >= 0.95x). The worker's own metrics (a few increments per task) are on
+for both sides: a worker's families are made when the process starts, and two workers on one queue would
+each take the other side's tasks.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from bench.stack import (
     Switchyard,
     wait_worker,
 )
-from tests.processes import Process
+from tests.processes import Process, cli, free_port, wait_http
 
 REDIS_DB = 4
 # Never reached in a run, so every call pays the whole admission and settlement and none is refused.
@@ -117,11 +123,20 @@ def run(opts: Options) -> Result:
         _check_answer(ours.url, limited, "ours")
         _check_answer(ours.url, ours.key, "ours", PII_BODY)
         _check_answer(proxy.url, proxy.key, "LiteLLM's proxy")
+        bare_url = f"http://127.0.0.1:{free_port()}"
+        bare = env.start(
+            "api-nometrics", cli("api", "--port", bare_url.rsplit(":", 1)[1]), {"SWITCHYARD_METRICS": "false"}
+        )
+        wait_http(f"{bare_url}/healthz", bare)
+        if httpx.get(f"{bare_url}/metrics").status_code != 404:
+            raise BenchError("the API started with SWITCHYARD_METRICS=false serves /metrics")
+        _check_answer(bare_url, ours.key, "ours")
         sides: dict[str, tuple[str, str, list[Process]]] = {
             "proxy": (proxy.url, proxy.key, [proxy.proc]),
             "ours": (ours.url, ours.key, [ours.api, worker]),
             "limited": (ours.url, limited, [ours.api, worker]),
             "pii": (ours.url, ours.key, [ours.api, worker]),
+            "nometrics": (bare_url, ours.key, [bare, worker]),
         }
         bodies = {side: PII_BODY if side == "pii" else BODY for side in sides}
         runs: dict[str, list[LoadResult]] = {k: [] for k in sides}
@@ -147,6 +162,7 @@ def run(opts: Options) -> Result:
         succeeded = ours.count("SELECT count(*) FROM tasks WHERE status = 'succeeded'")
         failed = ours.count("SELECT count(*) FROM tasks WHERE status = 'failed'")
         summary = {side: _summary(runs[side], cpu_ms[side]) for side in sides}
+        ours_ok = sum(ok_total[side] for side in sides if side != "proxy")
         o, b = summary["ours"]["rps"], summary["proxy"]["rps"]
         return {
             "ours": o,
@@ -180,12 +196,21 @@ def run(opts: Options) -> Result:
                 "target": 0.9,
                 "target_kind": ">=",
             },
+            # The same worker behind an API with metrics on (the default) vs one with SWITCHYARD_METRICS=false.
+            "metrics": {
+                "ours": o,
+                "baseline": summary["nometrics"]["rps"],
+                "unit": "req/s",
+                "ratio": o / summary["nometrics"]["rps"],
+                "target": 0.95,
+                "target_kind": ">=",
+            },
             "check": {
                 # Every 2xx of ours is a succeeded task; more tasks than 2xx are the requests wrk dropped at its end.
-                "ours_2xx_incl_warmup": ok_total["ours"] + ok_total["limited"] + ok_total["pii"],
+                "ours_2xx_incl_warmup": ours_ok,
                 "ours_tasks_succeeded": succeeded,
                 "ours_tasks_failed": failed,
-                "every_2xx_a_task": succeeded >= ok_total["ours"] + ok_total["limited"] + ok_total["pii"],
+                "every_2xx_a_task": succeeded >= ours_ok,
                 "proxy_2xx_incl_warmup": ok_total["proxy"],
             },
         }
@@ -199,13 +224,24 @@ def rows(name: str, res: Result) -> list[Row]:
         standard_row(f"{name}: /v1/chat/completions, 32 conns", res, baseline_note=" (LiteLLM proxy)"),
         standard_row(f"{name} with limits + budget", res["limits"], baseline_note=" (no limits)"),
         *([standard_row(f"{name} with a PII guardrail", res["pii"], baseline_note=" (none)")] if "pii" in res else []),
+        *(
+            [standard_row(f"{name} with metrics", res["metrics"], baseline_note=" (metrics off)")]
+            if "metrics" in res
+            else []
+        ),
     ]
 
 
 def details(res: Result) -> None:
     """Latency, errors and CPU per side, and the task check."""
     s, c = res["summary"], res["check"]
-    for side, label in (("ours", "ours   "), ("limited", "limited"), ("pii", "pii    "), ("proxy", "proxy  ")):
+    for side, label in (
+        ("ours", "ours   "),
+        ("limited", "limited"),
+        ("pii", "pii    "),
+        ("nometrics", "nometrics"),
+        ("proxy", "proxy  "),
+    ):
         x = s[side]
         print(
             f"sync_throughput {label}: {x['rps']:.0f} req/s, p50 {x['latency_p50_ms']:.1f} ms, p99 "

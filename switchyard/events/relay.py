@@ -32,6 +32,7 @@ from switchyard.core.leader import compete
 from switchyard.core.models import EVENTS
 from switchyard.events.bus import RESYNC, encode_events, tenant_channel
 from switchyard.events.log import COLUMNS, event_view
+from switchyard.observability import metrics
 
 log = structlog.get_logger(__name__)
 
@@ -141,6 +142,8 @@ class EventRelay:
         while len(self._tenant_seq) > _KNOWN_TENANTS:
             self._tenant_seq.popitem(last=False)
         self._publish(relayed)
+        if relayed:
+            metrics.relayed(len(relayed), relayed[0].view["created_at"])
         for fn in tx._after_commit:
             try:
                 fn()

@@ -30,6 +30,7 @@ from switchyard.gateway_api.routes import (
     files,
     health,
     keys,
+    metrics,
     models,
     openai,
     predict,
@@ -44,6 +45,8 @@ from switchyard.gateway_api.state import ApiState, KeyCache
 from switchyard.gateway_api.ws_slots import ConnectionSlots
 from switchyard.guardrails.pii.keys import load_hash_key
 from switchyard.ml.catalog import model_signatures
+from switchyard.observability.http import RequestMetrics
+from switchyard.observability.metrics import families
 from switchyard.providers.health import DeploymentHealth, health_store
 from switchyard.providers.health_snapshots import WorkerSnapshots, health_folder
 from switchyard.providers.limits import RateLimits
@@ -182,4 +185,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_docs(app, routers)
     # File uploads stream to storage: they have a limit of their own.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, uploads={"/v1/files": settings.max_file_bytes})
+    measured = families()
+    if measured is not None:
+        app.include_router(metrics.router)
+        # Outermost, so that a 413 from the size limit is counted too.
+        app.add_middleware(RequestMetrics, families=measured)
     return app

@@ -14,6 +14,8 @@ from switchyard.core.errors import (
     GatewayTimeout,
 )
 from switchyard.gateway_api.state import ApiState
+from switchyard.observability import metrics
+from switchyard.observability.http import STARTED
 from switchyard.tasks import service
 from switchyard.tasks.openai_mapping import failure, openai_style
 from switchyard.tasks.schemas import TaskCreate
@@ -85,9 +87,11 @@ async def wait_for(state: ApiState, principal: Principal, task_id: str, wait_s: 
 
 
 def task_headers(task: dict[str, Any], request: Request | None = None) -> dict[str, str]:
-    """The task's id, cost and provider, and the `x-ratelimit-*` headers of the caller's limits."""
+    """The task's id, cost and provider, and the `x-ratelimit-*` headers of the caller's limits. Called when a
+    synchronous call's answer is ready: the gateway's overhead is measured here."""
     headers = {"x-switchyard-task-id": task["id"], "x-switchyard-cost-usd": f"{task['cost_usd']:.10f}"}
     if request is not None:
+        metrics.gateway_overhead(task, request.scope.get("state", {}).get(STARTED))
         headers.update(getattr(request.state, "ratelimit_headers", None) or {})
     if task.get("result") and task["result"].get("provider"):
         headers["x-switchyard-provider"] = task["result"]["provider"]

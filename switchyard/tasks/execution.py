@@ -27,6 +27,7 @@ from switchyard.core.group_commit import GroupCommit
 from switchyard.core.models import Attempt, utcnow
 from switchyard.events.bus import delta_event
 from switchyard.guardrails import pii
+from switchyard.observability import metrics
 from switchyard.providers.base import CallResult, ProviderAdapter, Usage
 from switchyard.providers.pricing import cost_usd
 from switchyard.providers.registry import ProviderSet
@@ -173,6 +174,9 @@ class Executor:
         if isinstance(choice, Unavailable):
             self._wait_for_deployment(ex.claim, choice)
             return False
+        if ex.choice is not None and ex.choice.model != choice.model:
+            # The route moved on (its model's deployments failed, or an error with a fallback of its own).
+            metrics.fell_back(ex.choice.model, choice.model)
         ex.choice = choice
         return True
 
@@ -184,6 +188,17 @@ class Executor:
         usage = outcome.result.usage if outcome.result else Usage()
         self.router.finish(
             choice, _health_outcome(outcome), outcome.latency_ms, usage.input_tokens + usage.output_tokens
+        )
+        metrics.attempt_ended(
+            outcome.deployment.provider,
+            outcome.deployment.name,
+            outcome.model,
+            outcome.error.error_type if outcome.error else None,
+            outcome.latency_ms / 1000.0,
+            usage.input_tokens,
+            usage.output_tokens,
+            outcome.cost,
+            claim.tenant_id,
         )
         if outcome.failure is not None:
             transitions.finish(
@@ -304,6 +319,8 @@ class Executor:
                 task_id=claim.task_id, run_id=claim.run_id, step_id=claim.step_id, index=chunks, content=text
             )
             self.deltas(claim.tenant_id, event)
+            if not chunks:
+                metrics.first_token(model, time.perf_counter() - t0)
             chunks += 1
 
         def on_delta(text: str) -> None:

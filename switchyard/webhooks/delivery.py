@@ -22,6 +22,7 @@ from switchyard.core.db import Database, Tx
 from switchyard.core.ids import new_id
 from switchyard.core.models import EVENTS, Tenant, Webhook, WebhookAttempt, WebhookDelivery, utcnow
 from switchyard.events.relay import RelayedEvent
+from switchyard.observability import metrics
 from switchyard.settings import Settings
 from switchyard.webhooks.sender import DeliveryResult, WebhookSender
 from switchyard.webhooks.service import matches
@@ -242,4 +243,6 @@ class Deliverer:
         )
         if webhook_id is None:
             log.warning("webhook_lease_lost", delivery_id=delivery_id)
+        else:
+            metrics.webhook_delivered("retry" if status == "pending" else status)
         return webhook_id

@@ -34,6 +34,7 @@ from switchyard.core.db import Database, Tx
 from switchyard.core.leader import compete
 from switchyard.core.models import Duty as DutyRow
 from switchyard.core.models import utcnow
+from switchyard.observability import metrics
 from switchyard.settings import Settings
 from switchyard.tasks.sweeper import sweep_tasks
 from switchyard.tasks.transitions import BatchAdvancer, RunDispatcher
@@ -180,10 +181,12 @@ class DutyRunner:
                     counts = duty.run(tx, now)
                     record_run(tx.session, duty.name, self.identity, now)
             except Exception:
+                metrics.duty_ran(duty.name, ok=False)
                 if conn.invalidated or conn.closed:
                     raise
                 log.warning("duty_failed", duty=duty.name, exc_info=True)
                 continue
+            metrics.duty_ran(duty.name, ok=True)
             if any(counts.values()):
                 log.info("swept", duty=duty.name, **counts)
 

@@ -8,8 +8,11 @@ and no connections; there each child runs a runner (they compete like separate w
 
 from __future__ import annotations
 
+import os
+
 from celery import signals
 
+from switchyard.observability.exposition import process_exited
 from switchyard.workers.duties import DutyRunner
 from switchyard.workers.resources import get_resources
 
@@ -56,3 +59,5 @@ def _on_shutting_down(**_: object) -> None:
 @signals.worker_process_shutdown.connect
 def _on_child_shutdown(**_: object) -> None:
     _stop_runner(timeout=5)
+    # A prefork child's calls in flight leave the worker's sum with it.
+    process_exited(os.getpid())

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import structlog
 
 from switchyard.core.group_commit import GroupCommit
+from switchyard.observability import metrics
 from switchyard.tasks.execution import Execution, Executor
 
 log = structlog.get_logger(__name__)
@@ -45,8 +46,10 @@ class Runtime:
         # interactive call, which finds its own slots (and acquiring lock) free of batch work, and whose
         # blocking steps never queue behind hundreds of batch lines' steps.
         self._lanes = {
-            False: _Lane(max_in_flight, blocking_threads, "sy-step"),
-            True: _Lane(batch_max_in_flight or max(1, max_in_flight // 4), max(1, blocking_threads // 2), "sy-batch"),
+            False: _Lane("interactive", max_in_flight, blocking_threads, "sy-step"),
+            True: _Lane(
+                "batch", batch_max_in_flight or max(1, max_in_flight // 4), max(1, blocking_threads // 2), "sy-batch"
+            ),
         }
         self._loop = _new_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="sy-loop", daemon=True)
@@ -88,6 +91,7 @@ class Runtime:
             lane.slots.release()
         for execution in executions:
             self._running[execution.claim.task_id] = execution
+            metrics.in_flight(lane.name, 1)
             asyncio.run_coroutine_threadsafe(self._drive(execution, lane), self._loop)
 
     def _claim(self, task_ids: list[str]) -> list[Execution]:
@@ -117,6 +121,7 @@ class Runtime:
             log.exception("execution_failed", task_id=ex.claim.task_id)
         finally:
             self._running.pop(ex.claim.task_id, None)
+            metrics.in_flight(lane.name, -1)
             lane.slots.release()
 
     async def _step(self, lane: _Lane, fn: Callable[..., T], *args: Any) -> T:
@@ -160,11 +165,12 @@ class _Lane:
     """Slots for calls in flight, the lock under which one submitting thread at a time takes them, and the
     threads that run the blocking steps (settle, choose the next attempt) of the lane's calls."""
 
-    def __init__(self, size: int, threads: int, name: str) -> None:
+    def __init__(self, name: str, size: int, threads: int, thread_prefix: str) -> None:
+        self.name = name  # the `lane` label of switchyard_calls_in_flight
         self.size = size
         self.slots = threading.BoundedSemaphore(size)
         self.acquiring = threading.Lock()
-        self.blocking = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=name)
+        self.blocking = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=thread_prefix)
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:

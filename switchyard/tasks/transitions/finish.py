@@ -10,6 +10,7 @@ from sqlalchemy import insert, select
 from switchyard.core.db import Database
 from switchyard.core.group_commit import GroupCommit
 from switchyard.core.models import ATTEMPTS, Task, utcnow
+from switchyard.observability import metrics
 from switchyard.tasks.transitions.common import (
     CANCELED_ERROR,
     AttemptRecord,
@@ -101,6 +102,7 @@ def finish(
         view = _finish_general(db, c, attempt, status=status, result=result, error=error)
     if view is None:
         return None
+    metrics.task_finished(c.type, c.model, view["status"], c.tenant_id)
     # Before the waiter hears of it: a caller's next request then sees the window settled.
     settle_now(c.task_id, c.admission, view["cost_usd"], view.get("usage"))
     if then.on_finished is not None:

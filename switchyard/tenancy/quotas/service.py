@@ -31,6 +31,7 @@ from redis.exceptions import RedisError
 from switchyard.core.config import AppConfig
 from switchyard.core.db import Database
 from switchyard.core.errors import BudgetExceeded, RateLimited, ServiceUnavailable
+from switchyard.observability import metrics
 from switchyard.tenancy.quotas import repository
 from switchyard.tenancy.quotas.embedded import LocalCounts
 from switchyard.tenancy.quotas.estimate import Estimate
@@ -153,6 +154,7 @@ class Quotas:
         if budgets and estimate is not None:
             cap = policy.max_per_call_usd()
             if cap is not None and estimate.cost_usd > cap:
+                metrics.refused("max_per_call_usd")
                 raise BudgetExceeded(
                     f"this call may cost up to ${estimate.cost_usd:.6f}, over the ${cap:.6f} allowed per call "
                     "(max_per_call_usd); lower max_tokens or the prompt",
@@ -270,6 +272,7 @@ class Quotas:
             retry_after = max([c.reset_s for c in failed] + ([1.0] if busy else []))
         error.headers.update(headers)
         error.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+        metrics.refused(error.code or error.type)
         raise error
 
     # --- settling -----------------------------------------------------------------------------------------------
