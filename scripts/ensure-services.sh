@@ -33,6 +33,12 @@ if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get 
   { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
     || echo "chromium could not be installed: the browser test of /docs will be skipped" >&2
 fi
+# tests/test_deploy_metrics.py checks the alert rules and the dashboard's queries with promtool.
+if ! command -v promtool >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "installing promtool (prometheus)"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } \
+    || echo "promtool could not be installed: the promtool check of deploy/ will be skipped" >&2
+fi
 if ! pg_up; then
   echo "starting PostgreSQL"
   pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sort -V | tail -n 1)" main start || true
