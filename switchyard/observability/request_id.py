@@ -8,6 +8,8 @@ import os
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+log = structlog.get_logger(__name__)
+
 HEADER = b"x-request-id"
 # Longer or stranger ids are replaced: the value is echoed as a header and written to logs.
 _MAX_LENGTH = 128
@@ -41,6 +43,9 @@ class RequestId:
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message["headers"] = [*message.get("headers", ()), (HEADER, raw)]
+                # At DEBUG only (a no-op call otherwise): the route's template is not known here, and a line per
+                # request is an access log, which production leaves to the proxy in front.
+                log.debug("request", method=scope.get("method"), path=scope["path"], status=message["status"])
             await send(message)
 
         try:

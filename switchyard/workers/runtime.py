@@ -131,6 +131,7 @@ class Runtime:
             # The database or Redis failed under us: the lease lapses and the sweeper hands the task on.
             log.exception("execution_failed", task_id=ex.claim.task_id)
         finally:
+            log.debug("execution_ended", attempts=ex.n)
             self._running.pop(ex.claim.task_id, None)
             lane.slots.release()
 
