@@ -98,7 +98,7 @@ def main() -> None:
     """Switchyard: orchestration for AI inference."""
     from switchyard.core.logs import configure_logging
 
-    configure_logging(_settings().log_level)
+    configure_logging(_settings().log_level, _settings().log_format)
 
 
 @main.command()
@@ -188,7 +188,7 @@ def worker(
     if loglevel.upper() != _settings().log_level.upper():
         from switchyard.core.logs import configure_logging
 
-        configure_logging(loglevel)
+        configure_logging(loglevel, _settings().log_format)
     if beat:
         click.echo("switchyard: --beat is no longer needed; every worker runs the periodic duties", err=True)
     names = [q.strip() for q in queues.split(",") if q.strip()]
@@ -239,7 +239,7 @@ def scheduler(loglevel: str | None) -> None:
     if loglevel:
         from switchyard.core.logs import configure_logging
 
-        configure_logging(loglevel)
+        configure_logging(loglevel, _settings().log_format)
     _check_config()
     _check_database()
     from switchyard.workers.duties import run_scheduler

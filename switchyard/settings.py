@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -31,6 +32,11 @@ class Settings(BaseSettings):
 
     # Logging: the level of every process (a command's --loglevel overrides it).
     log_level: str = Field(default="INFO", pattern="(?i)^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
+    # `console` (lines for people) or `json` (one JSON object a line, with request_id, task_id, run_id, trace_id).
+    log_format: Literal["console", "json"] = "console"
+    # Traces (OpenTelemetry, configured by the SDK's OTEL_* variables). Unset: on when OTEL_EXPORTER_OTLP_ENDPOINT,
+    # OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_TRACES_EXPORTER (other than `none`) is set; true or false decides.
+    tracing: bool | None = None
 
     # HTTP edge.
     max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)

@@ -8,6 +8,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.otel_support import REDIS_DB as OTEL_REDIS_DB
+from tests.otel_support import Receiver, otel_env
 from tests.support import Stack
 
 
@@ -32,3 +34,29 @@ def client(stack: Stack, admin_key: str) -> Iterator[httpx.Client]:
 @pytest.fixture(scope="session")
 def tmp_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("misc")
+
+
+# Tracing and JSON logs (tests/test_tracing.py, tests/test_logs.py): a stack of their own, made only when used.
+@pytest.fixture(scope="session")
+def otel() -> Iterator[Receiver]:
+    receiver = Receiver()
+    yield receiver
+    receiver.close()
+
+
+@pytest.fixture(scope="session")
+def otel_stack(tmp_path_factory: pytest.TempPathFactory, otel: Receiver) -> Iterator[Stack]:
+    s = Stack(
+        tmp_path_factory.mktemp("otel"), redis_db=OTEL_REDIS_DB, ml=False, provider_worker=False, env=otel_env(otel)
+    )
+    try:
+        # At DEBUG, where a worker writes a line per execution.
+        s.provider = s.start_worker("provider,batch", loglevel="DEBUG")
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture(scope="session")
+def otel_key(otel_stack: Stack) -> str:
+    return otel_stack.new_key("tenant-otel")

@@ -202,8 +202,8 @@ class Stack:
         self.processes.append(proc)
         return proc
 
-    def start_worker(self, queues: str, *, concurrency: int = 50) -> Process:
-        argv = cli("worker", "--queues", queues, "--concurrency", str(concurrency), "--loglevel", "INFO")
+    def start_worker(self, queues: str, *, concurrency: int = 50, loglevel: str = "INFO") -> Process:
+        argv = cli("worker", "--queues", queues, "--concurrency", str(concurrency), "--loglevel", loglevel)
         proc = self.start(f"worker-{queues.replace(',', '-')}", argv)
         wait_until(lambda: "ready." in proc.log() or not proc.alive(), timeout=60, what=f"worker {queues}")
         assert proc.alive(), proc.log()[-4000:]

@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 import structlog
+from sqlalchemy import select
 
 from switchyard.core.config import AppConfig
 from switchyard.core.db import Database, Tx
@@ -28,6 +29,7 @@ from switchyard.events.log import append_event
 from switchyard.files.service import create_file, get_file, iter_lines
 from switchyard.files.storage import Storage
 from switchyard.ml.signature import Signature
+from switchyard.observability import tracing
 from switchyard.settings import Settings
 from switchyard.tasks import openai_mapping, transitions
 from switchyard.tasks.repository import attempts_of
@@ -70,7 +72,23 @@ class BatchContext:
 
 
 def advance_batch(db: Database, ctx: BatchContext, batch_id: str) -> None:
-    """Advance the batch in one transaction and, when all its lines have ended, finalize it in another."""
+    """Advance the batch in one transaction and, when all its lines have ended, finalize it in another.
+    Traced, the advance is a span linked to the trace of the request that created the batch (its lines' tasks,
+    released here, are children of this span)."""
+    links = [_traceparent(db, batch_id)] if tracing.enabled() else []
+    with (
+        structlog.contextvars.bound_contextvars(batch_id=batch_id),
+        tracing.span("batch.advance", links=links, attributes={"switchyard.batch_id": batch_id}),
+    ):
+        _advance_batch(db, ctx, batch_id)
+
+
+def _traceparent(db: Database, batch_id: str) -> str | None:
+    with db.sessions() as session:
+        return session.scalar(select(Batch.traceparent).where(Batch.id == batch_id))
+
+
+def _advance_batch(db: Database, ctx: BatchContext, batch_id: str) -> None:
     with db.transaction() as tx:
         finalize_next = advance(tx, ctx, batch_id)
     if finalize_next:

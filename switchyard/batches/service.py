@@ -11,6 +11,7 @@ from switchyard.core.errors import Conflict, InvalidRequest, NotFound
 from switchyard.core.ids import new_id
 from switchyard.core.models import Batch, utcnow
 from switchyard.files.service import get_file
+from switchyard.observability import tracing
 from switchyard.settings import Settings
 from switchyard.tasks.transitions import BatchAdvancer
 from switchyard.webhooks.service import object_webhook
@@ -55,6 +56,7 @@ def create_batch(
         cost_usd=0.0,
         created_at=now,
         expires_at=now + timedelta(seconds=settings.batch_completion_window_s or window),
+        traceparent=tracing.current_traceparent(),
     )
     if body.webhook is not None:
         batch.webhook = object_webhook(

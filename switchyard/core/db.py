@@ -24,7 +24,9 @@ def make_engine(settings: Settings, *, pool_size: int | None = None) -> Engine:
     """An engine for the configured database; SQLite gets WAL and a busy timeout so processes can share it."""
     url = settings.sqlalchemy_url
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        # hide_parameters: a database error's message (logged, raised) names the statement, never the values
+        # bound to it (prompts, answers).
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, hide_parameters=True)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -47,6 +49,7 @@ def make_engine(settings: Settings, *, pool_size: int | None = None) -> Engine:
         # JSONB values (inputs, results, event data) are written on every transition: orjson encodes them
         # several times faster than the standard library.
         json_serializer=_json_text,
+        hide_parameters=True,
     )
 
 

@@ -151,6 +151,8 @@ class Task(Base):
     # What its guardrails found and did: per direction, entity types and counts, moderation scores and
     # verdicts. Never the values found.
     guardrails: Mapped[dict[str, Any] | None]
+    # The W3C traceparent of the span that created it, when traced: its execution continues that trace.
+    traceparent: Mapped[str | None] = mapped_column(String(55))
 
     __table_args__ = (
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_tasks_tenant_idempotency_key"),
@@ -252,6 +254,8 @@ class Run(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    # The W3C traceparent of the request that started it, when traced: each advance links to that trace.
+    traceparent: Mapped[str | None] = mapped_column(String(55))
 
     __table_args__ = (
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_runs_tenant_idempotency_key"),
@@ -322,6 +326,8 @@ class Batch(Base):
     # When the batch was last advanced (the sweep advances batches that sat still) and last said its progress.
     advanced_at: Mapped[datetime | None]
     progress_at: Mapped[datetime | None]
+    # The W3C traceparent of the request that created it, when traced: each advance links to that trace.
+    traceparent: Mapped[str | None] = mapped_column(String(55))
 
     __table_args__ = (
         Index("ix_batches_tenant_id_id", "tenant_id", "id"),

@@ -47,6 +47,8 @@ from switchyard.guardrails.pii.keys import load_hash_key
 from switchyard.ml.catalog import model_signatures
 from switchyard.observability.http import RequestMetrics
 from switchyard.observability.metrics import families
+from switchyard.observability.request_id import RequestId
+from switchyard.observability.tracing import instrument_app, setup_tracing
 from switchyard.providers.health import DeploymentHealth, health_store
 from switchyard.providers.health_snapshots import WorkerSnapshots, health_folder
 from switchyard.providers.limits import RateLimits
@@ -68,7 +70,9 @@ log = structlog.get_logger(__name__)
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     # In each process uvicorn starts (`--workers N` spawns fresh interpreters).
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
+    # Before any engine or client is made: the instrumentations patch their constructors.
+    setup_tracing(settings, "switchyard-api")
     # Refuse a bad config file before serving anything.
     config = load_config(settings.config)
     signatures = model_signatures(config)
@@ -190,4 +194,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(metrics.router)
         # Outermost, so that a 413 from the size limit is counted too.
         app.add_middleware(RequestMetrics, families=measured)
+    # Outermost of ours, so a 413 carries the id too (the tracing middleware wraps everything).
+    app.add_middleware(RequestId)
+    instrument_app(app)
     return app

@@ -27,7 +27,7 @@ from switchyard.core.group_commit import GroupCommit
 from switchyard.core.models import Attempt, utcnow
 from switchyard.events.bus import delta_event
 from switchyard.guardrails import pii
-from switchyard.observability import metrics
+from switchyard.observability import genai, metrics
 from switchyard.providers.base import CallResult, ProviderAdapter, Usage
 from switchyard.providers.pricing import cost_usd
 from switchyard.providers.registry import ProviderSet
@@ -345,8 +345,13 @@ class Executor:
                 return dataclasses.replace(gated, result=scrubbed(gated.result))
             return gated
         try:
-            result = await _invoke(
-                adapter, claim.type, deployment.model, claim.input, ex.timeout_s, on_delta if stream else None
+            result = await genai.traced_call(
+                _invoke(adapter, claim.type, deployment.model, claim.input, ex.timeout_s, on_delta if stream else None),
+                config=self.config,
+                deployment=deployment,
+                task_type=claim.type,
+                task_id=claim.task_id,
+                attempt=n,
             )
         except ProviderError as exc:
             if chunks:
@@ -382,14 +387,12 @@ class Executor:
                 invoke.cancel()
 
         watch: StreamGate | None = gate.stream(step, on_delta, cut) if on_delta is not None else None
+        call = _invoke(
+            adapter, claim.type, deployment.model, claim.input, ex.timeout_s, watch.on_delta if watch else None
+        )
         invoke = asyncio.ensure_future(
-            _invoke(
-                adapter,
-                claim.type,
-                deployment.model,
-                claim.input,
-                ex.timeout_s,
-                watch.on_delta if watch is not None else None,
+            genai.traced_call(
+                call, config=self.config, deployment=deployment, task_type=claim.type, task_id=claim.task_id, attempt=n
             )
         )
         try:

@@ -167,6 +167,11 @@ class TaskView(BaseModel):
         "(`request`, `response`), the values replaced by entity type; `moderation` has verdicts, sources and top "
         "scores. Counts and scores only, never the text."
     )
+    trace_id: str | None = Field(
+        default=None,
+        description="The OpenTelemetry trace the task belongs to (32 hex digits): the trace of the request that "
+        "created it, continued by its execution. Null when tracing is off.",
+    )
 
 
 class TaskPage(BaseModel):

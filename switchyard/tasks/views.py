@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from switchyard.core.models import Attempt, Task
+from switchyard.observability.tracing import trace_id_of
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -56,6 +57,7 @@ class TaskFields(Protocol):
     metadata_: dict[str, Any]
     webhook: dict[str, Any] | None
     guardrails: dict[str, Any] | None
+    traceparent: str | None
 
 
 def attempt_view(attempt: Attempt | AttemptFields) -> dict[str, Any]:
@@ -103,6 +105,7 @@ def task_view(task: Task | TaskFields, attempts: Sequence[Attempt | AttemptField
         "metadata": task.metadata_,
         "webhook": task.webhook,
         "guardrails": task.guardrails,
+        "trace_id": trace_id_of(task.traceparent),
     }
 
 

@@ -20,9 +20,9 @@ from sqlalchemy import Table, and_, false, func, insert, or_, select, update
 
 from switchyard.core.db import Database, Tx
 from switchyard.core.ids import new_id
-from switchyard.core.models import EVENTS, Tenant, Webhook, WebhookAttempt, WebhookDelivery, utcnow
+from switchyard.core.models import EVENTS, Run, Task, Tenant, Webhook, WebhookAttempt, WebhookDelivery, utcnow
 from switchyard.events.relay import RelayedEvent
-from switchyard.observability import metrics
+from switchyard.observability import metrics, tracing
 from switchyard.settings import Settings
 from switchyard.webhooks.sender import DeliveryResult, WebhookSender
 from switchyard.webhooks.service import matches
@@ -114,11 +114,33 @@ class Deliverer:
             return  # delivered, not yet due, or held by another worker
         if claim["url"] is None:
             return
-        started = utcnow()
-        result = self.sender.send(
-            claim["url"], msg_id=delivery_id, timestamp=started, body=claim["body"], secret=claim["secret"]
-        )
-        self._record(delivery_id, claim["claim_id"], claim["attempt_count"], started, result)
+        # Traced, a delivery is a span linked to the trace of the task or run whose event it carries.
+        links = [self._cause(claim["task_id"], claim["run_id"])] if tracing.enabled() else []
+        with (
+            structlog.contextvars.bound_contextvars(
+                delivery_id=delivery_id, task_id=claim["task_id"], run_id=claim["run_id"]
+            ),
+            tracing.span(
+                "webhook.deliver",
+                kind="producer",
+                links=links,
+                attributes={"switchyard.delivery_id": delivery_id, "switchyard.attempt": claim["attempt_count"] + 1},
+            ),
+        ):
+            started = utcnow()
+            result = self.sender.send(
+                claim["url"], msg_id=delivery_id, timestamp=started, body=claim["body"], secret=claim["secret"]
+            )
+            self._record(delivery_id, claim["claim_id"], claim["attempt_count"], started, result)
+
+    def _cause(self, task_id: str | None, run_id: str | None) -> str | None:
+        """The traceparent stored with the task (or else the run) an event is about."""
+        with self.db.sessions() as session:
+            if task_id is not None:
+                return session.scalar(select(Task.traceparent).where(Task.id == task_id))
+            if run_id is not None:
+                return session.scalar(select(Run.traceparent).where(Run.id == run_id))
+        return None
 
     def _claim(self, delivery_id: str) -> dict[str, Any] | None:
         now = utcnow()
@@ -143,7 +165,9 @@ class Deliverer:
                 .where(Webhook.id == row.webhook_id)
             ).first()
             event = tx.session.execute(
-                select(EVENTS.c.type, EVENTS.c.data, EVENTS.c.created_at).where(EVENTS.c.seq == row.event_seq)
+                select(EVENTS.c.type, EVENTS.c.data, EVENTS.c.created_at, EVENTS.c.task_id, EVENTS.c.run_id).where(
+                    EVENTS.c.seq == row.event_seq
+                )
             ).first()
             if hook is None or hook.status != "enabled" or event is None:
                 why = "the webhook is disabled" if hook is not None and event is not None else "its event is gone"
@@ -156,6 +180,8 @@ class Deliverer:
                 "body": body,
                 "claim_id": claim_id,
                 "attempt_count": row.attempt_count,
+                "task_id": event.task_id,
+                "run_id": event.run_id,
             }
 
     def _record(

@@ -20,6 +20,7 @@ from switchyard.events.relay import EventRelay
 from switchyard.files.storage import storage_for
 from switchyard.guardrails.pii.keys import load_hash_key
 from switchyard.ml.catalog import model_signatures
+from switchyard.observability import tracing
 from switchyard.providers.health import DeploymentHealth, HealthStore, health_store
 from switchyard.providers.health_snapshots import SnapshotWriter, written_store
 from switchyard.providers.limits import RateLimits
@@ -115,6 +116,8 @@ def init_resources() -> WorkerResources:
             from switchyard.workers.celery_app import app
 
             settings = get_settings()
+            # Before any engine or client is made: the instrumentations patch their constructors.
+            tracing.setup_tracing(settings, "switchyard-worker")
             config = load_config(settings.config)
             redis_client = shared_client(settings.redis_url) if settings.redis_url else None
             db = Database(settings)
@@ -210,3 +213,4 @@ def _on_worker_ready(sender: object = None, **_: object) -> None:
 def _on_shutdown(**_: object) -> None:
     if _resources is not None:
         _resources.close()
+    tracing.shutdown()

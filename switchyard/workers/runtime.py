@@ -13,6 +13,7 @@ thousands of calls wait on sockets there, not on threads.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 import time
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from typing import Any, TypeVar
 import structlog
 
 from switchyard.core.group_commit import GroupCommit
-from switchyard.observability import metrics
+from switchyard.observability import metrics, tracing
 from switchyard.tasks.execution import Execution, Executor
 
 log = structlog.get_logger(__name__)
@@ -101,6 +102,19 @@ class Runtime:
     # --- the loop side ----------------------------------------------------------------------------------------
 
     async def _drive(self, ex: Execution, lane: _Lane) -> None:
+        # This coroutine runs as an asyncio task with a context of its own: what is bound here (the task's
+        # span, its ids for the logs) stays with this execution, and `_step` carries it into the threads.
+        claim = ex.claim
+        with tracing.span(
+            "task.execute",
+            parent=claim.traceparent,
+            kind="consumer",
+            attributes={"switchyard.task_id": claim.task_id, "switchyard.task_type": claim.type},
+        ):
+            structlog.contextvars.bind_contextvars(task_id=claim.task_id, run_id=claim.run_id)
+            await self._run(ex, lane)
+
+    async def _run(self, ex: Execution, lane: _Lane) -> None:
         step = partial(self._step, lane)
         try:
             if not await self.executor.guard_request(ex, step):
@@ -120,12 +134,15 @@ class Runtime:
             # The database or Redis failed under us: the lease lapses and the sweeper hands the task on.
             log.exception("execution_failed", task_id=ex.claim.task_id)
         finally:
+            log.debug("execution_ended", attempts=ex.n)
             self._running.pop(ex.claim.task_id, None)
             metrics.in_flight(lane.name, -1)
             lane.slots.release()
 
     async def _step(self, lane: _Lane, fn: Callable[..., T], *args: Any) -> T:
-        return await self._loop.run_in_executor(lane.blocking, fn, *args)
+        # Executors do not carry contextvars into their threads: the task's span and log ids go explicitly
+        # (a copy each time, so two steps never enter one context at once).
+        return await self._loop.run_in_executor(lane.blocking, contextvars.copy_context().run, fn, *args)
 
     # --- shutdown ---------------------------------------------------------------------------------------------
 

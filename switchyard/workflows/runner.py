@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import structlog
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from switchyard.core.db import Database
+from switchyard.core.models import Run
+from switchyard.observability import tracing
 from switchyard.tasks.transitions import RunAdvancer
 from switchyard.workflows.engine import Engine
 
@@ -34,7 +37,23 @@ class LocalAdvancer:
 
 def advance_with_retry(db: Database, engine: Engine, run_id: str) -> None:
     """Postgres serialises advances on the run's row lock. SQLite has no row locks: a concurrent advance
-    surfaces as a busy snapshot or a duplicate step task, and the advance simply runs again on fresh state."""
+    surfaces as a busy snapshot or a duplicate step task, and the advance simply runs again on fresh state.
+    Traced, the advance is a span linked to the trace of the request that started the run (and a child of
+    what caused it: the step task that finished)."""
+    links = [_run_traceparent(db, run_id)] if tracing.enabled() else []
+    with (
+        structlog.contextvars.bound_contextvars(run_id=run_id),
+        tracing.span("workflow.advance", links=links, attributes={"switchyard.run_id": run_id}),
+    ):
+        _advance(db, engine, run_id)
+
+
+def _run_traceparent(db: Database, run_id: str) -> str | None:
+    with db.sessions() as session:
+        return session.scalar(select(Run.traceparent).where(Run.id == run_id))
+
+
+def _advance(db: Database, engine: Engine, run_id: str) -> None:
     for attempt in range(1, ATTEMPTS + 1):
         try:
             with db.transaction() as tx:

@@ -21,6 +21,7 @@ from switchyard.core.errors import ConfigError, Conflict, InvalidRequest, NotFou
 from switchyard.core.ids import new_id
 from switchyard.core.models import Run, RunStep, Task, Workflow
 from switchyard.core.validation import invalid_request
+from switchyard.observability import tracing
 from switchyard.webhooks.service import WebhookTarget, object_webhook
 from switchyard.workflows.engine import RUN_TERMINAL, Engine
 from switchyard.workflows.spec import WorkflowSpec
@@ -171,6 +172,7 @@ def start_run(
         idempotency_key=idempotency_key,
         request_hash=request_hash,
         key_id=key_id,
+        traceparent=tracing.current_traceparent(),
     )
     if webhook is not None:
         run.webhook = object_webhook(

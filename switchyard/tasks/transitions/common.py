@@ -103,6 +103,8 @@ class Claim:
     admission: dict[str, Any] | None = None
     # What its guardrails found so far (`tasks.guardrails`), kept up to date as they write it.
     guardrails: dict[str, Any] | None = None
+    # The W3C traceparent of the span that created it (None: not traced): its execution's span is a child.
+    traceparent: str | None = None
 
 
 @dataclass(frozen=True)
@@ -251,6 +253,7 @@ def finished_view(
         metadata_=c.metadata or {},
         webhook=c.webhook,
         guardrails=c.guardrails,
+        traceparent=c.traceparent,
     )
     return task_view(task, [SimpleNamespace(**a) for a in attempts])
 

@@ -12,6 +12,7 @@ from switchyard.core.db import Database, Tx
 from switchyard.core.ids import new_id
 from switchyard.core.models import EVENTS, Task, utcnow
 from switchyard.events.log import append_event
+from switchyard.observability import tracing
 from switchyard.tasks.transitions.common import BatchDispatcher, Dispatcher, TaskRef, TaskStatus, jsonb
 
 log = structlog.get_logger(__name__)
@@ -38,6 +39,7 @@ def new_task(
     key_id: str | None = None,
     admission: dict[str, Any] | None = None,
     guardrails: dict[str, Any] | None = None,
+    traceparent: str | None = None,
 ) -> Task:
     """A queued task row, not yet added to a session (inputs already checked by the caller)."""
     now = utcnow()
@@ -68,6 +70,8 @@ def new_task(
         key_id=key_id,
         admission=admission,
         guardrails=guardrails,
+        # The span creating it (the API's request, a run's advance) is its execution's parent.
+        traceparent=traceparent or tracing.current_traceparent(),
     )
 
 
@@ -97,9 +101,11 @@ def enqueue(tx: Tx, dispatcher: Dispatcher, task: Task) -> None:
 _PG_CREATE = """
     WITH t AS (
         INSERT INTO tasks (id, tenant_id, type, model, status, input, options, metadata, cost_usd, attempt_count,
-                           reclaim_count, cancel_requested, created_at, published_at, key_id, admission, guardrails)
+                           reclaim_count, cancel_requested, created_at, published_at, key_id, admission, guardrails,
+                           traceparent)
         VALUES (%(id)s, %(tenant_id)s, %(type)s, %(model)s, 'queued', %(input)s, %(options)s, %(metadata)s,
-                0, 0, 0, false, %(now)s, %(now)s, %(key_id)s, %(admission)s, %(guardrails)s)
+                0, 0, 0, false, %(now)s, %(now)s, %(key_id)s, %(admission)s, %(guardrails)s,
+                %(traceparent)s)
         RETURNING id
     )
     INSERT INTO events (tenant_id, type, task_id, data, created_at)
@@ -121,6 +127,7 @@ def _create_params(task: Task) -> dict[str, Any]:
         "key_id": task.key_id,
         "admission": None if task.admission is None else jsonb(task.admission),
         "guardrails": None if task.guardrails is None else jsonb(task.guardrails),
+        "traceparent": task.traceparent,
     }
 
 
@@ -209,6 +216,7 @@ _TASK_COLUMNS = {
         "key_id",
         "admission",
         "guardrails",
+        "traceparent",
         "error",
         "finished_at",
     )

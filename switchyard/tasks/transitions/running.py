@@ -30,7 +30,7 @@ from switchyard.tasks.views import task_view
 
 _CLAIM_COLUMNS = (
     "id, tenant_id, type, model, input, options, metadata, webhook, attempt_count, run_id, step_id, batch_id, "
-    "created_at, admission, guardrails"
+    "created_at, admission, guardrails, traceparent"
 )
 
 _PG_CLAIM = f"""
@@ -98,6 +98,7 @@ def claim(db: Database, task_ids: Sequence[str], lease_s: Callable[[dict[str, An
                         Task.created_at,
                         Task.admission,
                         Task.guardrails,
+                        Task.traceparent,
                     )
                 )
             )
@@ -132,6 +133,7 @@ def _claim_of(row: Any, claim_id: str, now: datetime) -> Claim:
         webhook=row.webhook,
         admission=row.admission,
         guardrails=row.guardrails,
+        traceparent=row.traceparent,
     )
 
 
