@@ -75,7 +75,7 @@ def verdict(res: Result) -> str:
 def standard_row(label: str, res: Result, *, baseline_note: str = "", decimals: int = 0) -> Row:
     """The usual line: ours and baseline in the result's unit, the ratio, the target, the verdict."""
     unit = res["unit"]
-    target = f"{res['target_kind']}{res['target']:.1f}x" if res.get("target") is not None else "-"
+    target = f"{res['target_kind']}{res['target']:g}x" if res.get("target") is not None else "-"
     return (
         label,
         f"{res['ours']:.{decimals}f} {unit}",

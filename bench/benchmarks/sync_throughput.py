@@ -19,12 +19,19 @@ overhead histogram) in front of the same worker: `ours` (metrics on, the default
 the API's metrics on the hot path (target >= 0.95x). The worker's own metrics (a few increments per task) are on
 for both sides: a worker's families are made when the process starts, and two workers on one queue would
 each take the other side's tasks.
+
+A sixth side, `traced`, is a third API process with tracing on (SWITCHYARD_TRACING=true, exporting OTLP/HTTP to
+a sink in the bench process that answers 200 and drops the spans) in front of the same worker, whose tracing
+stays off for the same reason: the API side's cost of tracing, against `ours` (tracing off, the default).
+Reported, no target.
 """
 
 from __future__ import annotations
 
 import statistics
+import threading
 from dataclasses import asdict, dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -68,6 +75,29 @@ class Sizes:
 
 FULL = Sizes(warm_s=3.0, measure_s=10.0, rounds=3, fake_latency_ms=0, max_in_flight=1000, worker_concurrency=64)
 QUICK = Sizes(warm_s=1.0, measure_s=3.0, rounds=1, fake_latency_ms=0, max_in_flight=1000, worker_concurrency=64)
+
+
+class _OtlpSink:
+    """An OTLP/HTTP endpoint that accepts every export and keeps nothing (the exporter's cost is the API's)."""
+
+    def __init__(self) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (the standard library's name)
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
 
 
 def _check_answer(url: str, key: str, side: str, body: bytes = BODY) -> None:
@@ -131,12 +161,22 @@ def run(opts: Options) -> Result:
         if httpx.get(f"{bare_url}/metrics").status_code != 404:
             raise BenchError("the API started with SWITCHYARD_METRICS=false serves /metrics")
         _check_answer(bare_url, ours.key, "ours")
+        sink = _OtlpSink()
+        traced_url = f"http://127.0.0.1:{free_port()}"
+        traced = env.start(
+            "api-traced",
+            cli("api", "--port", traced_url.rsplit(":", 1)[1]),
+            {"SWITCHYARD_TRACING": "true", "OTEL_EXPORTER_OTLP_ENDPOINT": sink.url, "OTEL_SERVICE_NAME": "bench"},
+        )
+        wait_http(f"{traced_url}/healthz", traced)
+        _check_answer(traced_url, ours.key, "ours")
         sides: dict[str, tuple[str, str, list[Process]]] = {
             "proxy": (proxy.url, proxy.key, [proxy.proc]),
             "ours": (ours.url, ours.key, [ours.api, worker]),
             "limited": (ours.url, limited, [ours.api, worker]),
             "pii": (ours.url, ours.key, [ours.api, worker]),
             "nometrics": (bare_url, ours.key, [bare, worker]),
+            "traced": (traced_url, ours.key, [traced, worker]),
         }
         bodies = {side: PII_BODY if side == "pii" else BODY for side in sides}
         runs: dict[str, list[LoadResult]] = {k: [] for k in sides}
@@ -205,6 +245,15 @@ def run(opts: Options) -> Result:
                 "target": 0.95,
                 "target_kind": ">=",
             },
+            # The same worker behind an API with tracing on (exporting to a sink) vs ours (tracing off).
+            "tracing": {
+                "ours": summary["traced"]["rps"],
+                "baseline": o,
+                "unit": "req/s",
+                "ratio": summary["traced"]["rps"] / o,
+                "target": None,
+                "target_kind": None,
+            },
             "check": {
                 # Every 2xx of ours is a succeeded task; more tasks than 2xx are the requests wrk dropped at its end.
                 "ours_2xx_incl_warmup": ours_ok,
@@ -229,6 +278,11 @@ def rows(name: str, res: Result) -> list[Row]:
             if "metrics" in res
             else []
         ),
+        *(
+            [standard_row(f"{name} with tracing (API)", res["tracing"], baseline_note=" (tracing off)")]
+            if "tracing" in res
+            else []
+        ),
     ]
 
 
@@ -240,6 +294,7 @@ def details(res: Result) -> None:
         ("limited", "limited"),
         ("pii", "pii    "),
         ("nometrics", "nometrics"),
+        ("traced", "traced "),
         ("proxy", "proxy  "),
     ):
         x = s[side]
