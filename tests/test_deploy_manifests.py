@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import jsonschema
-import kubernetes_validate
+import jsonschema  # type: ignore[import-untyped]
+import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
@@ -148,7 +148,7 @@ def test_providers_file_and_settings_load(tmp_path: Path, monkeypatch: pytest.Mo
     env = of_kind("ConfigMap")["switchyard-env"]["data"]
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    settings = Settings()
     assert settings.shed_queue_depth == int(env["SWITCHYARD_SHED_QUEUE_DEPTH"])
     assert settings.retention_s("tasks") == float(env["SWITCHYARD_RETENTION_TASKS_DAYS"]) * 86400
 

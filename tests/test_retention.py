@@ -106,7 +106,7 @@ def test_expired_rows_go_and_recent_and_live_ones_stay(stack: Stack) -> None:
     def old_gone() -> bool:
         remaining = stack.sql("SELECT count(*) FROM tasks WHERE id = ANY(%s)", old)[0][0]
         batches = stack.sql("SELECT count(*) FROM batches")[0][0]
-        return remaining == 0 and batches == 0
+        return bool(remaining == 0 and batches == 0)
 
     wait_until(old_gone, timeout=RETENTION_S + 30, interval=0.5, what="the old tasks and batch deleted")
     assert time.time() - cut_at < RETENTION_S + 30
@@ -159,9 +159,9 @@ def test_nothing_is_deleted_without_retention(tmp_path: Path) -> None:
     from switchyard.retention.service import enabled
     from switchyard.settings import Settings
 
-    assert not enabled(Settings(_env_file=None, data_dir=tmp_path))  # type: ignore[call-arg]
-    settings = Settings(_env_file=None, data_dir=tmp_path, retention_tasks_days=0.5)  # type: ignore[call-arg]
+    assert not enabled(Settings(data_dir=tmp_path))
+    settings = Settings(data_dir=tmp_path, retention_tasks_days=0.5)
     assert settings.retention_s("tasks") == 43200
     assert settings.retention_s("events") == 43200  # events follow the tasks unless given their own
     assert settings.retention_s("audit") is None
-    assert Settings(_env_file=None, retention_audit_days=0).retention_s("audit") is None  # type: ignore[call-arg]
+    assert Settings(retention_audit_days=0).retention_s("audit") is None
