@@ -14,12 +14,12 @@ ENV PATH="/opt/venv/bin:$PATH"
 
 WORKDIR /src
 
-# Dependencies first, from pyproject.toml alone, so that editing the source does not reinstall them. The s3 extra
-# too: one image serves a files volume or an S3 bucket, as the settings say.
+# Dependencies first, from pyproject.toml alone, so that editing the source does not reinstall them. The s3 and
+# otel extras too: one image serves a files volume or an S3 bucket, and traces when OTEL_* variables say so.
 COPY pyproject.toml ./
 RUN --mount=type=cache,target=/root/.cache/pip \
     python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
-print('\n'.join(p['dependencies'] + p['optional-dependencies']['s3']))" \
+print('\n'.join(p['dependencies'] + p['optional-dependencies']['s3'] + p['optional-dependencies']['otel']))" \
         > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt
 

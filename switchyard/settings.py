@@ -145,6 +145,43 @@ class Settings(BaseSettings):
     # A batch says its progress (`batch.progress`) at most this often.
     batch_progress_interval_s: float = Field(default=1.0, ge=0)
 
+    # Load shedding. The leading worker counts each queue's waiting tasks (due, not yet started) and the age of
+    # the oldest every queue_stats_interval_s and publishes the figures (Redis; a file in the data directory in
+    # embedded mode); each API process reads them at most every shed_refresh_s, off the request path. A
+    # submission whose queue (provider, or ml for predictions) is deeper than shed_queue_depth tasks or whose
+    # oldest waiting task is older than shed_queue_age_s is refused with 503 and Retry-After. Unset: that bound
+    # is off. Figures older than shed_stale_after_s (no leader publishing) never shed. Batch lines have their own
+    # queue and release window and are not counted.
+    shed_queue_depth: int | None = Field(default=None, ge=1)
+    shed_queue_age_s: float | None = Field(default=None, gt=0)
+    shed_retry_after_s: int = Field(default=5, ge=1, le=3600)
+    shed_refresh_s: float = Field(default=0.5, gt=0, le=10)
+    shed_stale_after_s: float = Field(default=10.0, gt=0)
+    queue_stats_interval_s: float = Field(default=1.0, gt=0, le=60)
+
+    # Retention: the leading worker deletes what ended longer ago than these (days; fractions allowed, and the
+    # `_s` twin in seconds wins when set, for tests). Unset or 0: kept forever (the default of each). Tasks
+    # (with their attempts) once finished and not part of a live run or batch; events by a prefix of each
+    # tenant's ids older than that, never past an event of a live task, run or batch; webhook deliveries (with
+    # their attempts) once delivered or failed; batches once ended (their lines, and the files they wrote and
+    # read); audit entries. Deletes go retention_batch rows a statement, each in a short transaction.
+    retention_tasks_days: float | None = Field(default=None, ge=0)
+    retention_tasks_s: float | None = Field(default=None, ge=0)
+    retention_events_days: float | None = Field(default=None, ge=0)
+    retention_events_s: float | None = Field(default=None, ge=0)
+    retention_deliveries_days: float | None = Field(default=None, ge=0)
+    retention_deliveries_s: float | None = Field(default=None, ge=0)
+    retention_batches_days: float | None = Field(default=None, ge=0)
+    retention_batches_s: float | None = Field(default=None, ge=0)
+    retention_audit_days: float | None = Field(default=None, ge=0)
+    retention_audit_s: float | None = Field(default=None, ge=0)
+    retention_batch: int = Field(default=1000, ge=1, le=100_000)
+    # At most this many statements per table each time the duty runs, so that one pass over a large backlog
+    # does not hold the other duties back; the rest goes on the next pass.
+    retention_max_batches: int = Field(default=20, ge=1)
+    # How often the retention duty runs (the other duties run every sweep_interval_s).
+    retention_interval_s: float = Field(default=60.0, gt=0)
+
     # JWT bearer tokens beside API keys: on when the JWKS URL is set (issuer and audience are then required).
     # The tenant (by name, made on first use) and the role come from the claims named here.
     jwt_jwks_url: str | None = None
@@ -207,6 +244,16 @@ class Settings(BaseSettings):
         if self.duty_stale_after_s is not None:
             return self.duty_stale_after_s
         return max(30.0, 5 * self.sweep_interval_s)
+
+    def retention_s(self, kind: str) -> float | None:
+        """Seconds `kind` (tasks, events, deliveries, batches, audit) is kept once ended; None: forever.
+        Events follow the tasks' retention unless given their own."""
+        seconds: float | None = getattr(self, f"retention_{kind}_s")
+        days: float | None = getattr(self, f"retention_{kind}_days")
+        value = seconds if seconds is not None else (days * 86400 if days is not None else None)
+        if value is None and kind == "events":
+            return self.retention_s("tasks")
+        return value or None
 
     @property
     def send_task_events(self) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from datetime import datetime
 
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
 
@@ -14,6 +15,16 @@ _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
 def new_id(prefix: str) -> str:
     """A new time-sortable id such as `task_01j9...`."""
     value = (int(time.time() * 1000) << 80) | secrets.randbits(80)
+    chars = []
+    for _ in range(26):
+        chars.append(_ALPHABET[value & 31])
+        value >>= 5
+    return f"{prefix}_{''.join(reversed(chars))}"
+
+
+def id_floor(prefix: str, when: datetime) -> str:
+    """The smallest id `new_id(prefix)` can make at `when`: every id made before then sorts below it."""
+    value = int(when.timestamp() * 1000) << 80
     chars = []
     for _ in range(26):
         chars.append(_ALPHABET[value & 31])

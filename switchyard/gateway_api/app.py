@@ -54,6 +54,7 @@ from switchyard.providers.health_snapshots import WorkerSnapshots, health_folder
 from switchyard.providers.limits import RateLimits
 from switchyard.providers.status import LimitsView
 from switchyard.settings import Settings, get_settings
+from switchyard.shedding.service import Shedder
 from switchyard.tasks.completion import Completions
 from switchyard.tasks.transitions import install_settler
 from switchyard.tenancy.invalidation import Announcer
@@ -141,8 +142,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             jwt=JwtVerifier(settings) if settings.jwt_jwks_url else None,
             announcer=Announcer(redis_client, local=lambda message: apply(key_cache, message)),
             quotas=quotas,
+            shedder=Shedder(settings),
         )
         await state.hub.start()
+        await state.shedder.start()
         key_events = KeyEvents(key_cache, settings.redis_url) if settings.redis_url else None
         if key_events is not None:
             await key_events.start()

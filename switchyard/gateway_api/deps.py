@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from typing import Annotated
 
 import anyio.to_thread
-from fastapi import Depends, Request
+from fastapi import Depends, Request, params
 from starlette.requests import HTTPConnection
 
 from switchyard.core.db import Tx
@@ -15,6 +15,7 @@ from switchyard.core.errors import Forbidden, Unauthenticated
 from switchyard.gateway_api.state import ApiState
 from switchyard.tenancy.jwt_auth import looks_like_jwt
 from switchyard.tenancy.service import Principal, expired_message, hash_key, verify_key
+from switchyard.workers.queues import PROVIDER
 
 
 async def get_state(request: Request) -> ApiState:
@@ -98,3 +99,20 @@ def require(role: str) -> RoleRequired:
 Viewer = Annotated[Principal, Depends(require("viewer"))]
 Member = Annotated[Principal, Depends(require("member"))]
 Admin = Annotated[Principal, Depends(require("admin"))]
+
+
+class Admission:
+    """A dependency refusing a submission with 503 (`overloaded`, `Retry-After`) while `queue` is backed up
+    (`shedding`). No I/O: the figures are kept fresh in the background."""
+
+    def __init__(self, queue: str) -> None:
+        self.queue = queue
+
+    async def __call__(self, request: Request) -> None:
+        _state(request).shedder.check(self.queue)
+
+
+def admission(queue: str = PROVIDER) -> params.Depends:
+    """`dependencies=[admission()]` on a route that submits work to `queue`."""
+    depends: params.Depends = Depends(Admission(queue))
+    return depends

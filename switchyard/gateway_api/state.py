@@ -19,6 +19,7 @@ from switchyard.ml.signature import Signature
 from switchyard.providers.health import DeploymentHealth
 from switchyard.providers.status import LimitsView
 from switchyard.settings import Settings
+from switchyard.shedding.service import Shedder
 from switchyard.tasks.completion import Completions
 from switchyard.tasks.service import Gate
 from switchyard.tenancy.invalidation import Announcer
@@ -115,6 +116,8 @@ class ApiState:
     announcer: Announcer
     # Limits and budgets: admission of the calls this process takes.
     quotas: Quotas
+    # Load shedding: refuses submissions while their queue is backed up (figures kept fresh in the background).
+    shedder: Shedder
     # When this process started (monotonic): /readyz gives workers that long to run the duties a first time.
     started: float = field(default_factory=time.monotonic)
 
@@ -132,6 +135,7 @@ class ApiState:
         return self.quotas.request(policy, "", None, tasks=False, budgets=False)
 
     async def aclose(self) -> None:
+        await self.shedder.close()
         await self.hub.close()
         await self.ws_slots.close()
         await self.completions.close()

@@ -6,7 +6,9 @@ leases) and the batches' sweep (advance batches not advanced lately: lost messag
 is therefore a complete deployment: every worker process runs a `DutyRunner` thread that competes for the
 duties' leadership (`core.leader`); the leader runs every duty each `sweep_interval_s`, each in its own
 transaction on the locked connection, and records the run in the `duties` table in that same transaction,
-where `/readyz` reads it. When the leader dies a standby takes over
+where `/readyz` reads it. Between sweeps the leader also measures the queues every `queue_stats_interval_s` for
+load shedding (`shedding`), and every `retention_interval_s` deletes what has expired (`retention`, when any
+retention is set; its steps commit one by one). When the leader dies a standby takes over
 within about a second. `switchyard scheduler` runs the very same runner, so beside a leading worker it only
 stands by: a duty never runs twice at once.
 
@@ -19,6 +21,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -34,8 +37,12 @@ from switchyard.core.db import Database, Tx
 from switchyard.core.leader import compete
 from switchyard.core.models import Duty as DutyRow
 from switchyard.core.models import utcnow
+from switchyard.files.storage import storage_for
 from switchyard.observability import metrics
+from switchyard.retention.service import Retention
+from switchyard.retention.service import enabled as retention_enabled
 from switchyard.settings import Settings
+from switchyard.shedding.service import LoadPublisher
 from switchyard.tasks.sweeper import sweep_tasks
 from switchyard.tasks.transitions import BatchAdvancer, RunDispatcher
 from switchyard.webhooks.delivery import DeliveryDispatcher
@@ -54,6 +61,8 @@ TASKS = "tasks"
 WORKFLOW_RUNS = "workflow_runs"
 WEBHOOK_DELIVERIES = "webhook_deliveries"
 BATCHES = "batches"
+# Recorded in the duties table too, but not part of /readyz: it runs rarely, and only when configured.
+RETENTION = "retention"
 # Every duty, in the order the leader runs them (the order of the single sweep they were split from).
 NAMES = (TASKS, WORKFLOW_RUNS, WEBHOOK_DELIVERIES, BATCHES)
 
@@ -137,6 +146,8 @@ class DutyRunner:
         self.db = db
         self.settings = settings
         self.duties = compose(dispatcher, settings)
+        self.load = LoadPublisher(settings)
+        self.retention = Retention(db, storage_for(settings), settings) if retention_enabled(settings) else None
         # Shown in the duties table and in /readyz: which process did the work.
         self.identity = f"{socket.gethostname()}:{os.getpid()}:{role}"
         self._stop = threading.Event()
@@ -167,9 +178,43 @@ class DutyRunner:
         )
 
     def _lead(self, conn: Connection) -> None:
+        next_sweep = next_retention = time.monotonic()
         while not self._stop.is_set():
-            self.run_once(conn)
-            self._stop.wait(self.settings.sweep_interval_s)
+            if time.monotonic() >= next_sweep:
+                self.run_once(conn)
+                next_sweep = time.monotonic() + self.settings.sweep_interval_s
+            if self.retention is not None and time.monotonic() >= next_retention:
+                self.run_retention(conn)
+                next_retention = time.monotonic() + self.settings.retention_interval_s
+            self.measure_queues(conn)
+            wait = min(self.settings.queue_stats_interval_s, max(0.0, next_sweep - time.monotonic()))
+            self._stop.wait(wait)
+
+    def measure_queues(self, conn: Connection) -> None:
+        """Publish the queues' depth and oldest age for the API processes' load shedding."""
+        try:
+            with self.db.transaction(bind=conn) as tx:
+                self.load.publish(tx.session.connection(), utcnow())
+        except Exception:
+            if conn.invalidated or conn.closed:
+                raise
+            log.warning("queue_load_failed", exc_info=True)
+
+    def run_retention(self, conn: Connection) -> None:
+        """One retention pass (its steps commit one by one), then recorded in the duties table."""
+        if self.retention is None:
+            return
+        try:
+            counts = self.retention.run(conn, utcnow())
+            with self.db.transaction(bind=conn) as tx:
+                record_run(tx.session, RETENTION, self.identity, utcnow())
+        except Exception:
+            if conn.invalidated or conn.closed:
+                raise
+            log.warning("duty_failed", duty=RETENTION, exc_info=True)
+            return
+        if any(counts.values()):
+            log.info("swept", duty=RETENTION, **counts)
 
     def run_once(self, conn: Connection) -> None:
         """Every duty once, each in its own transaction on the leader's connection, so one that fails (and is

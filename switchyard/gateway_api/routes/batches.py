@@ -9,14 +9,15 @@ from fastapi import APIRouter, Query
 from switchyard.batches import service
 from switchyard.batches.schemas import BatchCreate, BatchObject, BatchPage
 from switchyard.gateway_api.api_docs import errors
-from switchyard.gateway_api.deps import Member, StateDep, TxDep, Viewer
+from switchyard.gateway_api.deps import Member, StateDep, TxDep, Viewer, admission
 from switchyard.gateway_api.responses import FastJSONResponse
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 
 
 # Plain `def` routes: FastAPI runs them on its thread pool, so the database work never blocks the event loop.
-@router.post("", response_model=BatchObject, responses=errors(404, 429, 503))
+# Checked against the provider queue: while interactive calls back up, no new batch competes with them.
+@router.post("", dependencies=[admission()], response_model=BatchObject, responses=errors(404, 429, 503))
 def create_batch(body: BatchCreate, principal: Member, tx: TxDep, state: StateDep) -> FastJSONResponse:
     """Start a batch over an uploaded input file (`purpose: batch`). It answers at once, `validating`; the
     workers then check every line (a bad one fails the batch, naming its line) and run each as a task.

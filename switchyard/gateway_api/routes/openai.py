@@ -28,7 +28,7 @@ from switchyard.events.feed import FeedEvent, Following, object_key
 from switchyard.gateway_api import sync
 from switchyard.gateway_api.api_docs import errors, request_body
 from switchyard.gateway_api.bodies import unparsed_body_error
-from switchyard.gateway_api.deps import Member, StateDep
+from switchyard.gateway_api.deps import Member, StateDep, admission
 from switchyard.gateway_api.responses import FastJSONResponse, error_response
 from switchyard.gateway_api.schemas import (
     CHAT_STREAM_DESCRIPTION,
@@ -86,6 +86,7 @@ async def _finished(state: ApiState, principal: Principal, task_id: str) -> dict
 # The bodies are read by the endpoints themselves (faster than FastAPI's parsing): openapi_extra documents them.
 @router.post(
     "/v1/chat/completions",
+    dependencies=[admission()],
     response_model=ChatCompletion,
     responses={
         200: {"content": {"text/event-stream": {"schema": {"type": "string", "description": CHAT_STREAM_DESCRIPTION}}}},
@@ -248,6 +249,7 @@ async def _chunks(
 
 @router.post(
     "/v1/embeddings",
+    dependencies=[admission()],
     response_model=EmbeddingList,
     responses=_SYNC_ERRORS,
     openapi_extra=request_body(EmbeddingRequest),
@@ -264,6 +266,7 @@ async def embeddings(request: Request, principal: Member, state: StateDep) -> Re
 
 @router.post(
     "/v1/moderations",
+    dependencies=[admission()],
     response_model=ModerationResponse,
     responses=_SYNC_ERRORS,
     openapi_extra=request_body(ModerationRequest),

@@ -17,11 +17,12 @@ from switchyard.core.validation import invalid_request
 from switchyard.gateway_api import sync
 from switchyard.gateway_api.api_docs import errors, request_body
 from switchyard.gateway_api.bodies import unparsed_body_error
-from switchyard.gateway_api.deps import Member, StateDep
+from switchyard.gateway_api.deps import Member, StateDep, admission
 from switchyard.gateway_api.responses import FastJSONResponse
 from switchyard.gateway_api.schemas import PredictRequest, PredictResponse
 from switchyard.gateway_api.state import ApiState
 from switchyard.tasks.schemas import TaskCreate
+from switchyard.workers.queues import ML
 
 router = APIRouter(prefix="/v1/predict", tags=["predict"])
 
@@ -62,6 +63,7 @@ _BODY = request_body(
 
 @router.post(
     "/{model}",
+    dependencies=[admission(ML)],
     response_model=PredictResponse,
     responses=errors(404, 409, 429, 502, 503, 504),
     openapi_extra=_BODY,

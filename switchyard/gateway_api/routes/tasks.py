@@ -12,6 +12,7 @@ from switchyard.gateway_api.responses import FastJSONResponse
 from switchyard.tasks import service
 from switchyard.tasks.schemas import TaskCreate, TaskCreated, TaskPage, TaskView
 from switchyard.tasks.views import task_created_view
+from switchyard.workers.queues import queue_for
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
 
@@ -30,6 +31,7 @@ async def create_task(
     """Submit a task; the workers run it. Poll it, follow its events, or give a `webhook`.
 
     `Idempotency-Key`: the same key with the same body within 24 h answers with the same task."""
+    state.shedder.check(queue_for(body.type))
     # Committed before the 202 leaves.
     created = await service.submit_async(
         state.db,

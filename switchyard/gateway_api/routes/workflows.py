@@ -13,7 +13,7 @@ from switchyard.core.errors import MalformedRequest
 from switchyard.core.validation import invalid_request
 from switchyard.gateway_api.api_docs import errors, request_body
 from switchyard.gateway_api.bodies import YAML_TYPES, media_type, unparsed_body_error
-from switchyard.gateway_api.deps import Member, StateDep, TxDep, Viewer
+from switchyard.gateway_api.deps import Member, StateDep, TxDep, Viewer, admission
 from switchyard.gateway_api.responses import FastJSONResponse
 from switchyard.webhooks.service import WebhookTarget
 from switchyard.workflows import service
@@ -80,6 +80,7 @@ def get_workflow(
 
 @router.post(
     "/v1/workflows/{name}/runs",
+    dependencies=[admission()],
     status_code=202,
     response_model=RunView,
     responses=errors(404, 409, 429, 503),
