@@ -156,17 +156,10 @@ class ProviderCalls:
             )
         except ProviderError as exc:
             if chunks:
-                # Listeners have text already: another attempt would send it again. The task fails instead.
-                exc = ProviderError(
-                    "stream_interrupted",
-                    f"the stream broke after {chunks} chunks were sent: {exc.message}",
-                    retryable=False,
-                    status_code=exc.status_code,
-                )
+                exc = _interrupted(exc, chunks)
             return Outcome(deployment, model, n, started_at, _ms_since(t0), error=exc, batch=batch)
         except Exception as exc:  # an adapter bug must fail the attempt, not the loop
-            log.exception("adapter_crashed", task_id=claim.task_id, provider=deployment.provider)
-            err = ProviderError("provider_error", f"{type(exc).__name__}: {exc}", retryable=False)
+            err = _crashed(exc, claim, deployment)
             return Outcome(deployment, model, n, started_at, _ms_since(t0), error=err, batch=batch)
         return Outcome(deployment, model, n, started_at, _ms_since(t0), result=scrubbed(result), batch=batch)
 
@@ -216,18 +209,12 @@ class ProviderCalls:
             if watch is not None:
                 watch.abandon()
                 if watch.released:
-                    exc = ProviderError(
-                        "stream_interrupted",
-                        f"the stream broke after {watch.released} chunks were sent: {exc.message}",
-                        retryable=False,
-                        status_code=exc.status_code,
-                    )
+                    exc = _interrupted(exc, watch.released)
             return Outcome(deployment, model, n, started_at, _ms_since(t0), error=exc, batch=batch)
         except Exception as exc:  # an adapter bug must fail the attempt, not the loop
             if watch is not None:
                 watch.abandon()
-            log.exception("adapter_crashed", task_id=claim.task_id, provider=deployment.provider)
-            err = ProviderError("provider_error", f"{type(exc).__name__}: {exc}", retryable=False)
+            err = _crashed(exc, claim, deployment)
             return Outcome(deployment, model, n, started_at, _ms_since(t0), error=err, batch=batch)
         latency = _ms_since(t0)
         failure = await watch.finish() if watch is not None else await gate.check_response(result.output, step)
@@ -255,6 +242,23 @@ async def _invoke(
     if task_type == "predict":
         return await adapter.apredict(model, request, timeout_s)
     raise ProviderError("invalid_request", f"{task_type} tasks are not served yet", retryable=False)
+
+
+def _interrupted(exc: ProviderError, sent: int) -> ProviderError:
+    """A call's error once `sent` chunks of its stream reached listeners: another attempt would send them again,
+    so the task fails instead."""
+    return ProviderError(
+        "stream_interrupted",
+        f"the stream broke after {sent} chunks were sent: {exc.message}",
+        retryable=False,
+        status_code=exc.status_code,
+    )
+
+
+def _crashed(exc: Exception, claim: Claim, deployment: Deployment) -> ProviderError:
+    """Logs an adapter's unexpected exception (call from its `except` block) and makes it the attempt's error."""
+    log.exception("adapter_crashed", task_id=claim.task_id, provider=deployment.provider)
+    return ProviderError("provider_error", f"{type(exc).__name__}: {exc}", retryable=False)
 
 
 async def _default_step(fn: Callable[..., Any], *args: Any) -> Any:
