@@ -366,7 +366,11 @@ def test_a_workflow_step_goes_through_its_models_gate(client: httpx.Client) -> N
     def step(step_id: str, text: str) -> dict[str, Any]:
         return {"id": step_id, "type": "chat", "model": "chat-guarded", "input": {"messages": chat(text)["messages"]}}
 
-    spec = {"name": name, "steps": [step("fine", "a calm step"), step("flagged", "a [[flag]] step")]}
+    # In sequence: run side by side, the flagged step's failure could cancel the calm one before it ends.
+    spec = {
+        "name": name,
+        "steps": [step("fine", "a calm step"), {**step("flagged", "a [[flag]] step"), "depends_on": ["fine"]}],
+    }
     assert client.post("/v1/workflows", json=spec).status_code == 201
     run = client.post(f"/v1/workflows/{name}/runs", json={"input": {}})
     assert run.status_code == 202, run.text

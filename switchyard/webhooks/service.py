@@ -15,7 +15,8 @@ from switchyard.core.db import Tx, lock_for_update
 from switchyard.core.errors import Conflict, InvalidRequest, NotFound
 from switchyard.core.ids import new_id
 from switchyard.core.models import Tenant, Webhook, WebhookAttempt, WebhookDelivery, utcnow
-from switchyard.webhooks.sender import BlockedDestination, check_destination, new_secret
+from switchyard.webhooks.destinations import BlockedDestination, check_destination
+from switchyard.webhooks.sender import new_secret
 
 # `task.succeeded`, `task.*`, `run.step.*`, `*`.
 _PATTERN = re.compile(r"^(\*|(task|run|batch)(\.([a-z_]+|\*))+)$")
