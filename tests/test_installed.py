@@ -79,10 +79,16 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
         proc.stop()
 
 
+def outside_env() -> dict[str, str]:
+    """The environment of a user of the installed package: none of our settings, no PYTHONPATH into a checkout."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("SWITCHYARD_", "PYTHONPATH"))}
+
+
 def test_the_installed_package_is_the_one_imported(installed: Installed) -> None:
     done = subprocess.run(
         [str(installed.venv / "bin" / "python"), "-c", "import switchyard; print(switchyard.__file__)"],
         cwd=installed.folder,
+        env=outside_env(),
         capture_output=True,
         text=True,
         check=True,
@@ -125,7 +131,7 @@ def test_installed_cli_beside_dev_finds_the_same_database(installed: Installed) 
     done = subprocess.run(
         [str(installed.venv / "bin" / "switchyard"), "keys", "create", "--tenant", "second", "--role", "member"],
         cwd=installed.folder,
-        env={k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_")},
+        env=outside_env(),
         capture_output=True,
         text=True,
         timeout=120,
