@@ -199,6 +199,10 @@ def run(opts: Options) -> Result:
                 log(f"  sync_throughput round {r + 1} {side:7}: {res.rps:7.0f} req/s  p50 {res.latency_p50_ms:.1f} ms"
                     f"  p99 {res.latency_p99_ms:.1f} ms  non-2xx {res.non_2xx}  socket errors {res.errors}  "
                     f"server CPU {cpu_ms[side][-1]:.2f} ms/req")  # fmt: skip
+        # The extra API processes' pools are let go first: with the proxy's they fill Postgres' connections.
+        bare.stop()
+        traced.stop()
+        sink.close()
         succeeded = ours.count("SELECT count(*) FROM tasks WHERE status = 'succeeded'")
         failed = ours.count("SELECT count(*) FROM tasks WHERE status = 'failed'")
         summary = {side: _summary(runs[side], cpu_ms[side]) for side in sides}
