@@ -57,8 +57,10 @@ QUICK = Sizes(corpus_bytes=1_000_000, presidio_bytes=100_000, rounds=1, hot_call
 
 def _presidio() -> Any:
     """Presidio's analyzer with pattern recognizers only."""
-    # tldextract (Presidio's email check) would fetch the public suffix list; its bundled copy serves offline.
+    # tldextract (Presidio's email check) would fetch the public suffix list (no network here: a failed fetch per
+    # process); an empty URL list makes it use its bundled copy from the start.
     os.environ.setdefault("TLDEXTRACT_CACHE", "/tmp/switchyard-bench-tldextract")
+    os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
     from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
     from presidio_analyzer.nlp_engine import NlpArtifacts, NlpEngine
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import phonenumbers
@@ -84,7 +84,7 @@ _CAPITALS = re.compile(
     """,
     re.VERBOSE,
 )
-# Secrets are looked for only when one of their prefixes is in the text (substring tests cost next to nothing).
+# Secrets are looked for only where one of their prefixes occurs (substring searches cost next to nothing).
 _SECRET_PREFIXES = ("sk-", "sk_", "rk_", "AKIA", "ASIA", "ABIA", "ACCA", "gh", "xox", "AIza", "eyJ", "Bearer")
 _SECRETS = re.compile(
     r"""
@@ -127,6 +127,7 @@ _NIE = re.compile(r"[XYZ]-?\d{7}-?[A-Z]")
 _DNI = re.compile(r"\d{8}-?[A-Z]")
 _HETU = re.compile(r"\d{6}[-+A]\d{3}[0-9A-Y]")
 _SPACES = re.compile(r" +")
+_PIECE = re.compile(r"[^ ]+")
 
 # National identifiers written with digits only: (shape, validator). A checksum alone on a plain run of digits
 # would flag order numbers, so each needs the shape its country writes it in.
@@ -162,23 +163,20 @@ def _phone(candidate: str, digits: str) -> bool:
     if candidate[0] == "+":
         if not 8 <= n <= 15:
             return False
-        regions: Iterable[str | None] = (None,)
+        try:
+            number = phonenumbers.parse(candidate, None)
+        except phonenumbers.NumberParseException:
+            return False
     # National formats: NANP's 10 digits (area code 2-9, or 11 with the leading 1), the UK's 0 and 10-11 digits.
-    # Anything else is not a phone number of these regions, and is not handed to the (slow) parser.
+    # Anything else is not a phone number of these regions. The candidate pattern already allows only digits and
+    # separators, so the number is built from its digits (what the parser would find, without its cost).
     elif (n == 10 and digits[0] in "23456789") or (n == 11 and digits[0] == "1"):
-        regions = ("US",)
+        number = phonenumbers.PhoneNumber(country_code=1, national_number=int(digits[-10:]))
     elif digits[0] == "0" and 10 <= n <= 11:
-        regions = ("GB",)
+        number = phonenumbers.PhoneNumber(country_code=44, national_number=int(digits[1:]))
     else:
         return False
-    for region in regions:
-        try:
-            number = phonenumbers.parse(candidate, region)
-        except phonenumbers.NumberParseException:
-            continue
-        if phonenumbers.is_valid_number(number):
-            return True
-    return False
+    return bool(phonenumbers.is_valid_number(number))
 
 
 def _numeric(candidate: str) -> str | None:
@@ -192,7 +190,8 @@ def _numeric(candidate: str) -> str | None:
         except ValueError:
             return None
         return IP_ADDRESS
-    if n < 7:
+    # Written without a country code, nothing covered has fewer than 9 digits (dates, order numbers end here).
+    if n < 9 and (n < 7 or candidate[0] != "+"):
         return None
     if n == 9 and _ssn(candidate):
         return US_SSN
@@ -217,7 +216,7 @@ def _numeric_spans(text: str, start: int, end: int, wanted: frozenset[str], out:
         return
     if " " not in candidate or end - start < 9:
         return
-    pieces = [(m.start(), m.end()) for m in re.finditer(r"[^ ]+", candidate)]
+    pieces = [(m.start(), m.end()) for m in _PIECE.finditer(candidate)]
     # Longest first: drop pieces from the right, then from the left.
     for i in range(len(pieces) - 1, 0, -1):
         a, b = pieces[0][0], pieces[i - 1][1]
@@ -271,10 +270,8 @@ def detect(text: str, wanted: frozenset[str]) -> list[Span]:
         kind = _upper(m.group())
         if kind is not None and kind in wanted:
             spans.append(Span(m.start(), m.end(), kind))
-    if SECRET in wanted and any(p in text for p in _SECRET_PREFIXES):
-        for m in _SECRETS.finditer(text):
-            group = "bearer" if m.lastgroup == "bearer" else 0
-            spans.append(Span(m.start(group), m.end(group), SECRET))
+    if SECRET in wanted:
+        _secrets(text, spans)
     extra: list[Span] = []
     if "@" in text and (EMAIL in wanted or URL_CREDENTIALS in wanted):
         _at_signs(text, wanted, extra)
@@ -288,6 +285,28 @@ def detect(text: str, wanted: frozenset[str]) -> list[Span]:
     if extra or len(spans) > 1:
         spans = _merge(spans, extra)
     return spans
+
+
+def _secrets(text: str, out: list[Span]) -> None:
+    """Secrets start with one of a few prefixes: the pattern is tried only where one occurs (`str.find` runs in
+    C; scanning the whole text with the pattern tries its alternation at every position)."""
+    starts: list[int] = []
+    for prefix in _SECRET_PREFIXES:
+        at = text.find(prefix)
+        while at != -1:
+            starts.append(at)
+            at = text.find(prefix, at + 1)
+    if not starts:
+        return
+    done = 0
+    for at in sorted(starts):
+        if at < done:
+            continue
+        m = _SECRETS.match(text, at)
+        if m is not None:
+            group = "bearer" if m.lastgroup == "bearer" else 0
+            out.append(Span(m.start(group), m.end(group), SECRET))
+            done = m.end()
 
 
 def _at_signs(text: str, wanted: frozenset[str], out: list[Span]) -> None:
