@@ -1,6 +1,8 @@
 """batch: a chat batch through the fake provider (0 ms), against plain tasks on the same stack, same run.
 
-One API process and one worker process on the provider and batch queues (threads, 64):
+One API process; the batch lines' worker as docker-compose.yml deploys it, on the `batch` queue at nice 10
+beside the interactive worker on `provider` and `control` (threads, 64 each; `--set batch.split=0`: one worker
+on all three queues instead):
 - end_to_end side (the baseline): N tasks queued through `POST /v1/tasks`, then drained; tasks/s over the
   window from the first claim to the last finish, from the rows;
 - batch side: a JSONL file of M chat lines uploaded with the official openai SDK (`files.create`), a batch
@@ -22,6 +24,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import openai
+import psycopg
 
 from bench.harness import BenchError, Env, log, sql_one, wait_until
 from bench.registry import Benchmark, Options, Result, Row, standard_row
@@ -37,10 +40,12 @@ class Sizes:
     lines: int
     interactive_idle: int
     concurrency: int
+    split: int  # 1: the batch lines on a worker of their own at nice 10; 0: one worker on every queue
 
 
-FULL = Sizes(tasks=2000, lines=10_000, interactive_idle=60, concurrency=64)
-QUICK = Sizes(tasks=400, lines=2000, interactive_idle=30, concurrency=64)
+FULL = Sizes(tasks=2000, lines=10_000, interactive_idle=60, concurrency=64, split=1)
+QUICK = Sizes(tasks=400, lines=2000, interactive_idle=30, concurrency=64, split=1)
+BATCH_NICE = 10
 
 
 def _window(env: Env, where: str) -> float:
@@ -66,6 +71,24 @@ def _phases(env: Env, batch_id: str) -> dict[str, float]:
         )
         for name, mark in marks.items()
     }
+
+
+def _split_ms(env: Env, since: str, until: str) -> dict[str, float]:
+    """Medians of where the interactive calls made in a window spent their time, from their rows: waiting in the
+    queue (created to claimed) and executing (claimed to finished)."""
+    query = (
+        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM started_at - created_at)), "
+        "percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - started_at)) "
+        f"FROM tasks WHERE batch_id IS NULL AND created_at >= '{since}' AND created_at < '{until}'"
+    )
+    with psycopg.connect(env.database_url, autocommit=True) as conn:
+        row = conn.execute(query).fetchone()
+    queued, executing = (float(v or 0) * 1000 for v in row) if row else (0.0, 0.0)
+    return {"queued_ms": queued, "executing_ms": executing}
+
+
+def _now(env: Env) -> str:
+    return str(sql_one(env.database_url, "SELECT clock_timestamp()::text"))
 
 
 def _chat_p50_ms(client: openai.OpenAI, n: int) -> tuple[float, list[float]]:
@@ -98,7 +121,13 @@ def run(opts: Options) -> Result:
         ours = Switchyard(env, fake_latency_ms=0)
         created_s = ours.create_tasks(sz.tasks)
         log(f"  batch: {sz.tasks} plain tasks queued in {created_s:.1f}s")
-        worker = ours.start_worker(sz.concurrency, queues="provider,batch,control")
+        if sz.split:
+            worker = ours.start_worker(sz.concurrency, queues="provider,control")
+            batch_worker = ours.start_worker(sz.concurrency, queues="batch", nice=BATCH_NICE, name="worker-batch")
+            wait_worker(batch_worker)
+        else:
+            worker = ours.start_worker(sz.concurrency, queues="provider,batch,control")
+            batch_worker = None
         wait_worker(worker)
         wait_until(
             lambda: ours.count("SELECT count(*) FROM tasks WHERE status='succeeded'") >= sz.tasks,
@@ -108,10 +137,13 @@ def run(opts: Options) -> Result:
         )
         tasks_window = _window(env, "batch_id IS NULL AND status='succeeded'")
         client = openai.OpenAI(base_url=f"{ours.url}/v1", api_key=ours.key, max_retries=0, timeout=60)
+        idle_since = _now(env)
         idle_p50, _ = _chat_p50_ms(client, sz.interactive_idle)
+        idle_split = _split_ms(env, idle_since, _now(env))
         log(f"  batch: plain tasks {sz.tasks / tasks_window:.0f}/s; interactive p50 idle {idle_p50:.1f} ms")
 
         uploaded = client.files.create(file=("lines.jsonl", _batch_file(sz.lines)), purpose="batch")
+        during_since = _now(env)
         t0 = time.perf_counter()
         batch = client.batches.create(
             input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
@@ -144,6 +176,8 @@ def run(opts: Options) -> Result:
             stop.set()
             caller.join(60)
         create_to_completed = time.perf_counter() - t0
+        during_split = _split_ms(env, during_since, _now(env))
+        log(f"  batch: interactive calls' medians idle {idle_split}, during the batch {during_split}")
         log(f"  batch: statuses first seen (s): {seen}; slowest retrieve {slowest:.2f}s")
         counts = batch.request_counts
         if batch.status != "completed" or counts is None or counts.completed != sz.lines:
@@ -152,6 +186,8 @@ def run(opts: Options) -> Result:
         phases = _phases(env, batch.id)
         log("  batch: phases (s from create): " + ", ".join(f"{k} {v:.1f}" for k, v in phases.items()))
         worker.stop()
+        if batch_worker is not None:
+            batch_worker.stop()
         lines_rate = sz.lines / lines_window
         tasks_rate = sz.tasks / tasks_window
         during_p50 = statistics.median(during) if during else float("nan")
@@ -174,6 +210,8 @@ def run(opts: Options) -> Result:
                 "target": 1.5,
                 "target_kind": "<=",
                 "calls_during": len(during),
+                "split_idle_ms": idle_split,
+                "split_during_ms": during_split,
             },
             "create_to_completed_s": create_to_completed,
             "phases_s": phases,
@@ -196,8 +234,11 @@ def rows(name: str, res: Result) -> list[Row]:
 def details(res: Result) -> None:
     """The wall time of the whole batch, validation and output file included."""
     sz: dict[str, Any] = res["sizes"]
+    deployment = (
+        f"lines on a worker of their own at nice {BATCH_NICE}" if sz.get("split", 0) else "one worker on every queue"
+    )
     print(
-        f"batch: {sz['lines']} chat lines, {sz['concurrency']} {res['pool']}; create to completed "
+        f"batch: {sz['lines']} chat lines, {deployment}, {sz['concurrency']} {res['pool']}; create to completed "
         f"{res['create_to_completed_s']:.1f}s ({res['lines_per_s_create_to_completed']:.0f} lines/s with "
         f"validation and the output file); {res['interactive']['calls_during']} interactive calls during the batch"
     )
