@@ -16,8 +16,7 @@ import re
 import string
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,7 +130,9 @@ class Meter:
     def loop(self, iterable: Any) -> Iterator[Any]:
         """A loop's items, each one counted."""
         for item in iterable:
-            self.tick()
+            self.steps_left -= 1
+            if self.steps_left < 0 or time.monotonic() > self.deadline:
+                self.tick(0)  # raises, naming the limit
             yield item
 
     def range(self, *args: int) -> range:
@@ -252,18 +253,19 @@ def meter() -> Meter:
     return current if current is not None else Meter(DEFAULT_BUDGET)
 
 
-@contextmanager
-def metered(budget: Budget) -> Iterator[Meter]:
-    """Run a render under `budget`; renders nested in it share its meter."""
+def start(budget: Budget) -> tuple[Meter, Token[Meter | None] | None]:
+    """Begin a render under `budget` (a render nested in another shares its meter); pass the token to `stop`.
+    Not a context manager: this runs for every render, and a generator-based one costs a few microseconds."""
     current = _CURRENT.get()
     if current is not None:
-        yield current
-        return
+        return current, None
     m = Meter(budget)
-    token = _CURRENT.set(m)
-    try:
-        yield m
-    finally:
+    return m, _CURRENT.set(m)
+
+
+def stop(token: Token[Meter | None] | None) -> None:
+    """End the render `start` began."""
+    if token is not None:
         _CURRENT.reset(token)
 
 

@@ -37,7 +37,8 @@ from switchyard.workflows.budget import (
     Meter,
     guarded_filters,
     meter,
-    metered,
+    start,
+    stop,
 )
 
 # The names a template can see; everything else is an unknown variable.
@@ -109,13 +110,18 @@ def _finalize(value: Any) -> Any:
     return value
 
 
+# The filter every loop's iterable goes through; a template may name it too, to no effect but counting.
+_LOOP_FILTER = "_metered_loop"
+
+
 class _Metered(NodeTransformer):
     """Rewrites a template's tree so that what can repeat or grow goes through the render's meter: every loop's
     iterable counts its iterations, and `~` (concatenation) checks the length it builds."""
 
     def visit_For(self, node: nodes.For) -> nodes.Node:
         self.generic_visit(node)
-        node.iter = nodes.Call(nodes.EnvironmentAttribute("metered_loop"), [node.iter], [], None, None)
+        # A filter compiles to a direct call (a Call node would go through the sandbox's call checks).
+        node.iter = nodes.Filter(node.iter, _LOOP_FILTER, [], [], None, None, lineno=node.lineno)
         return node
 
     def visit_Concat(self, node: nodes.Concat) -> nodes.Node:
@@ -159,10 +165,6 @@ class _Environment(ImmutableSandboxedEnvironment):
 
         return checked
 
-    def metered_loop(self, iterable: Any) -> Iterator[Any]:
-        """A loop's iterable, counted one iteration at a time against the render's budget."""
-        return meter().loop(iterable)
-
     def metered_concat(self, *parts: Any) -> str:
         """`a ~ b`: the parts' text, refused if it would be longer than the budget allows."""
         return meter().concat(parts)
@@ -176,10 +178,15 @@ def _make_env() -> _Environment:
         finalize=_finalize,
     )
     filters = {name: f for name, f in env.filters.items() if name in SAFE_FILTERS}
-    env.filters = {**filters, **guarded_filters(filters)}
+    env.filters = {**filters, **guarded_filters(filters), _LOOP_FILTER: _metered_loop}
     env.globals = {"range": _range, "dict": dict}
     env.policies["json.dumps_kwargs"] = {"sort_keys": True, "ensure_ascii": False}
     return env
+
+
+def _metered_loop(iterable: Any) -> Iterator[Any]:
+    """A loop's iterable, counted one iteration at a time against the render's budget."""
+    return meter().loop(iterable)
 
 
 def _range(*args: int) -> range:
@@ -415,15 +422,21 @@ def _walk(value: Any, context: Mapping[str, Any], m: Meter) -> Any:
 def render_value(value: Any, context: Mapping[str, Any], budget: Budget = DEFAULT_BUDGET) -> Any:
     """Render every string in `value` (walking dicts and lists; keys are not templates) against the context,
     all of it under one budget; over it, a TemplateError names the limit."""
-    with metered(budget) as m:
+    m, token = start(budget)
+    try:
         return _walk(value, context, m)
+    finally:
+        stop(token)
 
 
 def render_items(text: str, context: Mapping[str, Any], max_items: int, budget: Budget = DEFAULT_BUDGET) -> Any:
     """A `for_each` expression's value; more than `max_items` items is a TemplateError (checked before the
     value is copied)."""
-    with metered(budget) as m:
+    m, token = start(budget)
+    try:
         return _evaluate(text, context, m, max_items)
+    finally:
+        stop(token)
 
 
 def truthy(value: Any) -> bool:
