@@ -15,13 +15,20 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import event
 
+from switchyard.core.config import load_config
+from switchyard.core.db import Database
 from switchyard.core.errors import InvalidRequest
+from switchyard.core.models import Task
 from switchyard.settings import Settings
 from switchyard.workers.celery_app import make_celery
+from switchyard.workers.dispatch import CeleryDispatcher
 from switchyard.workers.queues import ADVANCE_RUN, EXECUTE_TASK
 from switchyard.workflows.budget import Budget
 from switchyard.workflows.definition_limits import MAX_DEPTH, load_yaml
+from switchyard.workflows.engine import Engine
+from switchyard.workflows.runner import advance_with_retry
 from switchyard.workflows.spec import WorkflowSpec
 from switchyard.workflows.templates import TemplateError, render_value
 from switchyard.workflows.validation import ensure_valid
@@ -381,3 +388,46 @@ def test_a_cancel_does_not_wait_for_a_template_to_render(api: httpx.Client) -> N
     result = api.get(f"/v1/runs/{run_id}").json()
     assert result["status"] == "canceled"
     assert result["steps"]["slow"]["task_ids"] == []
+
+
+def test_an_advance_loads_no_task_of_a_finished_step(hard_stack: Stack, api: httpx.Client) -> None:
+    # `fan` has finished (40 tasks) and `after` is running: advancing the run again, in this process against the
+    # stack's database, needs none of their rows (before, every advance loaded every task of the run).
+    wf = name()
+    register(
+        api,
+        {
+            "name": wf,
+            "steps": [
+                chat_step("fan", "n {{ item }}", for_each="{{ input.n }}", max_parallel=40),
+                chat_step("after", "{{ steps.fan.output | length }} [[sleep:8000]]"),
+            ],
+        },
+    )
+    run_id = start(api, wf, {"n": list(range(40))})
+
+    def after_started() -> bool:
+        view = api.get(f"/v1/runs/{run_id}").json()
+        assert view["status"] not in FINISHED, view
+        return view["steps"]["fan"]["status"] == "succeeded" and bool(view["steps"]["after"]["task_ids"])
+
+    wait_until(after_started, timeout=90)
+
+    settings = Settings(database_url=hard_stack.database_url, redis_url=hard_stack.redis_url)
+    db = Database(settings, pool_size=1)
+    engine = Engine(load_config(hard_stack.tmp / "switchyard.yaml"), CeleryDispatcher(make_celery(settings)))
+    loaded: list[str] = []
+
+    def on_load(task: Task, _: Any) -> None:
+        loaded.append(task.id)
+
+    event.listen(Task, "load", on_load)
+    try:
+        advance_with_retry(db, engine, run_id)
+    finally:
+        event.remove(Task, "load", on_load)
+        db.dispose()
+    assert loaded == []
+    result = finished(api, run_id)
+    assert result["status"] == "succeeded", result
+    assert len(result["steps"]["fan"]["output"]) == 40
