@@ -74,6 +74,15 @@ class Settings(BaseSettings):
     lease_grace_s: float = Field(default=30.0, gt=0)
     requeue_after_s: float = Field(default=60.0, gt=0)
     sweep_interval_s: float = Field(default=5.0, gt=0)
+    # Workflows. One template render (a step's `when`, `for_each`, one item's input, the run's output) may run
+    # this many loop iterations and calls, build strings and values of this many characters, and take this
+    # long; past any of them the step fails with a template_error naming the limit. A `for_each` step may have
+    # this many items, and runs this many at once when it gives no `max_parallel`.
+    workflow_template_max_iterations: int = Field(default=100_000, ge=100)
+    workflow_template_max_chars: int = Field(default=2_000_000, ge=1000)
+    workflow_template_timeout_s: float = Field(default=1.0, gt=0)
+    workflow_max_items: int = Field(default=10_000, ge=1)
+    workflow_default_max_parallel: int = Field(default=100, ge=1, le=1000)
     # /readyz fails when a periodic duty has not run for this long (unset: max(30 s, 5 sweep intervals), room
     # for a leader to die and a standby to take over without the API flapping).
     duty_stale_after_s: float | None = Field(default=None, gt=0)

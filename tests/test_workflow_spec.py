@@ -196,7 +196,7 @@ def test_several_problems_reported_at_once() -> None:
     assert err.status == 422
     assert err.param == "steps[0].model"
     assert err.message.count("; ") == 5
-    assert "steps[0].model: unknown model 'nope'" in err.message
+    assert "steps[0].model (step 'a'): unknown model 'nope'" in err.message
     assert "cycle: c -> d -> c" in err.message
 
 

@@ -63,6 +63,7 @@ from switchyard.tenancy.quotas.service import Quotas
 from switchyard.workers.celery_app import make_celery
 from switchyard.workers.dispatch import PublishQueue
 from switchyard.workflows.engine import Engine
+from switchyard.workflows.rendering import WorkflowLimits
 from switchyard.workflows.service import load_shared
 
 log = structlog.get_logger(__name__)
@@ -117,9 +118,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # Said, not fatal: a storage that is down for a moment must not keep the API from serving everything
             # else (the Files API answers 503 until it is back; /readyz shows it as `checks.files`).
             log.warning("files_storage_unavailable_at_start", error=f"{type(exc).__name__}: {exc}")
-        # Shared definitions (a bad file stops start-up with its problem named).
-        with db.transaction() as tx:
-            load_shared(tx, config, settings.shared_workflows)
+
+        # Shared definitions (a bad file stops start-up with its problem named); parsing them blocks.
+        def load_workflows() -> None:
+            with db.transaction() as tx:
+                load_shared(tx, config, settings.shared_workflows)
+
+        await anyio.to_thread.run_sync(load_workflows)
         state = ApiState(
             settings=settings,
             config=config,
@@ -130,7 +135,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             pg=pg,
             redis=redis_client,
             completions=Completions(db, settings.redis_url),
-            engine=Engine(config, dispatcher, quotas),
+            engine=Engine(config, dispatcher, quotas, WorkflowLimits.from_settings(settings)),
             keys=key_cache,
             hub=EventHub(
                 db, settings.redis_url, poll_s=settings.feed_poll_s, deltas_dir=delta_folder(settings.data_dir)

@@ -10,7 +10,15 @@ from celery.app.amqp import AMQP
 from kombu import Exchange, Queue
 
 from switchyard.settings import Settings, get_settings
-from switchyard.workers.queues import ALL, CONTROL
+from switchyard.workers.queues import (
+    ADVANCE_BATCH,
+    ADVANCE_RUN,
+    ALL,
+    CONTROL,
+    DELIVER_WEBHOOK,
+    EXECUTE_TASK,
+    EXECUTE_TASKS,
+)
 
 
 def broker_options(settings: Settings) -> dict[str, Any]:
@@ -29,6 +37,26 @@ def broker_options(settings: Settings) -> dict[str, Any]:
             "control_folder": str(folder / "control"),
         }
     return {"visibility_timeout": 3600}
+
+
+def time_limits(settings: Settings) -> dict[str, dict[str, float]]:
+    """Each task's soft and hard time limit (seconds), matching the lease that bounds it anyway: a claim is
+    worthless once its lease (provider timeout + grace) has run out, as the sweeper hands the task on; an advance
+    (a run's or a batch's) past requeue_after_s is done again by its sweep; a webhook attempt is bounded by the
+    sender's timeout. The soft limit raises in the task (its transaction rolls back), the hard one ends the
+    process. Celery enforces them with the prefork pool; in the threads pool (the default) a thread cannot be
+    interrupted, and the work is bounded by what it is made of: the leases, the templates' budget
+    (workflows/budget.py), the HTTP clients' timeouts."""
+    lease = settings.default_timeout_s + settings.lease_grace_s
+    advance = settings.requeue_after_s
+    webhook = settings.webhook_timeout_s + settings.lease_grace_s
+    return {
+        EXECUTE_TASK: {"soft_time_limit": lease * 0.9, "time_limit": lease},
+        EXECUTE_TASKS: {"soft_time_limit": lease * 0.9, "time_limit": lease},
+        ADVANCE_RUN: {"soft_time_limit": advance, "time_limit": advance + settings.lease_grace_s},
+        ADVANCE_BATCH: {"soft_time_limit": advance, "time_limit": advance + settings.lease_grace_s},
+        DELIVER_WEBHOOK: {"soft_time_limit": webhook, "time_limit": webhook + settings.lease_grace_s},
+    }
 
 
 @signals.setup_logging.connect
@@ -80,6 +108,7 @@ def make_celery(settings: Settings) -> Celery:
         broker_pool_limit=64,
         task_acks_late=True,
         task_reject_on_worker_lost=True,
+        task_annotations=time_limits(settings),
         task_ignore_result=True,
         # A broker that is down must not hold a request for long: the row is committed already and the
         # sweeper publishes it once the broker is back.

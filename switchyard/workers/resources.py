@@ -37,6 +37,7 @@ from switchyard.workers.dispatch import CeleryDispatcher, ThrottledBatchAdvancer
 from switchyard.workers.queues import CONTROL
 from switchyard.workers.runtime import Runtime
 from switchyard.workflows.engine import Engine
+from switchyard.workflows.rendering import WorkflowLimits
 from switchyard.workflows.runner import LocalAdvancer
 
 log = structlog.get_logger(__name__)
@@ -144,7 +145,7 @@ def init_resources() -> WorkerResources:
             install_settler(quotas)
             # Answers scrubbed in `hash` mode here hash as the API's requests do.
             load_hash_key(settings)
-            engine = Engine(config, dispatcher, quotas)
+            engine = Engine(config, dispatcher, quotas, WorkflowLimits.from_settings(settings))
             executor = Executor(
                 settings,
                 config,

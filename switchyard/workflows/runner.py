@@ -11,10 +11,13 @@ from switchyard.core.models import Run
 from switchyard.observability import tracing
 from switchyard.tasks.transitions import RunAdvancer
 from switchyard.workflows.engine import Engine
+from switchyard.workflows.rendering import RenderJob, RenderPass, render_jobs
 
 log = structlog.get_logger(__name__)
 
 ATTEMPTS = 3
+# Locked passes of one advance; each can make the steps after a skipped or failed one ready (a new render).
+MAX_PASSES = 50
 
 
 class LocalAdvancer:
@@ -54,12 +57,26 @@ def _run_traceparent(db: Database, run_id: str) -> str | None:
 
 
 def _advance(db: Database, engine: Engine, run_id: str) -> None:
+    """Locked passes until one needs nothing rendered; between two, the templates the last one asked for are
+    rendered with no lock and no transaction held (a cancel meanwhile does not wait on a template)."""
+    renders = RenderPass()
+    for _ in range(MAX_PASSES):
+        jobs = _advance_once(db, engine, run_id, renders)
+        if not jobs:
+            return
+        renders.rendered = {**renders.rendered, **render_jobs(jobs, engine.limits)}
+    # Each pass renders what the one before made ready; a chain this long is left to the runs' sweep.
+    log.warning("advance_passes_exhausted", run_id=run_id, passes=MAX_PASSES)
+
+
+def _advance_once(db: Database, engine: Engine, run_id: str, renders: RenderPass) -> list[RenderJob]:
     for attempt in range(1, ATTEMPTS + 1):
         try:
             with db.transaction() as tx:
-                engine.advance(tx, run_id)
-            return
+                jobs = engine.advance(tx, run_id, renders)
+            return jobs
         except (IntegrityError, OperationalError):
             if attempt == ATTEMPTS:
                 raise
             log.info("advance_retried", run_id=run_id, attempt=attempt)
+    return []  # pragma: no cover - the last attempt returns or raises

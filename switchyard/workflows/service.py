@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import defaultdict
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
-import yaml
 from pydantic import ValidationError
 from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
@@ -23,28 +23,52 @@ from switchyard.core.models import Run, RunStep, Task, Workflow
 from switchyard.core.validation import invalid_request
 from switchyard.observability import tracing
 from switchyard.webhooks.service import WebhookTarget, object_webhook
+from switchyard.workflows.definition_limits import check_shape, load_yaml
 from switchyard.workflows.engine import RUN_TERMINAL, Engine
 from switchyard.workflows.spec import WorkflowSpec
 from switchyard.workflows.validation import ensure_valid
 
 
 def parse_spec(raw: Any, config: AppConfig) -> WorkflowSpec:
-    """A definition from JSON or YAML data, with every problem of its shape, graph and templates named."""
+    """A definition from JSON or YAML data, with every problem of its shape, graph and templates named. Blocks
+    (it compiles every template): call it off the event loop."""
     if not isinstance(raw, dict):
         raise InvalidRequest("a workflow definition must be an object with 'name' and 'steps'", param="body")
+    check_shape(raw)
     try:
         spec = WorkflowSpec.model_validate(raw)
     except ValidationError as exc:
-        raise invalid_request(exc) from None
+        raise _naming_steps(invalid_request(exc), raw) from None
     ensure_valid(spec, {n: m.type for n, m in config.models.items()})
     return spec
 
 
-def parse_yaml(text: bytes) -> Any:
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise InvalidRequest(f"not valid YAML: {exc}", param="body") from None
+_STEP_PARAM = re.compile(r"^steps\[(\d+)\]")
+
+
+def _naming_steps(error: InvalidRequest, raw: dict[str, Any]) -> InvalidRequest:
+    """The message names each step it mentions by its id too: `steps[3].model (step 'summarize'): ...`."""
+    steps = raw.get("steps")
+    parts = []
+    for part in error.message.split("; "):
+        param, sep, message = part.partition(": ")
+        match = _STEP_PARAM.match(param)
+        if sep and match:
+            index = int(match.group(1))
+            step = steps[index] if isinstance(steps, list) and index < len(steps) else None
+            step_id = step.get("id") if isinstance(step, dict) else None
+            if isinstance(step_id, str) and step_id:
+                param = f"{param} (step '{step_id}')"
+        parts.append(f"{param}{sep}{message}")
+    return InvalidRequest("; ".join(parts), param=error.param)
+
+
+def parse_body(body: bytes, *, yaml_body: bool) -> Any:
+    """The definition's data from a request body (YAML without aliases, or JSON; orjson.JSONDecodeError when it
+    is not JSON), its size limits checked. Blocks: call it off the event loop."""
+    if yaml_body:
+        return load_yaml(body)
+    return orjson.loads(body)
 
 
 def register(tx: Tx, config: AppConfig, tenant_id: str | None, raw: Any, *, actor: str | None = None) -> Workflow:
@@ -71,14 +95,14 @@ def register(tx: Tx, config: AppConfig, tenant_id: str | None, raw: Any, *, acto
 
 def load_shared(tx: Tx, config: AppConfig, folder: Path) -> list[Workflow]:
     """Definitions from `folder/*.yaml` (SWITCHYARD_WORKFLOWS_DIR), shared by all tenants; a changed file makes
-    a new version. A bad file stops start-up with the file and the problem named."""
+    a new version. A bad file stops start-up with the file and the problem named. Blocks: call it off the event
+    loop."""
     loaded = []
     for path in sorted(folder.glob("*.y*ml")):
         try:
-            spec = parse_spec(yaml.safe_load(path.read_text()), config)
-        except (InvalidRequest, yaml.YAMLError) as exc:
-            message = exc.message if isinstance(exc, InvalidRequest) else str(exc)
-            raise ConfigError(f"{path}: {message}") from None
+            spec = parse_spec(load_yaml(path.read_bytes()), config)
+        except InvalidRequest as exc:
+            raise ConfigError(f"{path}: {exc.message}") from None
         current = _latest(tx, None, spec.name)
         if current is not None and current.spec == spec.model_dump(mode="json", exclude_none=True):
             continue

@@ -41,6 +41,7 @@ from switchyard.workflows.spec import StepSpec, WorkflowSpec
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _CONTEXT_HELP = "templates see input, steps.<id>.output and item"
+_STEP_PARAM = re.compile(r"^steps\[(\d+)\]")
 
 
 @dataclass(frozen=True)
@@ -49,9 +50,12 @@ class Problem:
 
     param: str
     message: str
+    # The id of the step the param is in, so that a message names it as well as its index.
+    step: str | None = field(default=None, compare=False)
 
     def __str__(self) -> str:
-        return f"{self.param}: {self.message}"
+        where = f"{self.param} (step '{self.step}')" if self.step else self.param
+        return f"{where}: {self.message}"
 
 
 @dataclass
@@ -137,7 +141,9 @@ class _Checker:
         self.explicit: dict[str, set[str]] = {sid: set() for sid in self.index}
 
     def problem(self, param: str, message: str) -> None:
-        self.problems.append(Problem(param, message))
+        match = _STEP_PARAM.match(param)
+        step = self.spec.steps[int(match.group(1))].id if match else None
+        self.problems.append(Problem(param, message, step))
 
     def run(self) -> tuple[list[Problem], Graph]:
         for i, step in enumerate(self.spec.steps):
