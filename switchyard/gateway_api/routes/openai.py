@@ -40,6 +40,7 @@ from switchyard.gateway_api.schemas import (
     ModerationResponse,
 )
 from switchyard.gateway_api.state import ApiState
+from switchyard.gateway_api.waiters import waiter
 from switchyard.guardrails.pii import Restorer, map_result
 from switchyard.tasks import openai_mapping as mapping
 from switchyard.tasks.schemas import TaskCreate
@@ -86,7 +87,7 @@ async def _finished(state: ApiState, principal: Principal, task_id: str) -> dict
 # The bodies are read by the endpoints themselves (faster than FastAPI's parsing): openapi_extra documents them.
 @router.post(
     "/v1/chat/completions",
-    dependencies=[admission()],
+    dependencies=[admission(), waiter()],
     response_model=ChatCompletion,
     responses={
         200: {"content": {"text/event-stream": {"schema": {"type": "string", "description": CHAT_STREAM_DESCRIPTION}}}},
@@ -249,7 +250,7 @@ async def _chunks(
 
 @router.post(
     "/v1/embeddings",
-    dependencies=[admission()],
+    dependencies=[admission(), waiter()],
     response_model=EmbeddingList,
     responses=_SYNC_ERRORS,
     openapi_extra=request_body(EmbeddingRequest),
@@ -266,7 +267,7 @@ async def embeddings(request: Request, principal: Member, state: StateDep) -> Re
 
 @router.post(
     "/v1/moderations",
-    dependencies=[admission()],
+    dependencies=[admission(), waiter()],
     response_model=ModerationResponse,
     responses=_SYNC_ERRORS,
     openapi_extra=request_body(ModerationRequest),

@@ -21,6 +21,7 @@ from switchyard.gateway_api.deps import Member, StateDep, admission
 from switchyard.gateway_api.responses import FastJSONResponse
 from switchyard.gateway_api.schemas import PredictRequest, PredictResponse
 from switchyard.gateway_api.state import ApiState
+from switchyard.gateway_api.waiters import waiter
 from switchyard.tasks.schemas import TaskCreate
 from switchyard.workers.queues import ML
 
@@ -63,7 +64,7 @@ _BODY = request_body(
 
 @router.post(
     "/{model}",
-    dependencies=[admission(ML)],
+    dependencies=[admission(ML), waiter()],
     response_model=PredictResponse,
     responses=errors(404, 409, 429, 502, 503, 504),
     openapi_extra=_BODY,
