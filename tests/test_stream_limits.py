@@ -336,7 +336,7 @@ def test_revoking_a_key_closes_its_open_websocket_and_sse_stream(stack: Stack) -
     assert frames[-1] == {"type": "error", "message": "this key has been revoked"}
     assert sse_ended.wait(5), "the SSE stream outlived its key"
     assert "event: error" in sse_lines
-    error = json.loads(next(line for line in sse_lines if line.startswith("data: "))[6:])["error"]
+    error = json.loads(sse_lines[sse_lines.index("event: error") + 1].removeprefix("data: "))["error"]
     assert error["type"] == "authentication_error" and error["code"] == "key_revoked"
 
 
