@@ -32,6 +32,7 @@ ENV = {
     "SWITCHYARD_SSE_MAX_STREAMS_PER_TENANT": "5",
     "SWITCHYARD_WS_MAX_SUBSCRIPTIONS": "5",
     "SWITCHYARD_WS_MAX_PENDING_FRAMES": "8",
+    "SWITCHYARD_WS_SEND_TIMEOUT_S": "2",
     "SWITCHYARD_SYNC_MAX_WAITERS_PER_TENANT": "2",
     "SWITCHYARD_SYNC_WAIT_S": "20",
     # Revocations must reach open streams over the invalidation channel, not by the periodic look.
@@ -196,6 +197,62 @@ def test_a_client_flooding_frames_is_closed_with_1008_not_buffered(stack: Stack)
     assert code == 1008
     assert len(frames) < 2000
     assert "too many frames" in frames[-1]["message"]
+
+
+def _masked_text_frame(payload: bytes) -> bytes:
+    """A client's WebSocket text frame (clients must mask), for a client written on a bare socket."""
+    mask = secrets.token_bytes(4)
+    size = len(payload)
+    head = bytes([0x81]) + (
+        bytes([0x80 | size])
+        if size < 126
+        else bytes([0x80 | 126]) + size.to_bytes(2, "big")
+        if size < 65536
+        else bytes([0x80 | 127]) + size.to_bytes(8, "big")
+    )
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def test_a_client_that_stops_reading_is_let_go_not_buffered_for(stack: Stack) -> None:
+    _, viewer = tenant_keys(stack)
+    host, port = stack.url.removeprefix("http://").split(":")
+    # A bare socket that never reads (a client library would keep reading into its own buffers).
+    conn = socket.socket()
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: no window scaling past it
+    conn.settimeout(30)
+    conn.connect((host, int(port)))
+    conn.sendall(
+        b"GET /v1/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        + f"Authorization: Bearer {viewer}\r\n\r\n".encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += conn.recv(1)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    try:
+        # Each unknown id comes back in its error frame: ~50 KB an answer, until the server's buffers are full
+        # and its sends wait (paced, so that the answers, not the frames, pile up).
+        for i in range(100):
+            frame = json.dumps({"action": "subscribe", "task_id": f"task_{i}" + "x" * 50_000}).encode()
+            conn.sendall(_masked_text_frame(frame))
+            time.sleep(0.03)
+    except OSError:
+        pass  # already let go
+    time.sleep(5)  # SWITCHYARD_WS_SEND_TIMEOUT_S is 2
+    # Now read: what was sent, then the end of the connection — the server gave up on this client.
+    conn.settimeout(15)
+    received = 0
+    try:
+        while chunk := conn.recv(1 << 20):
+            received += len(chunk)
+    except TimeoutError:
+        pytest.fail(f"the connection is still open after {received} bytes: the server kept waiting on its client")
+    except OSError:
+        pass  # reset: let go as well
+    finally:
+        conn.close()
+    assert received < 100 * 50_000  # not every answer was kept for it
 
 
 def test_synchronous_waiters_per_tenant_are_capped_with_429(stack: Stack) -> None:
