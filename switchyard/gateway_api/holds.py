@@ -1,6 +1,14 @@
-"""Counts of what the streams and waiters of one API process hold, each against its limit (no I/O: a dict)."""
+"""Counts of what the streams and waiters of one API process hold, each against its limit (no I/O: a dict).
+
+Synchronous waiters — the requests that wait for their task to finish (`/v1/chat/completions`, streamed or not,
+`/v1/embeddings`, `/v1/moderations`, `/v1/predict`) — each hold a Redis connection (its BLPOP) or a stream for
+their whole wait, so they are counted: past `sync_max_waiters_per_tenant` a tenant's next call is refused with
+429, past `sync_max_waiters` anyone's with 503, both with Retry-After, before the task is made, never a hang."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from switchyard.core.errors import RateLimited, ServiceUnavailable
 
@@ -34,6 +42,15 @@ class Waiters:
             )
         self._by_tenant[tenant_id] = held + 1
         self.count += 1
+
+    @contextmanager
+    def hold(self, tenant_id: str) -> Iterator[None]:
+        """A waiter's place for the block (refused as `enter` is)."""
+        self.enter(tenant_id)
+        try:
+            yield
+        finally:
+            self.leave(tenant_id)
 
     def leave(self, tenant_id: str) -> None:
         self.count -= 1

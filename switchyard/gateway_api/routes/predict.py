@@ -21,7 +21,6 @@ from switchyard.gateway_api.deps import Member, StateDep, admission
 from switchyard.gateway_api.responses import FastJSONResponse
 from switchyard.gateway_api.schemas import PredictRequest, PredictResponse
 from switchyard.gateway_api.state import ApiState
-from switchyard.gateway_api.waiters import waiter
 from switchyard.tasks.schemas import TaskCreate
 from switchyard.workers.queues import ML
 
@@ -64,7 +63,7 @@ _BODY = request_body(
 
 @router.post(
     "/{model}",
-    dependencies=[admission(ML), waiter()],
+    dependencies=[admission(ML)],
     response_model=PredictResponse,
     responses=errors(404, 409, 429, 502, 503, 504),
     openapi_extra=_BODY,
@@ -82,8 +81,9 @@ async def predict(model: str, request: Request, principal: Member, state: StateD
     except ValidationError as exc:
         raise invalid_request(exc) from None
 
-    task_id = await sync.create(state, principal, body, request)
-    task = await sync.wait_for(state, principal, task_id, float(options.get("timeout_s") or DEFAULT_WAIT_S))
+    with state.waiters.hold(principal.tenant_id):
+        task_id = await sync.create(state, principal, body, request)
+        task = await sync.wait_for(state, principal, task_id, float(options.get("timeout_s") or DEFAULT_WAIT_S))
     if task["status"] != "succeeded":
         raise sync.failure(task)
     result = task["result"]
