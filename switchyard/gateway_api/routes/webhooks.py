@@ -49,9 +49,13 @@ def signing_secret(principal: Admin, tx: TxDep) -> FastJSONResponse:
     return FastJSONResponse({"secret": service.signing_secret(tx, principal.tenant_id)})
 
 
+# The body is optional: none means the default overlap.
+_NO_BODY = SecretRotation()
+
+
 @router.post("/signing-secret/rotate", response_model=RotatedSecret)
 def rotate_signing_secret(
-    principal: Admin, tx: TxDep, state: StateDep, body: SecretRotation | None = None
+    principal: Admin, tx: TxDep, state: StateDep, body: SecretRotation = _NO_BODY
 ) -> FastJSONResponse:
     """A new signing secret for the `webhook` of tasks, runs and batches. The replaced one keeps signing beside
     it (two signatures in `webhook-signature`) for `overlap_s` (default `SWITCHYARD_WEBHOOK_SECRET_OVERLAP_S`)."""
@@ -61,7 +65,7 @@ def rotate_signing_secret(
 
 @router.post("/{webhook_id}/secret/rotate", response_model=RotatedSecret, responses=errors(404, 409))
 def rotate_webhook_secret(
-    webhook_id: str, principal: Admin, tx: TxDep, state: StateDep, body: SecretRotation | None = None
+    webhook_id: str, principal: Admin, tx: TxDep, state: StateDep, body: SecretRotation = _NO_BODY
 ) -> FastJSONResponse:
     """A new secret for a subscription, shown only now; the replaced one keeps signing beside it for
     `overlap_s` (default `SWITCHYARD_WEBHOOK_SECRET_OVERLAP_S`)."""
@@ -70,8 +74,8 @@ def rotate_webhook_secret(
     return FastJSONResponse(view)
 
 
-def _overlap(body: SecretRotation | None, state: ApiState) -> float:
-    if body is None or body.overlap_s is None:
+def _overlap(body: SecretRotation, state: ApiState) -> float:
+    if body.overlap_s is None:
         return state.settings.webhook_secret_overlap_s
     return body.overlap_s
 
