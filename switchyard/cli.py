@@ -125,6 +125,8 @@ def api(host: str, port: int, workers: int) -> None:
         prepare_multiprocess(_settings().data_dir, f"api-{port}")
     import uvicorn
 
+    from switchyard.gateway_api.http_protocol import http_protocol
+
     _check_config()
     _check_database()
     uvicorn.run(
@@ -138,6 +140,11 @@ def api(host: str, port: int, workers: int) -> None:
         access_log=False,
         # Compressing is done per socket: one event sent to a thousand listeners is compressed a thousand times.
         ws_per_message_deflate=_settings().ws_compression,
+        # Bounds on what a client can make a process buffer (docs/api.md, "Stream limits"): a WebSocket frame
+        # (a larger one closes the connection with 1009), a request's head (431).
+        ws_max_size=_settings().ws_max_frame_bytes,
+        http=http_protocol(),
+        h11_max_incomplete_event_size=_settings().max_header_bytes,
     )
 
 

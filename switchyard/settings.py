@@ -128,6 +128,32 @@ class Settings(BaseSettings):
     sse_keepalive_s: float = Field(default=15.0, gt=0, le=300)
     # permessage-deflate on WebSocket connections: less bandwidth, much more CPU per listener.
     ws_compression: bool = False
+    # Bounds on what one tenant's streams may make an API process hold (docs/api.md, "Stream limits"). SSE
+    # streams per tenant (across API processes when Redis is shared); subscriptions of one WebSocket; the size of
+    # a client's frame (commands are under 1 KiB); client frames read but not yet handled; replays (`since`)
+    # running at once per tenant in a process; how long one frame may take to go out before the client counts as
+    # too slow and is closed (1013).
+    sse_max_streams_per_tenant: int = Field(default=100, ge=1)
+    ws_max_subscriptions: int = Field(default=100, ge=1)
+    ws_max_frame_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    ws_max_pending_frames: int = Field(default=64, ge=1)
+    ws_max_replays_per_tenant: int = Field(default=8, ge=1)
+    ws_send_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    # Synchronous waiters (/v1/chat/completions, /v1/embeddings, /v1/moderations, /v1/predict) held at once by
+    # one API process, in all and per tenant; past them 503 / 429 with Retry-After. A waiter waits at most
+    # sync_redis_timeout_s for a Redis connection or answer before it falls back to reading the task's row.
+    sync_max_waiters: int = Field(default=1000, ge=1, le=100_000)
+    sync_max_waiters_per_tenant: int = Field(default=200, ge=1, le=100_000)
+    sync_redis_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    # Request line and headers: the most uvicorn buffers before it answers 431/400 (h11's incomplete event).
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024, le=1024 * 1024)
+    # Open WebSockets and SSE streams check that their key still stands this often (revocations are also
+    # heard at once over Redis); a revoked or expired key's streams are closed.
+    stream_key_recheck_s: float = Field(default=5.0, gt=0, le=300)
+    # Tickets (`POST /v1/ws/ticket`): single use, valid this long, for `?ticket=` on the WebSocket and SSE.
+    stream_ticket_ttl_s: float = Field(default=30.0, gt=0, le=600)
+    # Rotating a webhook signing secret keeps the old one signing beside the new one this long by default.
+    webhook_secret_overlap_s: float = Field(default=24 * 3600, ge=0, le=30 * 24 * 3600)
 
     # Prometheus metrics (docs/api.md, "Metrics"): GET /metrics on the API, `switchyard worker --metrics-port`
     # (or metrics_port) on workers, served on metrics_host. A tenant label on the per-task families only when

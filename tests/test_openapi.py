@@ -30,6 +30,7 @@ BODILESS = {
     ("post", "/v1/batches/{batch_id}/cancel"),
     ("post", "/v1/runs/{run_id}/retry"),
     ("post", "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/retry"),
+    ("post", "/v1/ws/ticket"),
 }
 UNAUTHENTICATED = {"/healthz", "/readyz"}
 FEATURES = [0.9, 0.2, 68.4, 1.0, 2.0, 0.14, 0.05, 286.5]

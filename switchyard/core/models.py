@@ -73,6 +73,9 @@ class Tenant(Base):
     name: Mapped[str] = mapped_column(String(200), unique=True)
     # Signs the deliveries of per-object webhooks (a task's, a run's); made when first needed.
     webhook_secret: Mapped[str | None] = mapped_column(String(100))
+    # After a rotation, the secret it replaced signs too (beside the new one) until then.
+    previous_webhook_secret: Mapped[str | None] = mapped_column(String(100))
+    previous_webhook_secret_until: Mapped[datetime | None]
     # The tenant's own limits and budget (core.policy.Limits / Budget as JSON) or a tier of the config file.
     limits: Mapped[dict[str, Any] | None]
     budget: Mapped[dict[str, Any] | None]
@@ -404,6 +407,9 @@ class Webhook(Base):
     events: Mapped[list[str]] = mapped_column(JSONType)
     description: Mapped[str | None] = mapped_column(String(500))
     secret: Mapped[str | None] = mapped_column(String(100))
+    # After a rotation, the secret it replaced signs too (beside the new one) until then.
+    previous_secret: Mapped[str | None] = mapped_column(String(100))
+    previous_secret_until: Mapped[datetime | None]
     object_id: Mapped[str | None] = mapped_column(String(40))
     # enabled | disabled (by hand, or by a receiver answering 410 Gone)
     status: Mapped[str] = mapped_column(String(16))

@@ -19,9 +19,11 @@ from switchyard.events.local_bus import delta_folder
 from switchyard.files.storage import storage_for
 from switchyard.gateway_api.api_docs import install_docs
 from switchyard.gateway_api.errors import install_error_handlers
+from switchyard.gateway_api.holds import TenantCounter, Waiters
 from switchyard.gateway_api.input_guard import reject_unstorable_strings
 from switchyard.gateway_api.key_events import KeyEvents, apply
 from switchyard.gateway_api.middleware import BodySizeLimit
+from switchyard.gateway_api.open_streams import OpenStreams
 from switchyard.gateway_api.routes import (
     audit,
     batches,
@@ -57,9 +59,10 @@ from switchyard.settings import Settings, get_settings
 from switchyard.shedding.service import Shedder
 from switchyard.tasks.completion import Completions
 from switchyard.tasks.transitions import install_settler
-from switchyard.tenancy.invalidation import Announcer
+from switchyard.tenancy.invalidation import Announcer, Message
 from switchyard.tenancy.jwt_auth import JwtVerifier
 from switchyard.tenancy.quotas.service import Quotas
+from switchyard.tenancy.tickets import Tickets
 from switchyard.workers.celery_app import make_celery
 from switchyard.workers.dispatch import PublishQueue
 from switchyard.workflows.engine import Engine
@@ -112,6 +115,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await pg.open()
         key_cache = KeyCache(ttl_s=settings.api_key_cache_s, short_ttl_s=settings.api_key_cache_unsubscribed_s)
         files_storage = storage_for(settings)
+        streams = OpenStreams(db, settings.stream_key_recheck_s)
+
+        def changed(message: Message) -> None:
+            # Principals changed (a key revoked, say): the cache forgets them, open streams check their key.
+            apply(key_cache, message)
+            streams.changed(message)
+
         try:
             await anyio.to_thread.run_sync(files_storage.check)
         except Exception as exc:
@@ -134,24 +144,35 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             dispatcher=dispatcher,
             pg=pg,
             redis=redis_client,
-            completions=Completions(db, settings.redis_url),
+            completions=Completions(
+                db,
+                settings.redis_url,
+                max_waiters=settings.sync_max_waiters,
+                redis_timeout_s=settings.sync_redis_timeout_s,
+            ),
             engine=Engine(config, dispatcher, quotas, WorkflowLimits.from_settings(settings)),
             keys=key_cache,
             hub=EventHub(
                 db, settings.redis_url, poll_s=settings.feed_poll_s, deltas_dir=delta_folder(settings.data_dir)
             ),
             ws_slots=ConnectionSlots(settings.redis_url, settings.ws_max_connections_per_tenant),
+            sse_slots=ConnectionSlots(settings.redis_url, settings.sse_max_streams_per_tenant, name="sse"),
+            waiters=Waiters(settings.sync_max_waiters, settings.sync_max_waiters_per_tenant),
+            replays=TenantCounter(settings.ws_max_replays_per_tenant),
+            streams=streams,
+            tickets=Tickets(settings.redis_url, settings.stream_ticket_ttl_s),
             health=health,
             limits=limits,
             files=files_storage,
             jwt=JwtVerifier(settings) if settings.jwt_jwks_url else None,
-            announcer=Announcer(redis_client, local=lambda message: apply(key_cache, message)),
+            announcer=Announcer(redis_client, local=changed),
             quotas=quotas,
             shedder=Shedder(settings),
         )
         await state.hub.start()
+        await streams.start()
         await state.shedder.start()
-        key_events = KeyEvents(key_cache, settings.redis_url) if settings.redis_url else None
+        key_events = KeyEvents(key_cache, settings.redis_url, on_change=streams.changed) if settings.redis_url else None
         if key_events is not None:
             await key_events.start()
         app.state.switchyard = state

@@ -4,17 +4,18 @@ and the caller's principal."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio.to_thread
 from fastapi import Depends, Request, params
 from starlette.requests import HTTPConnection
 
 from switchyard.core.db import Tx
-from switchyard.core.errors import Forbidden, Unauthenticated
+from switchyard.core.errors import Forbidden, MalformedRequest, Unauthenticated
 from switchyard.gateway_api.state import ApiState
 from switchyard.tenancy.jwt_auth import looks_like_jwt
 from switchyard.tenancy.service import Principal, expired_message, hash_key, verify_key
+from switchyard.tenancy.tickets import ticket_principal
 from switchyard.workers.queues import PROVIDER
 
 
@@ -39,13 +40,23 @@ StateDep = Annotated[ApiState, Depends(get_state)]
 
 
 def bearer_key(conn: HTTPConnection) -> str | None:
-    """The key from `Authorization: Bearer`, else from `?api_key=` (browsers cannot set WebSocket headers)."""
+    """The key from `Authorization: Bearer`, else — on the WebSocket handshake only, browsers cannot set its
+    headers — from `?api_key=`."""
     header = conn.headers.get("authorization")
     if header:
         scheme, _, value = header.partition(" ")
         if scheme.lower() == "bearer" and value.strip():
             return value.strip()
-    return conn.query_params.get("api_key")
+    if conn.scope["type"] == "websocket":
+        return conn.query_params.get("api_key")
+    return None
+
+
+# Why `?api_key=` is refused on HTTP routes (it ends up in the access logs of every proxy on the way).
+KEY_IN_URL = (
+    "?api_key= is accepted only on the WebSocket handshake (GET /v1/ws): send 'Authorization: Bearer <key>', "
+    "or, where a browser cannot set headers (EventSource), a ticket from POST /v1/ws/ticket as ?ticket="
+)
 
 
 def _lookup(state: ApiState, plain: str) -> Principal:
@@ -56,12 +67,26 @@ def _lookup(state: ApiState, plain: str) -> Principal:
         return verify_key(session, plain)
 
 
-async def principal_of(conn: HTTPConnection) -> Principal:
-    """The caller, from the key cache; only a miss reads the database (in a worker thread)."""
+def _redeemed(state: ApiState, record: dict[str, Any]) -> Principal:
+    with state.db.sessions() as session:
+        return ticket_principal(session, record)
+
+
+async def principal_of(conn: HTTPConnection, *, tickets: bool = False) -> Principal:
+    """The caller, from the key cache; only a miss reads the database (in a worker thread). With `tickets`
+    (the WebSocket handshake and SSE streams) a `?ticket=` from POST /v1/ws/ticket is taken too (once)."""
+    if conn.scope["type"] != "websocket" and "api_key" in conn.query_params:
+        raise MalformedRequest(KEY_IN_URL, param="api_key")
+    state = _state(conn)
     plain = bearer_key(conn)
     if plain is None:
-        raise Unauthenticated("missing API key: send 'Authorization: Bearer <key>'")
-    state = _state(conn)
+        ticket = conn.query_params.get("ticket") if tickets else None
+        if ticket is None:
+            raise Unauthenticated("missing API key: send 'Authorization: Bearer <key>'")
+        record = await state.tickets.redeem(ticket)
+        if record is None:
+            raise Unauthenticated("this ticket is unknown, used or expired: get a new one from POST /v1/ws/ticket")
+        return await anyio.to_thread.run_sync(_redeemed, state, record)
     digest = hash_key(plain)
     cache = state.keys
     principal = cache.get(digest)
@@ -81,11 +106,12 @@ class RoleRequired:
     A class rather than a closure so that the OpenAPI document can tell which routes need a key, and which role.
     """
 
-    def __init__(self, role: str) -> None:
+    def __init__(self, role: str, *, tickets: bool = False) -> None:
         self.role = role
+        self.tickets = tickets
 
     async def __call__(self, request: Request) -> Principal:
-        principal = await principal_of(request)
+        principal = await principal_of(request, tickets=self.tickets)
         if not principal.allows(self.role):
             raise Forbidden(f"this key's role '{principal.role}' may not do this; '{self.role}' is needed")
         return principal
@@ -97,6 +123,8 @@ def require(role: str) -> RoleRequired:
 
 
 Viewer = Annotated[Principal, Depends(require("viewer"))]
+# An SSE stream's viewer: `?ticket=` is taken too (EventSource cannot set headers).
+StreamViewer = Annotated[Principal, Depends(RoleRequired("viewer", tickets=True))]
 Member = Annotated[Principal, Depends(require("member"))]
 Admin = Annotated[Principal, Depends(require("admin"))]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -31,8 +32,18 @@ def apply(cache: KeyCache, message: Message) -> None:
 class KeyEvents:
     """The subscription of one API process."""
 
-    def __init__(self, cache: KeyCache, redis_url: str, *, ping_s: float = 1.0, live_s: float = 3.0) -> None:
+    def __init__(
+        self,
+        cache: KeyCache,
+        redis_url: str,
+        *,
+        ping_s: float = 1.0,
+        live_s: float = 3.0,
+        on_change: Callable[[Message | None], None] | None = None,
+    ) -> None:
+        """`on_change`: told of each message too (None: messages may have been missed), after the cache."""
         self.cache = cache
+        self.on_change = on_change
         self.redis_url = redis_url
         self.ping_s = ping_s
         self.live_s = live_s
@@ -80,8 +91,12 @@ class KeyEvents:
             if kind == "subscribe":
                 # Whatever was published while this process was not subscribed is lost: forget everything.
                 self.cache.clear()
+                if self.on_change is not None:
+                    self.on_change(None)
             elif kind == "message":
                 decoded = decode(message["data"])
                 if decoded is not None:
                     apply(self.cache, decoded)
+                    if self.on_change is not None:
+                        self.on_change(decoded)
             self.cache.live_until = time.monotonic() + self.live_s

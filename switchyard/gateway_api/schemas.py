@@ -293,3 +293,10 @@ class ModerationResponse(BaseModel):
     id: str
     model: str
     results: list[ModerationResult]
+
+
+class StreamTicket(BaseModel):
+    """`POST /v1/ws/ticket`: a ticket for one WebSocket or SSE handshake (`?ticket=`)."""
+
+    ticket: str = Field(description="Single use; put it in the URL as `?ticket=`.")
+    expires_in: float = Field(description="Seconds it stays valid if unused.")

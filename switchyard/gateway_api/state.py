@@ -14,6 +14,8 @@ from switchyard.core.config import AppConfig
 from switchyard.core.db import Database
 from switchyard.events.feed import EventHub
 from switchyard.files.storage import Storage
+from switchyard.gateway_api.holds import TenantCounter, Waiters
+from switchyard.gateway_api.open_streams import OpenStreams
 from switchyard.gateway_api.ws_slots import ConnectionSlots
 from switchyard.ml.signature import Signature
 from switchyard.providers.health import DeploymentHealth
@@ -26,6 +28,7 @@ from switchyard.tenancy.invalidation import Announcer
 from switchyard.tenancy.jwt_auth import JwtVerifier
 from switchyard.tenancy.quotas.service import Quotas, Request
 from switchyard.tenancy.service import Principal
+from switchyard.tenancy.tickets import Tickets
 from switchyard.workers.dispatch import PublishQueue
 from switchyard.workflows.engine import Engine
 
@@ -106,6 +109,16 @@ class ApiState:
     keys: KeyCache
     hub: EventHub
     ws_slots: ConnectionSlots
+    # SSE streams per tenant, counted like WebSocket connections.
+    sse_slots: ConnectionSlots
+    # Synchronous waiters of this process, per tenant and in all.
+    waiters: Waiters
+    # WebSocket replays (`since`) running at once per tenant in this process.
+    replays: TenantCounter
+    # Open WebSockets and SSE streams by key: closed when their key is revoked.
+    streams: OpenStreams
+    # `?ticket=` for the WebSocket and SSE handshakes (POST /v1/ws/ticket).
+    tickets: Tickets
     health: DeploymentHealth
     limits: LimitsView
     # The Files API's bytes (the same storage the workers read batch inputs from and write outputs to).
@@ -138,6 +151,9 @@ class ApiState:
         await self.shedder.close()
         await self.hub.close()
         await self.ws_slots.close()
+        await self.sse_slots.close()
+        await self.streams.close()
+        await self.tickets.close()
         await self.completions.close()
         self.dispatcher.close()
         if self.pg is not None:

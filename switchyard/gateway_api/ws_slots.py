@@ -1,4 +1,4 @@
-"""Per-tenant WebSocket connection limits."""
+"""Per-tenant limits on open streams (WebSocket connections, SSE streams)."""
 
 from __future__ import annotations
 
@@ -16,27 +16,28 @@ log = structlog.get_logger(__name__)
 
 
 class ConnectionSlots:
-    """Per-tenant WebSocket connection limits. With Redis the count spans every API process: each connection
-    is a member of a sorted set scored by when its registration lapses, renewed while it lives, so the
-    connections of a process that died stop counting within a minute."""
+    """Per-tenant limits on open streams of one kind (`name`: "ws", "sse"). With Redis the count spans every
+    API process: each connection is a member of a sorted set scored by when its registration lapses, renewed
+    while it lives, so the connections of a process that died stop counting within a minute."""
 
     TTL_S = 60.0
 
-    def __init__(self, redis_url: str | None, limit: int) -> None:
+    def __init__(self, redis_url: str | None, limit: int, name: str = "ws") -> None:
         self.limit = limit
+        self.name = name
         self._redis = redis.asyncio.Redis.from_url(redis_url) if redis_url else None
         self._local: dict[str, set[str]] = {}
         self._renewer: asyncio.Task[None] | None = None
 
     async def acquire(self, tenant_id: str) -> str | None:
         """A slot id, or None when the tenant is at its limit."""
-        slot = new_id("ws")
+        slot = new_id(self.name)
         mine = self._local.setdefault(tenant_id, set())
         if self._redis is None:
             if len(mine) >= self.limit:
                 return None
         else:
-            key, now = _slots_key(tenant_id), time.time()
+            key, now = _slots_key(self.name, tenant_id), time.time()
             pipe = self._redis.pipeline(transaction=True)
             pipe.zremrangebyscore(key, "-inf", now)
             pipe.zadd(key, {slot: now + self.TTL_S})
@@ -55,7 +56,7 @@ class ConnectionSlots:
         self._local.get(tenant_id, set()).discard(slot)
         if self._redis is not None:
             with contextlib.suppress(redis.RedisError):
-                await self._redis.zrem(_slots_key(tenant_id), slot)
+                await self._redis.zrem(_slots_key(self.name, tenant_id), slot)
 
     async def _renew(self) -> None:
         assert self._redis is not None
@@ -66,11 +67,11 @@ class ConnectionSlots:
                 expires = time.time() + self.TTL_S
                 for tenant_id, slots in self._local.items():
                     if slots:
-                        pipe.zadd(_slots_key(tenant_id), dict.fromkeys(slots, expires))
-                        pipe.expire(_slots_key(tenant_id), int(self.TTL_S * 2))
+                        pipe.zadd(_slots_key(self.name, tenant_id), dict.fromkeys(slots, expires))
+                        pipe.expire(_slots_key(self.name, tenant_id), int(self.TTL_S * 2))
                 await pipe.execute()
             except redis.RedisError:
-                log.warning("ws_slots_renew_failed", exc_info=True)
+                log.warning("stream_slots_renew_failed", kind=self.name, exc_info=True)
 
     async def close(self) -> None:
         if self._renewer is not None:
@@ -81,5 +82,5 @@ class ConnectionSlots:
             await self._redis.aclose()
 
 
-def _slots_key(tenant_id: str) -> str:
-    return f"switchyard:ws:{tenant_id}"
+def _slots_key(name: str, tenant_id: str) -> str:
+    return f"switchyard:{name}:{tenant_id}"

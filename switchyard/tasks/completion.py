@@ -24,6 +24,8 @@ from switchyard.core.models import Task
 TERMINAL = ("succeeded", "failed", "canceled")
 _TTL_S = 300
 MAX_WAITERS = 1000
+# One BLPOP waits at most this long before the row is looked at.
+_SLICE_S = 1.0
 # A finished task bigger than this (many embeddings, say) is signalled, not pushed.
 MAX_PUSHED_BYTES = 512 * 1024
 
@@ -44,14 +46,23 @@ def signal_done(client: redis.Redis, task_id: str, view: dict[str, Any]) -> None
 class Completions:
     """The API side: wait until a task is finished or the time is up."""
 
-    def __init__(self, db: Database, redis_url: str | None) -> None:
+    def __init__(
+        self, db: Database, redis_url: str | None, *, max_waiters: int = MAX_WAITERS, redis_timeout_s: float = 5.0
+    ) -> None:
         self._db = db
+        self._redis_timeout_s = redis_timeout_s
         # Each waiting request holds a connection for its BLPOP: a blocking pool makes the excess wait for one
-        # instead of failing (the library's default pool raises past 100).
+        # instead of failing (the library's default pool raises past 100) — but not for ever: after
+        # `redis_timeout_s` (for a connection, or for an answer past the BLPOP's own timeout) the waiter reads
+        # the row instead. The API admits at most `max_waiters` waiters (gateway_api.waiters), one connection each.
         self._redis = (
             redis.asyncio.Redis(
                 connection_pool=redis.asyncio.BlockingConnectionPool.from_url(
-                    redis_url, max_connections=MAX_WAITERS, timeout=None
+                    redis_url,
+                    max_connections=max_waiters,
+                    timeout=redis_timeout_s,
+                    socket_timeout=_SLICE_S + redis_timeout_s,
+                    socket_connect_timeout=redis_timeout_s,
                 )
             )
             if redis_url
@@ -67,7 +78,12 @@ class Completions:
             if remaining <= 0:
                 return await self._finished(task_id)
             if self._redis is not None:
-                popped = await self._redis.blpop([done_key(task_id)], timeout=min(1.0, remaining))
+                try:
+                    popped = await self._redis.blpop([done_key(task_id)], timeout=min(_SLICE_S, remaining))
+                except redis.RedisError:
+                    # No connection in time, or Redis is away: the row says when the task is done.
+                    popped = None
+                    await anyio.sleep(min(_SLICE_S, max(remaining, 0)))
                 if popped:
                     _, payload = popped
                     return True if payload == b"1" else dict(orjson.loads(payload))

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from collections.abc import Collection
+
+from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from switchyard.core.db import lock_for_update
 from switchyard.core.ids import new_id
-from switchyard.core.models import ApiKey, Tenant
+from switchyard.core.models import ApiKey, Tenant, utcnow
 
 
 def tenant_by_name(session: Session, name: str) -> Tenant | None:
@@ -72,3 +74,28 @@ def key_by_id(session: Session, key_id: str) -> ApiKey | None:
     """A key of any tenant (the command line's revocation)."""
     lock_for_update(session)
     return session.scalar(select(ApiKey).where(ApiKey.id == key_id).with_for_update())
+
+
+def standing_key_ids(session: Session, key_ids: Collection[str]) -> set[str]:
+    """Those of `key_ids` that are neither revoked nor expired (what open streams check they still have)."""
+    if not key_ids:
+        return set()
+    now = utcnow()
+    rows = session.scalars(
+        select(ApiKey.id).where(
+            ApiKey.id.in_(list(key_ids)),
+            ApiKey.revoked_at.is_(None),
+            or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > now),
+        )
+    )
+    return set(rows)
+
+
+def key_and_tenant_by_id(session: Session, key_id: str) -> tuple[ApiKey, Tenant] | None:
+    """The unrevoked key of this id and its tenant (a ticket's key, when the ticket is used)."""
+    row = session.execute(
+        select(ApiKey, Tenant)
+        .join(Tenant, Tenant.id == ApiKey.tenant_id)
+        .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+    ).first()
+    return None if row is None else row.tuple()

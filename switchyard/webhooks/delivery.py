@@ -11,7 +11,7 @@ that died.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol, cast
 
 import orjson
@@ -160,7 +160,16 @@ class Deliverer:
             if row is None:
                 return None
             hook = tx.session.execute(
-                select(Webhook.url, Webhook.secret, Webhook.status, Tenant.webhook_secret)
+                select(
+                    Webhook.url,
+                    Webhook.secret,
+                    Webhook.previous_secret,
+                    Webhook.previous_secret_until,
+                    Webhook.status,
+                    Tenant.webhook_secret,
+                    Tenant.previous_webhook_secret,
+                    Tenant.previous_webhook_secret_until,
+                )
                 .join(Tenant, Tenant.id == Webhook.tenant_id)
                 .where(Webhook.id == row.webhook_id)
             ).first()
@@ -176,7 +185,7 @@ class Deliverer:
             body = orjson.dumps({"type": event.type, "timestamp": event.created_at.isoformat(), "data": event.data})
             return {
                 "url": hook.url,
-                "secret": hook.secret or hook.webhook_secret,
+                "secret": signing_secrets(hook, now),
                 "body": body,
                 "claim_id": claim_id,
                 "attempt_count": row.attempt_count,
@@ -272,3 +281,16 @@ class Deliverer:
         else:
             metrics.webhook_delivered("retry" if status == "pending" else status)
         return webhook_id
+
+
+def signing_secrets(hook: Any, now: datetime) -> list[str]:
+    """The secrets a delivery is signed with: the subscription's own (else the tenant's), and, within a
+    rotation's overlap, the one it replaced as well (Standard Webhooks: several signatures in one header)."""
+    if hook.secret is not None:
+        current, previous, until = hook.secret, hook.previous_secret, hook.previous_secret_until
+    else:
+        current, previous, until = hook.webhook_secret, hook.previous_webhook_secret, hook.previous_webhook_secret_until
+    secrets = [current]
+    if previous is not None and until is not None and until > now:
+        secrets.append(previous)
+    return secrets

@@ -20,7 +20,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -147,8 +147,11 @@ class WebhookSender:
     ) -> None:
         self.close()
 
-    def send(self, url: str, *, msg_id: str, timestamp: datetime, body: bytes, secret: str) -> DeliveryResult:
-        """POST ``body`` to ``url`` once, signed with ``secret``; network failures come back as a failed result.
+    def send(
+        self, url: str, *, msg_id: str, timestamp: datetime, body: bytes, secret: str | Sequence[str]
+    ) -> DeliveryResult:
+        """POST ``body`` to ``url`` once, signed with ``secret`` (several: one signature each, space-separated in
+        ``webhook-signature``, during a rotation's overlap); network failures come back as a failed result.
 
         ``msg_id`` must stay the same across retries of one message. A naive ``timestamp`` is taken as UTC.
         Raises ValueError only for caller mistakes: a body that is not UTF-8 or a malformed secret.
@@ -162,7 +165,9 @@ class WebhookSender:
         finally:
             watchdog.cancel()
 
-    def _signed_headers(self, *, msg_id: str, timestamp: datetime, body: bytes, secret: str) -> dict[str, str]:
+    def _signed_headers(
+        self, *, msg_id: str, timestamp: datetime, body: bytes, secret: str | Sequence[str]
+    ) -> dict[str, str]:
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -171,7 +176,10 @@ class WebhookSender:
         # The SDK replaces the time zone instead of converting, so an aware non-UTC time would be signed wrongly.
         when = timestamp.replace(tzinfo=UTC) if timestamp.tzinfo is None else timestamp.astimezone(UTC)
         try:
-            signature = standardwebhooks.Webhook(secret).sign(msg_id, when, text)
+            secrets_ = [secret] if isinstance(secret, str) else list(secret)
+            if not secrets_:
+                raise ValueError("no secret")
+            signature = " ".join(standardwebhooks.Webhook(each).sign(msg_id, when, text) for each in secrets_)
         except Exception as exc:  # the SDK raises binascii.Error, its own EmptyWebhookSecretError, ...
             raise ValueError(f"invalid webhook secret: {exc}") from exc
         return {

@@ -5,24 +5,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 
 import anyio.to_thread
+import orjson
 from fastapi import APIRouter, Header, Query, WebSocket
 from sqlalchemy import select
 from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
-from switchyard.core.errors import AppError, InvalidRequest, NotFound, RateLimited
+from switchyard.core.errors import AppError, InvalidRequest, NotFound, RateLimited, error_body
 from switchyard.core.models import EVENTS, Batch, Run, Task
 from switchyard.events.feed import FeedEvent, follow, object_key
 from switchyard.events.log import TERMINAL_TYPES, event_view, events_after
 from switchyard.gateway_api.api_docs import errors
-from switchyard.gateway_api.deps import StateDep, Viewer, principal_of
+from switchyard.gateway_api.deps import StateDep, StreamViewer, Viewer, principal_of
 from switchyard.gateway_api.responses import FastJSONResponse, error_response
-from switchyard.gateway_api.schemas import SSE_DESCRIPTION, EventPage
+from switchyard.gateway_api.schemas import SSE_DESCRIPTION, EventPage, StreamTicket
 from switchyard.gateway_api.state import ApiState
 from switchyard.gateway_api.websocket import CLOSE_POLICY, CLOSE_TRY_LATER, WebSocketSession
+from switchyard.tenancy.service import Principal
 
 router = APIRouter(tags=["events"])
 
@@ -61,37 +64,37 @@ def list_events(
 @router.get("/v1/tasks/{task_id}/events", response_class=StreamingResponse, responses={**_SSE, **errors(404)})
 async def task_events(
     task_id: str,
-    principal: Viewer,
+    principal: StreamViewer,
     state: StateDep,
     last_event_id: Annotated[str | None, Header()] = None,
     since: Annotated[int | None, Query(ge=0)] = None,
 ) -> StreamingResponse:
     """The task's events as Server-Sent Events, from after `Last-Event-ID` (or `since`) to its terminal one."""
-    return await _event_stream(state, principal.tenant_id, "task", task_id, _since(last_event_id, since))
+    return await _event_stream(state, principal, "task", task_id, _since(last_event_id, since))
 
 
 @router.get("/v1/runs/{run_id}/events", response_class=StreamingResponse, responses={**_SSE, **errors(404)})
 async def run_events(
     run_id: str,
-    principal: Viewer,
+    principal: StreamViewer,
     state: StateDep,
     last_event_id: Annotated[str | None, Header()] = None,
     since: Annotated[int | None, Query(ge=0)] = None,
 ) -> StreamingResponse:
     """The run's events (its steps' included) as Server-Sent Events, ending after its terminal one."""
-    return await _event_stream(state, principal.tenant_id, "run", run_id, _since(last_event_id, since))
+    return await _event_stream(state, principal, "run", run_id, _since(last_event_id, since))
 
 
 @router.get("/v1/batches/{batch_id}/events", response_class=StreamingResponse, responses={**_SSE, **errors(404)})
 async def batch_events(
     batch_id: str,
-    principal: Viewer,
+    principal: StreamViewer,
     state: StateDep,
     last_event_id: Annotated[str | None, Header()] = None,
     since: Annotated[int | None, Query(ge=0)] = None,
 ) -> StreamingResponse:
     """The batch's events (`batch.progress`, then its terminal one) as Server-Sent Events."""
-    return await _event_stream(state, principal.tenant_id, "batch", batch_id, _since(last_event_id, since))
+    return await _event_stream(state, principal, "batch", batch_id, _since(last_event_id, since))
 
 
 def _since(last_event_id: str | None, since: int | None) -> int:
@@ -106,7 +109,10 @@ def _since(last_event_id: str | None, since: int | None) -> int:
     return since or 0
 
 
-async def _event_stream(state: ApiState, tenant_id: str, kind: str, object_id: str, since: int) -> StreamingResponse:
+async def _event_stream(
+    state: ApiState, principal: Principal, kind: str, object_id: str, since: int
+) -> StreamingResponse:
+    tenant_id = principal.tenant_id
     model: type[Task] | type[Run] | type[Batch] = _MODELS[kind]
 
     def finished_before() -> bool | None:
@@ -129,13 +135,29 @@ async def _event_stream(state: ApiState, tenant_id: str, kind: str, object_id: s
     done = await anyio.to_thread.run_sync(finished_before)
     if done is None:
         raise NotFound(f"no {kind} '{object_id}'", param="id")
+    slot: str | None = None
+    if not done:
+        # Each open stream holds a listener, a connection and a slot of the thread pool's work: counted per
+        # tenant like WebSocket connections, refused (429, Retry-After) past the cap rather than piled up.
+        slot = await state.sse_slots.acquire(tenant_id)
+        if slot is None:
+            refusal = RateLimited(
+                f"this tenant has {state.sse_slots.limit} event streams open; close one or use one WebSocket "
+                "with several subscriptions",
+                code="too_many_streams",
+            )
+            refusal.headers["Retry-After"] = "5"
+            raise refusal
 
     async def stream() -> AsyncIterator[bytes]:
         if done:
             return
+        assert slot is not None
+        handle = state.streams.open(principal)
         events = follow(
             state.hub, tenant_id, object_key(kind, object_id), since=since, max_queue=state.settings.ws_max_queue
         )
+        ended = asyncio.ensure_future(handle.ended.wait())
         # The wait for the next event outlives each keep-alive: cancelling a pending `anext` (as `wait_for` does
         # on its timeout) would close the generator, and the stream would end at the next event.
         pending: asyncio.Task[FeedEvent] | None = None
@@ -143,7 +165,14 @@ async def _event_stream(state: ApiState, tenant_id: str, kind: str, object_id: s
             while True:
                 if pending is None:
                     pending = asyncio.ensure_future(anext(events))
-                ready, _ = await asyncio.wait({pending}, timeout=state.settings.sse_keepalive_s)
+                ready, _ = await asyncio.wait(
+                    {pending, ended}, timeout=state.settings.sse_keepalive_s, return_when=asyncio.FIRST_COMPLETED
+                )
+                if ended in ready:
+                    # The key was revoked: say so (EventSource would otherwise reconnect at once) and end.
+                    error = error_body("authentication_error", handle.reason, None, "key_revoked")
+                    yield b"event: error\ndata: " + orjson.dumps(error) + b"\n\n"
+                    return
                 if not ready:
                     yield b": keep-alive\n\n"
                     continue
@@ -152,15 +181,36 @@ async def _event_stream(state: ApiState, tenant_id: str, kind: str, object_id: s
                 if event.terminal and event.view.get(f"{kind}_id") == object_id and event.type.startswith(kind):
                     return
         finally:
+            ended.cancel()
+            state.streams.release(handle)
             if pending is not None:
                 pending.cancel()
                 with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
                     await pending
             await events.aclose()
 
-    return StreamingResponse(
-        stream(), media_type="text/event-stream", headers={"cache-control": "no-cache", "x-accel-buffering": "no"}
-    )
+    async def release() -> None:
+        if slot is not None:
+            await state.sse_slots.release(tenant_id, slot)
+
+    return _EventStream(stream(), release)
+
+
+class _EventStream(StreamingResponse):
+    """An SSE response that gives its slot back however it ends: the client gone before the first byte leaves
+    a body generator that never started (its `finally` never runs), so the release is here."""
+
+    def __init__(self, body: AsyncIterator[bytes], release: Callable[[], Awaitable[None]]) -> None:
+        super().__init__(
+            body, media_type="text/event-stream", headers={"cache-control": "no-cache", "x-accel-buffering": "no"}
+        )
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._release()
 
 
 # The objects that have events of their own, by kind.
@@ -174,11 +224,19 @@ def _sse(event: FeedEvent) -> bytes:
     return f"{head}event: {event.type}\ndata: {event.text}\n\n".encode()
 
 
+@router.post("/v1/ws/ticket", response_model=StreamTicket, status_code=201)
+async def stream_ticket(principal: Viewer, state: StateDep) -> FastJSONResponse:
+    """A single-use ticket for `?ticket=` on `GET /v1/ws` or an SSE stream's URL (EventSource cannot set
+    headers; a key in a URL ends up in access logs). Valid `expires_in` seconds, for one handshake."""
+    ticket = await state.tickets.issue(principal)
+    return FastJSONResponse({"ticket": ticket, "expires_in": state.tickets.ttl_s}, status_code=201)
+
+
 @router.websocket("/v1/ws")
 async def websocket(websocket: WebSocket) -> None:
     state: ApiState = websocket.app.state.switchyard
     try:
-        principal = await principal_of(websocket)
+        principal = await principal_of(websocket, tickets=True)
     except AppError as exc:
         await _refuse(websocket, exc, CLOSE_POLICY)
         return
@@ -192,9 +250,11 @@ async def websocket(websocket: WebSocket) -> None:
     try:
         await websocket.accept()
         feed = await state.hub.acquire(principal.tenant_id)
+        handle = state.streams.open(principal)
         try:
-            await WebSocketSession(websocket, state, principal, feed).serve()
+            await WebSocketSession(websocket, state, principal, feed, handle).serve()
         finally:
+            state.streams.release(handle)
             state.hub.release(feed)
     finally:
         await state.ws_slots.release(principal.tenant_id, slot)

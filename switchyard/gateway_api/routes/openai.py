@@ -110,8 +110,9 @@ async def chat_completions(request: Request, principal: Member, state: StateDep)
         guardrails=body.get("guardrails"),  # extra_body={"guardrails": ...} with the openai SDK
     )
     if not stream:
-        task_id, restorer = await _submit(state, principal, task_body, request)
-        task = await _finished(state, principal, task_id)
+        with state.waiters.hold(principal.tenant_id):
+            task_id, restorer = await _submit(state, principal, task_body, request)
+            task = await _finished(state, principal, task_id)
         if restorer is not None:
             task = {**task, "result": map_result("chat", task["result"], restorer.restore)}
         return FastJSONResponse(mapping.chat_completion(task, model), headers=sync.task_headers(task, request))
@@ -122,8 +123,14 @@ async def _stream(
     request: Request, principal: Principal, state: ApiState, body: TaskCreate, model: str, include_usage: bool
 ) -> Response:
     task_id = new_id("task")
+    # A streamed answer waits as long as a synchronous one: it holds a waiter's place until it ends.
+    state.waiters.enter(principal.tenant_id)
     following = Following(state.hub, principal.tenant_id, object_key("task", task_id), max_queue=100_000)
-    await following.__aenter__()  # listening before the task exists: its first chunk cannot be missed
+    try:
+        await following.__aenter__()  # listening before the task exists: its first chunk cannot be missed
+    except BaseException:
+        state.waiters.leave(principal.tenant_id)
+        raise
     try:
         created, restorer = await _submit(state, principal, body, request, task_id=task_id)
         replayed = created != task_id
@@ -140,9 +147,11 @@ async def _stream(
             first = await anext(chunks)
         except _FailedBeforeText as failed:
             await following.__aexit__()
+            state.waiters.leave(principal.tenant_id)
             return error_response(failed.error)
     except BaseException:
         await following.__aexit__()
+        state.waiters.leave(principal.tenant_id)
         raise
 
     async def body_stream() -> AsyncIterator[bytes]:
@@ -152,6 +161,7 @@ async def _stream(
                 yield chunk
         finally:
             await following.__aexit__()
+            state.waiters.leave(principal.tenant_id)
 
     headers = {"x-switchyard-task-id": task_id, "cache-control": "no-cache", "x-accel-buffering": "no"}
     headers.update(getattr(request.state, "ratelimit_headers", None) or {})
@@ -259,7 +269,8 @@ async def embeddings(request: Request, principal: Member, state: StateDep) -> Re
     body = await _json_object(request)
     task_input, encoding = mapping.embeddings_request(body)
     task_body = mapping.task_create("embed", body["model"], task_input, guardrails=body.get("guardrails"))
-    task = await _finished(state, principal, (await _submit(state, principal, task_body, request))[0])
+    with state.waiters.hold(principal.tenant_id):
+        task = await _finished(state, principal, (await _submit(state, principal, task_body, request))[0])
     payload = mapping.embedding_list(task, body["model"], encoding)
     return FastJSONResponse(payload, headers=sync.task_headers(task, request))
 
@@ -283,5 +294,6 @@ async def moderations(request: Request, principal: Member, state: StateDep) -> R
     task_body = mapping.task_create(
         "moderate", model, {"input": mapping.text_input(raw)}, guardrails=raw.get("guardrails")
     )
-    task = await _finished(state, principal, (await _submit(state, principal, task_body, request))[0])
+    with state.waiters.hold(principal.tenant_id):
+        task = await _finished(state, principal, (await _submit(state, principal, task_body, request))[0])
     return FastJSONResponse(mapping.moderation(task, model), headers=sync.task_headers(task, request))

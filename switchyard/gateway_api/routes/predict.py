@@ -81,8 +81,9 @@ async def predict(model: str, request: Request, principal: Member, state: StateD
     except ValidationError as exc:
         raise invalid_request(exc) from None
 
-    task_id = await sync.create(state, principal, body, request)
-    task = await sync.wait_for(state, principal, task_id, float(options.get("timeout_s") or DEFAULT_WAIT_S))
+    with state.waiters.hold(principal.tenant_id):
+        task_id = await sync.create(state, principal, body, request)
+        task = await sync.wait_for(state, principal, task_id, float(options.get("timeout_s") or DEFAULT_WAIT_S))
     if task["status"] != "succeeded":
         raise sync.failure(task)
     result = task["result"]

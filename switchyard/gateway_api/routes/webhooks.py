@@ -10,7 +10,9 @@ from starlette.responses import Response
 from switchyard.gateway_api.api_docs import errors
 from switchyard.gateway_api.deps import Admin, StateDep, TxDep
 from switchyard.gateway_api.responses import FastJSONResponse
-from switchyard.webhooks import service
+from switchyard.gateway_api.state import ApiState
+from switchyard.webhooks import rotation, service
+from switchyard.webhooks.rotation import RotatedSecret, SecretRotation
 from switchyard.webhooks.schemas import (
     DeliveryPage,
     DeliveryView,
@@ -45,6 +47,37 @@ def list_webhooks(principal: Admin, tx: TxDep) -> FastJSONResponse:
 def signing_secret(principal: Admin, tx: TxDep) -> FastJSONResponse:
     """The secret that signs deliveries of the `webhook` given on tasks, runs and batches."""
     return FastJSONResponse({"secret": service.signing_secret(tx, principal.tenant_id)})
+
+
+# The body is optional: none means the default overlap.
+_NO_BODY = SecretRotation()
+
+
+@router.post("/signing-secret/rotate", response_model=RotatedSecret)
+def rotate_signing_secret(
+    principal: Admin, tx: TxDep, state: StateDep, body: SecretRotation = _NO_BODY
+) -> FastJSONResponse:
+    """A new signing secret for the `webhook` of tasks, runs and batches. The replaced one keeps signing beside
+    it (two signatures in `webhook-signature`) for `overlap_s` (default `SWITCHYARD_WEBHOOK_SECRET_OVERLAP_S`)."""
+    overlap = _overlap(body, state)
+    return FastJSONResponse(rotation.rotate_signing_secret(tx, principal.tenant_id, overlap, actor=principal.key_id))
+
+
+@router.post("/{webhook_id}/secret/rotate", response_model=RotatedSecret, responses=errors(404, 409))
+def rotate_webhook_secret(
+    webhook_id: str, principal: Admin, tx: TxDep, state: StateDep, body: SecretRotation = _NO_BODY
+) -> FastJSONResponse:
+    """A new secret for a subscription, shown only now; the replaced one keeps signing beside it for
+    `overlap_s` (default `SWITCHYARD_WEBHOOK_SECRET_OVERLAP_S`)."""
+    overlap = _overlap(body, state)
+    view = rotation.rotate_webhook_secret(tx, principal.tenant_id, webhook_id, overlap, actor=principal.key_id)
+    return FastJSONResponse(view)
+
+
+def _overlap(body: SecretRotation, state: ApiState) -> float:
+    if body.overlap_s is None:
+        return state.settings.webhook_secret_overlap_s
+    return body.overlap_s
 
 
 @router.get("/{webhook_id}", response_model=WebhookView, responses=errors(404))
