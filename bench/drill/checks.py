@@ -138,6 +138,8 @@ def _check_tasks(url: str, accepted: Accepted, tags: dict[str, int], report: Rep
         # The provider may have seen a call no attempt records only when the worker making it died (a reclaim).
         for tag in TAG_RE.findall(input_text):
             check_calls(task_id, status, tags.get(tag, 0), attempts, reclaims, report)
+        report.counts["task reclaims (lease of a lost worker expired)"] += reclaims
+        report.counts["task attempts"] += attempts
 
 
 def check_calls(task_id: str, status: str, calls: int, attempts: int, reclaims: int, report: Report) -> None:

@@ -255,15 +255,25 @@ class Cluster:
             "SWITCHYARD_DATA_DIR": str(self.tmp / "data"),
         }
         self.run_cli("migrate")
+        # Everything starts at once: on a busy machine each process takes seconds to import.
+        keys = subprocess.Popen(
+            cli("keys", "create", "--tenant", "drill", "--role", "admin"),
+            env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
         self.fake = self._spawn("fake", cli("fake-provider", "--port", str(fake_port), "--latency-ms", "20"))
-        wait_http(f"{self.fake_url}/healthz", self.fake, error=DrillError)
         for i in range(API_COUNT):
-            self.start_api(i)
+            self.start_api(i, wait=False)
         for i in range(WORKER_COUNT):
             self.start_worker(i, wait=False)
+        out, _ = keys.communicate(timeout=180)
+        if keys.returncode != 0:
+            raise DrillError(f"switchyard keys create failed:\n{out}")
+        self.key = out.strip().splitlines()[-1]
+        wait_http(f"{self.fake_url}/healthz", self.fake, error=DrillError)
+        for i in range(API_COUNT):
+            self._wait_api(i)
         for i in range(WORKER_COUNT):
             self._wait_worker(i)
-        self.key = self.run_cli("keys", "create", "--tenant", "drill", "--role", "admin").strip().splitlines()[-1]
 
     # --- processes ---------------------------------------------------------------------------------------------
 
@@ -282,11 +292,16 @@ class Cluster:
     def api_urls(self) -> list[str]:
         return [f"http://127.0.0.1:{port}" for port in self.api_ports]
 
-    def start_api(self, i: int) -> None:
+    def start_api(self, i: int, *, wait: bool = True) -> None:
         """API process `i` on its fixed port (a restarted one comes back where clients look for it)."""
-        proc = self._spawn(f"api{i}", cli("api", "--port", str(self.api_ports[i])))
-        self.apis[i] = proc
-        wait_http(f"{self.api_urls[i]}/healthz", proc, timeout=90, error=DrillError)
+        self.apis[i] = self._spawn(f"api{i}", cli("api", "--port", str(self.api_ports[i])))
+        if wait:
+            self._wait_api(i)
+
+    def _wait_api(self, i: int) -> None:
+        proc = self.apis[i]
+        assert proc is not None
+        wait_http(f"{self.api_urls[i]}/healthz", proc, timeout=120, error=DrillError)
 
     def kill_api(self, i: int) -> None:
         proc = self.apis[i]

@@ -26,7 +26,8 @@ class DrillResult:
     report: Report
     still_moving: dict[str, int]
     load_s: float
-    recovery_s: float
+    recovery_s: float  # from the last fault's end to the last object settled
+    after_load_s: float  # from the load's end to the last object settled
     logs: list[Path] = field(default_factory=list)
 
     @property
@@ -63,7 +64,10 @@ class DrillResult:
             lines.append(f"still moving at the deadline: {self.still_moving}")
         for problem in self.report.problems[:40]:
             lines.append(f"  ! {problem}")
-        lines.append(f"recovery: {self.recovery_s:.1f}s from the last fault to the last object settled")
+        lines.append(
+            f"recovery: {self.recovery_s:.1f}s from the last fault to the last object settled "
+            f"({self.after_load_s:.1f}s after the load stopped)"
+        )
         lines.append("RESULT: " + ("OK" if self.ok else "PROBLEMS FOUND"))
         return "\n".join(lines)
 
@@ -105,6 +109,7 @@ def run_drill(
         load.stop()
         injector.stop()
         load_s = time.monotonic() - t0
+        load_end = time.time()
         say(f"load done ({load.objects()} objects); waiting for everything to settle")
         still = wait_settled(cluster.postgres.url if cluster.postgres else "", settle_s)
         assert cluster.postgres is not None
@@ -113,12 +118,13 @@ def run_drill(
         time.sleep(1.0)
         report = check(cluster.postgres.url, load.accepted, cluster.receiver.snapshot(), cluster.fake_tags())
         recovery = max(0.0, settled - injector.last_fault_at())
-        result = DrillResult(
-            injector.faults, load.accepted, report, still, load_s, recovery, [p.log_path for p in cluster.processes]
-        )
+        after_load = max(0.0, settled - load_end)
+        logs = [p.log_path for p in cluster.processes]
+        result = DrillResult(injector.faults, load.accepted, report, still, load_s, recovery, after_load, logs)
     finally:
         cluster.close()
-    if result.ok:
+    server_errors = any(" 5" in k and k.endswith(("500", "502", "504")) for k in result.accepted.refused)
+    if result.ok and not server_errors:
         shutil.rmtree(tmp, ignore_errors=True)
     else:
         say(f"the processes' logs are kept in {tmp}")

@@ -72,6 +72,10 @@ class Injector:
                 fault.error = f"{type(exc).__name__}: {exc}"
                 fault.recovered = time.time()
 
+    def _pending(self) -> set[str]:
+        """Processes whose replacement is not up yet."""
+        return {t.name.removeprefix("drill-restart-") for t in self._restarts if t.is_alive()}
+
     def _later(self, fault: Fault, down_s: float, restart: Callable[[], None]) -> None:
         """Run `restart` after `down_s` in a thread; the fault has recovered when it returns."""
 
@@ -88,8 +92,8 @@ class Injector:
         self._restarts.append(thread)
 
     def _kill_worker(self, fault: Fault) -> None:
-        # A worker whose replacement is still starting is not picked again (its slot holds no process yet).
-        live = [i for i, proc in enumerate(self.cluster.workers) if proc is not None] or list(range(WORKER_COUNT))
+        # A worker is killed once it is up: one still starting (its replacement pending) is left alone.
+        live = [i for i in range(WORKER_COUNT) if f"worker{i}" not in self._pending()] or list(range(WORKER_COUNT))
         i = self.rng.choice(live)
         fault.target = f"worker{i}"
         self.cluster.kill_worker(i)
@@ -98,11 +102,10 @@ class Injector:
 
     def _kill_api(self, fault: Fault) -> None:
         # One API stays up: the other's clients are the ones cut off mid-request.
-        deadline = time.monotonic() + 120
-        while (live := [i for i, p in enumerate(self.cluster.apis) if p is not None]) and len(live) < API_COUNT:
-            if time.monotonic() > deadline or self._stop.wait(0.5):
-                break
-        i = self.rng.choice(live or list(range(API_COUNT)))
+        live = [i for i in range(API_COUNT) if f"api{i}" not in self._pending()]
+        if len(live) < API_COUNT:
+            raise RuntimeError("skipped: the other API process is still restarting")
+        i = self.rng.choice(live)
         fault.target = f"api{i}"
         self.cluster.kill_api(i)
         self._later(fault, self.rng.uniform(0.5, 2.0), lambda: self.cluster.start_api(i))

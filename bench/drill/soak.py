@@ -9,11 +9,12 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
+import redis
 
 from bench.drill.cluster import Cluster
 from bench.drill.load import Load
@@ -80,6 +81,18 @@ def _sockets_to(port: int) -> set[str]:
     return inodes
 
 
+def _key_census(url: str) -> dict[str, int]:
+    """Keys by prefix (up to the second ':'), to say what Redis memory is made of."""
+    client = redis.Redis.from_url(url)
+    try:
+        census: Counter[str] = Counter()
+        for key in client.scan_iter(count=1000):
+            census[":".join(key.decode(errors="replace").split(":")[:2])] += 1
+        return dict(census)
+    finally:
+        client.close()
+
+
 def linear_slope(points: list[tuple[float, float]]) -> float:
     """Least-squares slope of (t, value) points, per unit of t."""
     n = len(points)
@@ -99,6 +112,7 @@ class SoakResult:
     warmup_s: float
     objects: int
     series: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # "process metric" → (t, value)
+    redis_keys: dict[str, int] = field(default_factory=dict)  # key prefix → keys, at the end
 
     def slopes(self) -> dict[str, tuple[float, float, float]]:
         """Per series: (slope per minute after the warm-up, first value after it, last value)."""
@@ -116,6 +130,9 @@ class SoakResult:
         ]
         for key, (slope, first, last) in self.slopes().items():
             lines.append(f"  {key:<34} {slope:+10.2f}/min   ({first:.0f} → {last:.0f})")
+        if self.redis_keys:
+            top = sorted(self.redis_keys.items(), key=lambda kv: -kv[1])[:8]
+            lines.append("  redis keys at the end, by prefix: " + ", ".join(f"{k} {n}" for k, n in top))
         return "\n".join(lines)
 
 
@@ -154,6 +171,7 @@ def run_soak(seconds: float, *, warmup_s: float = 60.0, threads: int = 4, pace_s
             load.stop()
         result.objects = load.objects()
         result.series = dict(series)
+        result.redis_keys = _key_census(cluster.redis.url)
         return result
     finally:
         cluster.close()
