@@ -89,6 +89,7 @@ def check(url: str, accepted: Accepted, received: list[Received], tags: dict[str
     """Every promise, for every object in the database and every one the API accepted."""
     report = Report()
     _check_tasks(url, accepted, tags, report)
+    _check_idempotency(url, accepted, report)
     _check_runs(url, accepted, report)
     _check_batches(url, accepted, report)
     _check_events(url, report)
@@ -153,6 +154,20 @@ def check_calls(task_id: str, status: str, calls: int, attempts: int, reclaims: 
         )
     if status == "succeeded" and calls == 0:
         report.problem("unexplained", f"task {task_id} succeeded but never reached the provider")
+
+
+def _check_idempotency(url: str, accepted: Accepted, report: Report) -> None:
+    """A request sent again with its Idempotency-Key made nothing new: one row per key, one id per key."""
+    for table in ("tasks", "runs"):
+        for key, n in _rows(
+            url, f"SELECT idempotency_key, count(*) FROM {table} WHERE idempotency_key IS NOT NULL GROUP BY 1"
+        ):
+            report.counts[f"{table} with an Idempotency-Key"] += 1
+            if n != 1:
+                report.problem("duplicated", f"{n} {table} for Idempotency-Key {key}")
+    for key, ids in accepted.replayed.items():
+        if len(ids) != 1:
+            report.problem("duplicated", f"Idempotency-Key {key} answered with {sorted(ids)}")
 
 
 def _check_runs(url: str, accepted: Accepted, report: Report) -> None:

@@ -75,6 +75,8 @@ class Accepted:
     batches: list[str] = field(default_factory=list)
     objects: int = 0  # tasks the accepted requests stand for (a run's items and a batch's lines included)
     refused: Counter[str] = field(default_factory=Counter)  # "kind status" or "kind ErrorName" → count
+    # Idempotency-Key → the ids its 2xx answers named (a client that lost its answer sends again: one id)
+    replayed: dict[str, set[str]] = field(default_factory=dict)
     sent: Counter[str] = field(default_factory=Counter)
 
 
@@ -183,6 +185,34 @@ class Load:
         self._refused(kind, str(response.status_code))
         return False
 
+    def _post_idempotent(self, kind: str, path: str, body: dict[str, Any], rng: random.Random) -> str | None:
+        """POST with an Idempotency-Key, sent again (to either API) while the answer is lost or a 5xx, as a
+        careful client does; every 2xx must name the same object. Returns its id, or None."""
+        key = f"drill-{self._tag()}"
+        headers = {"Idempotency-Key": key}
+        for attempt in range(4):
+            if attempt:
+                time.sleep(rng.uniform(0.5, 2.0))
+            url = rng.choice(self.urls)
+            try:
+                with self.client(url, timeout=30) as client:
+                    response = client.post(path, json=body, headers=headers)
+            except httpx.HTTPError as exc:
+                self._refused(kind, type(exc).__name__)
+                continue
+            if response.status_code >= 500:
+                self._refused(kind, str(response.status_code))
+                continue
+            if not self._check(kind, response):
+                return None
+            object_id: str = response.json()["id"]
+            with self._lock:
+                self.accepted.replayed.setdefault(key, set()).add(object_id)
+                if attempt:
+                    self.accepted.refused[f"{kind} sent again, answered"] += 1
+            return object_id
+        return None
+
     # --- the kinds -------------------------------------------------------------------------------------------
 
     def _task_chat(self, client: httpx.Client, rng: random.Random) -> None:
@@ -193,9 +223,9 @@ class Load:
         }
         if rng.random() < 0.15:
             body["webhook"] = {"url": f"{self.receiver_url}/obj", "events": ["task.succeeded", "task.failed"]}
-        response = client.post("/v1/tasks", json=body)
-        if self._check("task.chat", response):
-            self._task("task.chat", response.json()["id"])
+        task_id = self._post_idempotent("task.chat", "/v1/tasks", body, rng)
+        if task_id:
+            self._task("task.chat", task_id)
 
     def _task_stream(self, client: httpx.Client, rng: random.Random) -> None:
         body = {
@@ -246,10 +276,10 @@ class Load:
         body: dict[str, Any] = {"input": {"things": things, "tag": self._text(extra=False)}}
         if rng.random() < 0.3:
             body["webhook"] = {"url": f"{self.receiver_url}/obj", "events": ["run.succeeded", "run.failed"]}
-        response = client.post(f"/v1/workflows/{WORKFLOW}/runs", json=body)
-        if self._check("run", response):
+        run_id = self._post_idempotent("run", f"/v1/workflows/{WORKFLOW}/runs", body, rng)
+        if run_id:
             with self._lock:
-                self.accepted.runs.append(response.json()["id"])
+                self.accepted.runs.append(run_id)
                 self.accepted.objects += RUN_ITEMS + 2
 
     def _batch(self, client: httpx.Client, rng: random.Random) -> None:
