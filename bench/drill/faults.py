@@ -72,6 +72,14 @@ class Injector:
                 fault.error = f"{type(exc).__name__}: {exc}"
                 fault.recovered = time.time()
 
+    def _up(self, prefix: str, count: int, *, need: int) -> list[int]:
+        """The indexes of `prefix` processes that are up, once at least `need` of them are (waits for that)."""
+        deadline = time.monotonic() + 180
+        while True:
+            up = [i for i in range(count) if f"{prefix}{i}" not in self._pending()]
+            if len(up) >= need or time.monotonic() > deadline or self._stop.wait(0.5):
+                return up or list(range(count))
+
     def _pending(self) -> set[str]:
         """Processes whose replacement is not up yet."""
         return {t.name.removeprefix("drill-restart-") for t in self._restarts if t.is_alive()}
@@ -93,8 +101,7 @@ class Injector:
 
     def _kill_worker(self, fault: Fault) -> None:
         # A worker is killed once it is up: one still starting (its replacement pending) is left alone.
-        live = [i for i in range(WORKER_COUNT) if f"worker{i}" not in self._pending()] or list(range(WORKER_COUNT))
-        i = self.rng.choice(live)
+        i = self.rng.choice(self._up("worker", WORKER_COUNT, need=1))
         fault.target = f"worker{i}"
         self.cluster.kill_worker(i)
         # A replacement comes some time later, as an orchestrator's restart would; the others carry on meanwhile.
@@ -102,10 +109,7 @@ class Injector:
 
     def _kill_api(self, fault: Fault) -> None:
         # One API stays up: the other's clients are the ones cut off mid-request.
-        live = [i for i in range(API_COUNT) if f"api{i}" not in self._pending()]
-        if len(live) < API_COUNT:
-            raise RuntimeError("skipped: the other API process is still restarting")
-        i = self.rng.choice(live)
+        i = self.rng.choice(self._up("api", API_COUNT, need=API_COUNT))
         fault.target = f"api{i}"
         self.cluster.kill_api(i)
         self._later(fault, self.rng.uniform(0.5, 2.0), lambda: self.cluster.start_api(i))
