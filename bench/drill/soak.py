@@ -7,6 +7,7 @@ after the warm-up (least squares), with the first and last values.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import time
 from collections import Counter, defaultdict
@@ -175,3 +176,4 @@ def run_soak(seconds: float, *, warmup_s: float = 60.0, threads: int = 4, pace_s
         return result
     finally:
         cluster.close()
+        shutil.rmtree(tmp, ignore_errors=True)
