@@ -4,7 +4,7 @@ VENV   ?= .venv
 PYTHON ?= python3
 BIN     = $(VENV)/bin
 
-.PHONY: dev test lint pytest bench clean
+.PHONY: dev test lint pytest bench drill soak clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,14 @@ bench: $(BIN)/.installed
 	$(BIN)/pip install -q -e '.[dev,bench]'
 	scripts/ensure-services.sh
 	$(BIN)/python -m bench.run
+
+# The chaos drill (>= 5,000 objects, >= 30 faults against a private Postgres and Redis) and the 10-minute leak
+# soak; DRILL_ARGS / SOAK_ARGS pass options (`python -m bench.drill --help`).
+drill: $(BIN)/.installed
+	$(BIN)/python -m bench.drill --objects 5000 --faults 30 $(DRILL_ARGS)
+
+soak: $(BIN)/.installed
+	$(BIN)/python -m bench.drill --soak 600 $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .switchyard .pytest_cache .mypy_cache .ruff_cache

@@ -17,7 +17,7 @@ import openai
 import pytest
 
 from switchyard.defaults import MODELS_DIR
-from tests.support import Stack, cli, wait_until
+from tests.support import Stack, cli, wait_task, wait_until
 
 ROWS: list[list[float]] = json.loads((MODELS_DIR / "risk_classifier.reference.json").read_text())["inputs"]
 DONE = ("completed", "failed", "expired", "cancelled")
@@ -114,6 +114,22 @@ def test_chat_batch_round_trip(sdk: openai.OpenAI, stack: Stack) -> None:
             names = [line.removeprefix("event: ") for line in sse.iter_lines() if line.startswith("event: ")]
         assert names[-1] == "batch.completed"
         assert http.get("/v1/batches/batch_nope/events").status_code == 404
+
+
+def test_line_tasks_push_no_view_for_a_waiter(sdk: openai.OpenAI, stack: Stack) -> None:
+    # Nobody waits synchronously for a batch line: its finished view is not pushed to Redis (a 50,000-line batch
+    # would leave 50,000 of them there for the key's TTL). A synchronous call's task still gets one.
+    done = wait_batch(sdk, start(sdk, [chat_line(f"r{i}", f"nopush {secrets.token_hex(3)}") for i in range(3)]).id)
+    assert done.status == "completed", done
+    line_tasks = [o["response"]["request_id"] for o in read_lines(sdk, done.output_file_id)]
+    assert len(line_tasks) == 3
+    assert [stack.redis.exists(f"switchyard:done:{task_id}") for task_id in line_tasks] == [0, 0, 0]
+    # A standalone task (a synchronous request's kind) still gets one, so that a waiter hears of it at once.
+    with httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {sdk.api_key}"}, timeout=30) as http:
+        body = {"type": "chat", "model": "chat-default", "input": {"messages": [{"role": "user", "content": "x"}]}}
+        task_id = http.post("/v1/tasks", json=body).json()["id"]
+        wait_task(http, task_id)
+    assert stack.redis.exists(f"switchyard:done:{task_id}") == 1
 
 
 def test_embeddings_batch(sdk: openai.OpenAI) -> None:

@@ -555,6 +555,23 @@ def test_control_fail_rate(oai: openai.OpenAI, control: httpx.Client) -> None:
     oai.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
 
 
+def test_control_tags_count_every_tagged_request(
+    oai: openai.OpenAI, ant: anthropic.Anthropic, control: httpx.Client
+) -> None:
+    # A drill compares these counts with the attempts it recorded: failed calls count too, untagged ones never.
+    assert control.get("/control/tags").json() == {"tags": {}, "total": 0}
+    oai.chat.completions.create(model="m", messages=[{"role": "user", "content": "a [[tag:7]]"}])
+    with pytest.raises(openai.InternalServerError):
+        oai.chat.completions.create(model="m", messages=[{"role": "user", "content": "b [[tag:8]] [[fail:503]]"}])
+    list(oai.chat.completions.create(model="m", stream=True, messages=[{"role": "user", "content": "a [[tag:7]]"}]))
+    oai.embeddings.create(model="e", input=["x [[tag:9]]", "y"])
+    ant.messages.create(model="c", max_tokens=10, messages=[{"role": "user", "content": "c [[tag:9]]"}])
+    oai.chat.completions.create(model="m", messages=[{"role": "user", "content": "untagged"}])
+    assert control.get("/control/tags").json() == {"tags": {"7": 2, "8": 1, "9": 2}, "total": 5}
+    control.post("/control/reset").raise_for_status()
+    assert control.get("/control/tags").json() == {"tags": {}, "total": 0}
+
+
 def test_control_stats(oai: openai.OpenAI, ant: anthropic.Anthropic, control: httpx.Client) -> None:
     assert control.get("/control/stats").json() == {"requests": {}, "total": 0}
     for _ in range(3):

@@ -47,7 +47,9 @@ Endpoints
 - ``GET /control/stats`` -> ``{"requests": {path: {status: count}}, "total": n}``; every route is counted under
   the (URL-decoded) path it was called with, e.g. ``/openai/deployments/gpt-a/chat/completions`` or
   ``/model/anthropic.claude-3-5-haiku-20241022-v1:0/invoke``, without the query string
-- ``POST /control/reset`` -> clears stats, the fail-first counters and the fail-rate request counter. It
+- ``GET /control/tags`` -> ``{"tags": {N: count}, "total": n}``: how many requests carrying ``[[tag:N]]``
+  reached the provider (parsed, before any injected failure), so a drill can count side effects per object
+- ``POST /control/reset`` -> clears stats, the tag counts, the fail-first counters and the fail-rate request counter. It
   leaves the settings alone (latency, fail rate and status, context windows).
 
 Behaviour
@@ -88,6 +90,7 @@ markers of one kind, the first one that applies to the request's model wins; the
 - ``[[break:K]]``        (extension) in a streamed chat, abort the connection abruptly after K content
                          chunks (no finish chunk, no ``[DONE]`` / no ``message_stop``). Ignored when not
                          streaming. Works the same in Bedrock's event-stream framing.
+- ``[[tag:N]]``          (extension) count the request under N in ``GET /control/tags``; changes nothing else.
 - ``[[tool]]``           (extension) when the request has ``tools``, answer with a call of the first tool
                          (OpenAI ``tool_calls`` id ``call_1``, finish_reason ``tool_calls``; Anthropic
                          ``tool_use`` block id ``toolu_1``, stop_reason ``tool_use``), arguments ``{}``.
@@ -190,6 +193,7 @@ def create_app(
         Route("/control", fake.get_control, methods=["GET"]),
         Route("/control", fake.post_control, methods=["POST"]),
         Route("/control/stats", fake.get_stats, methods=["GET"]),
+        Route("/control/tags", fake.get_tags, methods=["GET"]),
         Route("/control/reset", fake.post_reset, methods=["POST"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)

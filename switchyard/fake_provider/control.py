@@ -42,6 +42,10 @@ class ControlEndpoints(ProviderCore):
         total = sum(sum(by_status.values()) for by_status in self.stats.values())
         return _json_response({"requests": self.stats, "total": total})
 
+    async def get_tags(self, request: Request) -> Response:
+        """How many requests carrying each ``[[tag:N]]`` reached the provider (drills count side effects)."""
+        return _json_response({"tags": self.tags, "total": sum(self.tags.values())})
+
     async def post_reset(self, request: Request) -> Response:
         self.reset()
         return _json_response({"ok": True})

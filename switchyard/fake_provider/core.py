@@ -82,6 +82,8 @@ class ProviderCore:
         self.stats: dict[str, dict[str, int]] = {}
         # fail-first counters, keyed by the "@model" of the marker (None when unqualified) and the text
         self.fail_seen: dict[tuple[str | None, str], int] = {}
+        # requests that reached the provider, by their [[tag:N]] (only tagged ones: drills count side effects)
+        self.tags: dict[str, int] = {}
         self._ids = 0
 
     # -- settings / bookkeeping ---------------------------------------------------------------------------
@@ -124,6 +126,7 @@ class ProviderCore:
         self.api_requests = 0
         self.stats.clear()
         self.fail_seen.clear()
+        self.tags.clear()
 
     def _count(self, path: str, status: int) -> None:
         by_status = self.stats.get(path)
@@ -233,6 +236,8 @@ class ProviderCore:
         """
         search = "\n".join(texts)
         call.markers = _parse_markers(search, model)
+        if call.markers.tag is not None:
+            self.tags[call.markers.tag] = self.tags.get(call.markers.tag, 0) + 1
         request_id = f"req_{call.rid:024x}"
         call.headers = {"x-request-id": request_id}
         if call.markers.retry_after is not None:

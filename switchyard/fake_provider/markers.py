@@ -28,6 +28,7 @@ class _Markers:
     policy: bool = False
     flag: bool = False
     flag_score: float | None = None
+    tag: str | None = None  # [[tag:N]]: the request is counted under N in GET /control/tags
 
 
 _NO_MARKERS = _Markers()
@@ -79,6 +80,8 @@ def _parse_markers(text: str, model: str) -> _Markers:
             m.cache_write = int(arg)
         elif name == "break":
             m.break_after = int(arg)
+        elif name == "tag":
+            m.tag = arg
         else:
             continue
         seen.add(name)

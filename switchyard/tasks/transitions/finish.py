@@ -105,7 +105,9 @@ def finish(
     metrics.task_finished(c.type, c.model, view["status"], c.tenant_id)
     # Before the waiter hears of it: a caller's next request then sees the window settled.
     settle_now(c.task_id, c.admission, view["cost_usd"], view.get("usage"))
-    if then.on_finished is not None:
+    # Only a synchronous request waits for a task's pushed view, and those make standalone tasks: the tasks of
+    # runs and batch lines would only fill Redis, rate × the key's TTL of them (the leak soak's growth).
+    if then.on_finished is not None and c.run_id is None and c.batch_id is None:
         run_after(then.on_finished, c.task_id, view)
     if c.run_id is not None and then.advancer is not None:
         run_after(then.advancer.publish_advance, c.run_id)
