@@ -18,11 +18,13 @@ from sqlalchemy import select
 
 from switchyard.core.config import AppConfig
 from switchyard.core.db import Tx, lock_for_update
-from switchyard.core.errors import BudgetExceeded, ServiceUnavailable
+from switchyard.core.errors import AppError, BudgetExceeded, InvalidRequest, ServiceUnavailable
 from switchyard.core.models import Run, RunStep, Task, Workflow, utcnow
 from switchyard.core.validation import invalid_request
 from switchyard.events.log import append_event
 from switchyard.guardrails import pii
+from switchyard.ml.images import from_base64, image_inputs
+from switchyard.settings import get_settings
 from switchyard.tasks.schemas import INPUT_MODELS
 from switchyard.tasks.transitions import RunDispatcher, cancel_queued_of_run, enqueue, new_task
 from switchyard.tenancy.quotas import repository
@@ -243,11 +245,14 @@ class Engine:
             if spec.guardrails is not None:
                 options["guardrails"] = spec.guardrails.model_dump(exclude_none=True)
             # The rendered input (the run's input, earlier steps' outputs) is scrubbed before the task holds it.
+            rendered = parsed.model_dump(mode="json", exclude_none=True)
+            if spec.type == "predict" and "images" in rendered:
+                rendered = self._images(spec.model, rendered["images"])
             scrubbed = pii.scrub_request(
                 self.config,
                 spec.type,
                 spec.model,
-                parsed.model_dump(mode="json", exclude_none=True),
+                rendered,
                 spec.guardrails,
                 restorable=False,
             )
@@ -270,6 +275,20 @@ class Engine:
             enqueue(tx, self.dispatcher, task)
             mine.append(task)
         return True
+
+    def _images(self, model: str, images: list[str]) -> dict[str, Any]:
+        """A predict step's base64 images as the model's input tensor (the task holds the tensor, as the API's
+        tasks do); a bad image fails the step with the reason."""
+        settings = get_settings()
+        try:
+            if len(images) > settings.max_images_per_request:
+                raise InvalidRequest(
+                    f"at most {settings.max_images_per_request} images a request", param="input.images"
+                )
+            blobs = from_base64(images, param="input.images")
+            return image_inputs(model, self.config.models[model], None, blobs, settings.max_image_pixels)
+        except AppError as exc:
+            raise TemplateError(f"the rendered input is not valid: {exc.param}: {exc.message}") from None
 
     def _admit(self, tx: Tx, run: Run, row: RunStep, policy: Policy, task: Task) -> bool:
         """Reserve the step task's worst case against the run key's (and tenant's) budgets. Refused, the step
