@@ -117,7 +117,8 @@ async def _read_body(request: Request, state: ApiState, model: str) -> tuple[Any
         form = await request.form()
         uploads = [u for u in form.getlist("file") if not isinstance(u, str)]
         if not uploads:
-            raise InvalidRequest("a multipart upload needs a file in the 'file' field", param="file")
+            kind = "an image" if state.config.models[model].image is not None else "a CSV file"
+            raise InvalidRequest(f"a multipart upload needs {kind} in the 'file' field", param="file")
         if state.config.models[model].image is not None:
             # Every `file` is an image: one request, one task, one batch.
             blobs = [await upload.read() for upload in uploads]
