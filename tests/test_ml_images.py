@@ -211,7 +211,13 @@ def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
 def test_shape_workflow_in_dev(dev: tuple[str, str]) -> None:
     url, key = dev
     i = 12  # a triangle
-    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as client:
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:
+        # The embedded worker is ready once it has run the periodic duties a first time (as in test_embedded).
+        wait_until(
+            lambda: client.get("/readyz").json()["checks"].get("duties") == "ok",
+            timeout=90,
+            what="the embedded worker to be ready",
+        )
         upload = client.post("/v1/predict/shape-classifier", files={"file": ("t.png", PNGS[i], "image/png")})
         assert upload.status_code == 200, upload.text
         assert upload.json()["top_k"][0][0]["label"] == "triangle"
