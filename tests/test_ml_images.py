@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from switchyard.defaults import DEFAULT_CONFIG, MODELS_DIR
+from switchyard.defaults import DEFAULT_CONFIG, DEFAULTS_DIR, MODELS_DIR
 from tests.support import Process, Stack, cli, free_port, wait_status, wait_task, wait_until
 
 SHAPES_REF = json.loads((MODELS_DIR / "shape_classifier.reference.json").read_text())
@@ -49,9 +49,7 @@ EXTRA_MODELS = f"""
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     env = {"SWITCHYARD_MAX_IMAGE_PIXELS": str(MAX_PIXELS), "SWITCHYARD_MAX_IMAGES_PER_REQUEST": "8"}
-    s = Stack(
-        tmp_path_factory.mktemp("ml-images"), redis_db=7, provider_worker=False, extra_models=EXTRA_MODELS, env=env
-    )
+    s = Stack(tmp_path_factory.mktemp("ml-images"), redis_db=7, extra_models=EXTRA_MODELS, env=env)
     yield s
     s.close()
 
@@ -183,6 +181,25 @@ def test_models_endpoint_shows_image_preprocessing(client: httpx.Client) -> None
     assert model["labels"] == ["circle", "square", "triangle"]
     assert model["image"]["size"] == [28, 28]
     assert model["signature"]["inputs"] == [{"name": "image", "dtype": "float32", "shape": [None, 1, 28, 28]}]
+
+
+def test_shipped_shape_workflow_on_the_stack(client: httpx.Client) -> None:
+    # The packaged definition, registered under another name on this stack (whose config names the model `shapes`).
+    text = (DEFAULTS_DIR / "workflows" / "shape_inspection.yaml").read_text()
+    text = text.replace("model: shape-classifier", "model: shapes").replace("name: shape_inspection", "name: shapes_wf")
+    registered = client.post("/v1/workflows", content=text, headers={"Content-Type": "application/yaml"})
+    assert registered.status_code == 201, registered.text
+    run = client.post("/v1/workflows/shapes_wf/runs", json={"input": {"image": SHAPES_REF["images_png_base64"][7]}})
+    assert run.status_code in (200, 201, 202), run.text
+    done = wait_status(client, f"/v1/runs/{run.json()['id']}", timeout=60)
+    assert done["status"] == "succeeded", done
+    assert done["output"]["shape"] == SHAPES_REF["true_labels"][7] == "square"
+    assert "square" in done["output"]["description"]
+    # A picture that is not one fails its run with the reason.
+    bad = client.post("/v1/workflows/shapes_wf/runs", json={"input": {"image": base64.b64encode(b"no").decode()}})
+    failed = wait_status(client, f"/v1/runs/{bad.json()['id']}", timeout=60)
+    assert failed["status"] == "failed", failed
+    assert "not an image" in json.dumps(failed), failed
 
 
 # --- the shipped workflow in `switchyard dev` ------------------------------------------------------------------------
