@@ -150,6 +150,11 @@ def test_rollback_reaches_the_running_worker(client: httpx.Client, stack: Stack)
         assert client.get("/v1/models/risk-versions").json()["versions"][0]["weight"] == 100
     finally:
         set_weights(client, {"1": 90, "2": 10})
+    entries = client.get("/v1/audit", params={"action": "model.weights.update"}).json()["data"]
+    # Newest first: the reset of the `finally`, the rollback, the roll forward (from the config's weights).
+    assert [e["after"]["weights"] for e in entries[:3]] == [{"1": 90, "2": 10}, {"1": 100, "2": 0}, {"1": 0, "2": 100}]
+    assert entries[2]["before"] == {"weights": {"1": 90, "2": 10}}
+    assert entries[2]["target_id"] == "risk-versions"
     # The same worker process all along: no restart.
     assert stack.ml.proc.pid == worker_pid
     assert stack.ml.alive()

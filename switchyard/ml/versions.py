@@ -19,6 +19,7 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from switchyard.audit.service import record as audit_record
 from switchyard.core.config import AppConfig, ModelConfig
 from switchyard.core.db import Database
 from switchyard.core.errors import InvalidRequest, NotFound
@@ -72,11 +73,25 @@ def check_weights(config: AppConfig, name: str, weights: Mapping[str, Any]) -> d
     return {v: checked.get(v, 0.0) for v in model.versions}
 
 
-def set_weights(db: Database, config: AppConfig, name: str, weights: Mapping[str, Any], actor: str) -> dict[str, float]:
-    """Store a model's new weights (blocking); every process uses them within its cache time."""
+def set_weights(
+    db: Database, config: AppConfig, name: str, weights: Mapping[str, Any], actor: str, tenant_id: str
+) -> dict[str, float]:
+    """Store a model's new weights (blocking), recorded in the acting tenant's audit log; every process uses
+    them within its cache time."""
     checked = check_weights(config, name, weights)
     with db.transaction() as tx:
+        before = VersionWeights(config, None).weights(name) | read_all(tx.session).get(name, {})
         write(tx.session, name, checked, actor)
+        audit_record(
+            tx.session,
+            tenant_id,
+            actor,
+            "model.weights.update",
+            "model",
+            name,
+            before={"weights": before},
+            after={"weights": checked},
+        )
     log.info("model_weights_set", model=name, weights=checked, actor=actor)
     return checked
 

@@ -88,5 +88,6 @@ async def set_model_weights(name: str, body: ModelWeightsUpdate, principal: Admi
     _model(state, name)
     actor = principal.key_id or "api"
     weights = body.weights
-    stored = await anyio.to_thread.run_sync(lambda: set_weights(state.db, state.config, name, weights, actor))
+    tenant = principal.tenant_id
+    stored = await anyio.to_thread.run_sync(lambda: set_weights(state.db, state.config, name, weights, actor, tenant))
     return FastJSONResponse(_detail(state, name, state.config.models[name], stored))
