@@ -46,6 +46,56 @@ EXTRA_MODELS = f"""
 """
 
 
+# --- the shipped workflow in `switchyard dev`: first, while no stack of this module runs (dev waits 60 s) ------
+
+
+@pytest.fixture
+def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    tmp = tmp_path_factory.mktemp("dev-images")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_")}
+    env["SWITCHYARD_CONFIG"] = str(DEFAULT_CONFIG)
+    env["SWITCHYARD_DATA_DIR"] = str(tmp / ".switchyard")
+    port, fake_port = free_port(), free_port()
+    proc = Process("dev", cli("dev", "--port", str(port), "--fake-port", str(fake_port)), env, tmp)
+    try:
+
+        def printed() -> re.Match[str] | None:
+            assert proc.alive(), proc.log()[-4000:]
+            return re.search(r"URL: (\S+).*?API key: (\S+)", proc.log(), re.S)
+
+        match = wait_until(printed, timeout=90, what="switchyard dev to print its URL and key")
+        yield match.group(1), match.group(2)
+    finally:
+        proc.stop()
+
+
+def test_shape_workflow_in_dev(dev: tuple[str, str]) -> None:
+    url, key = dev
+    i = 12  # a triangle
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:
+        # The embedded worker is ready once it has run the periodic duties a first time (as in test_embedded).
+        wait_until(
+            lambda: client.get("/readyz").json()["checks"].get("duties") == "ok",
+            timeout=90,
+            what="the embedded worker to be ready",
+        )
+        upload = client.post("/v1/predict/shape-classifier", files={"file": ("t.png", PNGS[i], "image/png")})
+        assert upload.status_code == 200, upload.text
+        assert upload.json()["top_k"][0][0]["label"] == "triangle"
+        run = client.post(
+            "/v1/workflows/shape_inspection/runs", json={"input": {"image": SHAPES_REF["images_png_base64"][i]}}
+        )
+        assert run.status_code in (200, 201, 202), run.text
+        done: dict[str, Any] = wait_status(client, f"/v1/runs/{run.json()['id']}", timeout=90)
+        assert done["status"] == "succeeded", done
+        assert done["output"]["shape"] == "triangle"
+        assert float(done["output"]["score"]) > 0.5
+        assert "triangle" in done["output"]["description"]
+
+
+# --- on a stack of real processes ----------------------------------------------------------------------------
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     env = {"SWITCHYARD_MAX_IMAGE_PIXELS": str(MAX_PIXELS), "SWITCHYARD_MAX_IMAGES_PER_REQUEST": "8"}
@@ -115,6 +165,10 @@ def test_base64_images_in_a_task(client: httpx.Client) -> None:
     task = wait_task(client, created.json()["id"])
     assert task["status"] == "succeeded", task
     assert [row[0]["label"] for row in task["result"]["top_k"]] == [SHAPES_REF["true_labels"][i] for i in (2, 9)]
+    # The synchronous endpoint takes them in JSON as well.
+    sync = client.post("/v1/predict/shapes", json={"images": images})
+    assert sync.status_code == 200, sync.text
+    assert [row[0]["label"] for row in sync.json()["top_k"]] == [SHAPES_REF["true_labels"][i] for i in (2, 9)]
     bad = client.post("/v1/tasks", json={"type": "predict", "model": "shapes", "input": {"images": ["%%%"]}})
     assert bad.status_code == 422
     assert bad.json()["error"]["param"] == "input.images[0]"
@@ -200,50 +254,3 @@ def test_shipped_shape_workflow_on_the_stack(client: httpx.Client) -> None:
     failed = wait_status(client, f"/v1/runs/{bad.json()['id']}", timeout=60)
     assert failed["status"] == "failed", failed
     assert "not an image" in json.dumps(failed), failed
-
-
-# --- the shipped workflow in `switchyard dev` ------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    tmp = tmp_path_factory.mktemp("dev-images")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_")}
-    env["SWITCHYARD_CONFIG"] = str(DEFAULT_CONFIG)
-    env["SWITCHYARD_DATA_DIR"] = str(tmp / ".switchyard")
-    port, fake_port = free_port(), free_port()
-    proc = Process("dev", cli("dev", "--port", str(port), "--fake-port", str(fake_port)), env, tmp)
-    try:
-
-        def printed() -> re.Match[str] | None:
-            assert proc.alive(), proc.log()[-4000:]
-            return re.search(r"URL: (\S+).*?API key: (\S+)", proc.log(), re.S)
-
-        match = wait_until(printed, timeout=90, what="switchyard dev to print its URL and key")
-        yield match.group(1), match.group(2)
-    finally:
-        proc.stop()
-
-
-def test_shape_workflow_in_dev(dev: tuple[str, str]) -> None:
-    url, key = dev
-    i = 12  # a triangle
-    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:
-        # The embedded worker is ready once it has run the periodic duties a first time (as in test_embedded).
-        wait_until(
-            lambda: client.get("/readyz").json()["checks"].get("duties") == "ok",
-            timeout=90,
-            what="the embedded worker to be ready",
-        )
-        upload = client.post("/v1/predict/shape-classifier", files={"file": ("t.png", PNGS[i], "image/png")})
-        assert upload.status_code == 200, upload.text
-        assert upload.json()["top_k"][0][0]["label"] == "triangle"
-        run = client.post(
-            "/v1/workflows/shape_inspection/runs", json={"input": {"image": SHAPES_REF["images_png_base64"][i]}}
-        )
-        assert run.status_code in (200, 201, 202), run.text
-        done: dict[str, Any] = wait_status(client, f"/v1/runs/{run.json()['id']}", timeout=90)
-        assert done["status"] == "succeeded", done
-        assert done["output"]["shape"] == "triangle"
-        assert float(done["output"]["score"]) > 0.5
-        assert "triangle" in done["output"]["description"]

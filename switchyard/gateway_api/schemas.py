@@ -159,7 +159,8 @@ SSE_DESCRIPTION = (
 
 
 class PredictRequest(PredictInput):
-    """`inputs` maps each input name to a (nested) array; `options` are a task's options."""
+    """`inputs` maps each input name to a (nested) array, or `images` lists base64 image files (a model with
+    `image:` preprocessing); `options` are a task's options."""
 
     options: TaskOptions | None = None
 

@@ -78,12 +78,12 @@ async def predict(model: str, request: Request, principal: Member, state: StateD
     if model not in state.config.models:
         # The model is the resource the path names: unknown, it is a 404 (as for GET /v1/models/{name}).
         raise NotFound(f"model '{model}' not found", param="model", code="model_not_found")
-    inputs, options = await _read_body(request, state, model)
+    task_input, options = await _read_body(request, state, model)
     version = request.query_params.get("version")
     if version is not None:
         options = {**options, "version": version}
     try:
-        body = TaskCreate(type="predict", model=model, input={"inputs": inputs}, options=options)
+        body = TaskCreate(type="predict", model=model, input=task_input, options=options)
     except ValidationError as exc:
         raise invalid_request(exc) from None
 
@@ -107,12 +107,13 @@ async def predict(model: str, request: Request, principal: Member, state: StateD
     )
 
 
-async def _read_body(request: Request, state: ApiState, model: str) -> tuple[Any, dict[str, Any]]:
+async def _read_body(request: Request, state: ApiState, model: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The task's input (`{"inputs": ...}` or, in JSON, `{"images": [base64, ...]}`) and its options."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "text/csv":
-        return _csv_inputs((await request.body()).decode("utf-8-sig", "replace"), state, model, request), {}
+        return {"inputs": _csv_inputs((await request.body()).decode("utf-8-sig", "replace"), state, model, request)}, {}
     if content_type in IMAGE_MEDIA_TYPES:
-        return await _image_inputs(state, model, request, [await request.body()], "body"), {}
+        return {"inputs": await _image_inputs(state, model, request, [await request.body()], "body")}, {}
     if content_type == "multipart/form-data":
         form = await request.form()
         uploads = [u for u in form.getlist("file") if not isinstance(u, str)]
@@ -122,9 +123,9 @@ async def _read_body(request: Request, state: ApiState, model: str) -> tuple[Any
         if state.config.models[model].image is not None:
             # Every `file` is an image: one request, one task, one batch.
             blobs = [await upload.read() for upload in uploads]
-            return await _image_inputs(state, model, request, blobs, "file"), {}
+            return {"inputs": await _image_inputs(state, model, request, blobs, "file")}, {}
         text = (await uploads[0].read()).decode("utf-8-sig", "replace")
-        return _csv_inputs(text, state, model, request), {}
+        return {"inputs": _csv_inputs(text, state, model, request)}, {}
     accepted = "application/json, text/csv, multipart/form-data or an image"
     try:
         payload = orjson.loads(await request.body())
@@ -132,17 +133,18 @@ async def _read_body(request: Request, state: ApiState, model: str) -> tuple[Any
         raise unparsed_body_error(
             request, MalformedRequest("request body is not valid JSON", param="body"), accepted
         ) from None
-    if not isinstance(payload, dict) or "inputs" not in payload:
+    if not isinstance(payload, dict) or not ("inputs" in payload or "images" in payload):
         raise unparsed_body_error(
             request, InvalidRequest('the body must be {"inputs": {name: array}}', param="inputs"), accepted
         )
-    unknown = set(payload) - {"inputs", "options"}
+    unknown = set(payload) - {"inputs", "images", "options"}
     if unknown:
         raise InvalidRequest("unknown field", param=sorted(unknown)[0])
     options = payload.get("options") or {}
     if not isinstance(options, dict):
         raise InvalidRequest("options must be an object", param="options")
-    return payload["inputs"], options
+    # Base64 images are decoded when the task is checked (on a thread: see tasks.service._plain).
+    return {k: payload[k] for k in ("inputs", "images") if k in payload}, options
 
 
 async def _image_inputs(
