@@ -225,11 +225,13 @@ def run_wrk(
     )
 
 
-def _request_bytes(host: str, port: int, path: str, auth: str | None, body: bytes) -> bytes:
+def _request_bytes(
+    host: str, port: int, path: str, auth: str | None, body: bytes, content_type: str = "application/json"
+) -> bytes:
     head = [
         f"POST {path} HTTP/1.1",
         f"Host: {host}:{port}",
-        "Content-Type: application/json",
+        f"Content-Type: {content_type}",
         f"Content-Length: {len(body)}",
         "Connection: keep-alive",
     ]
@@ -248,9 +250,10 @@ async def _raw_load(
     seconds: float | None,
     total: int | None,
     body: bytes = CHAT_BODY,
+    content_type: str = "application/json",
 ) -> tuple[int, int, int, float, list[float]]:
     """Keep-alive HTTP/1.1 POSTs on `connections` sockets, for `seconds` or until `total` requests were sent."""
-    request = _request_bytes(host, port, path, auth, body)
+    request = _request_bytes(host, port, path, auth, body, content_type)
     counters = {"sent": 0, "ok": 0, "bad": 0, "err": 0}
     latencies: list[float] = []
     t0 = time.perf_counter()
@@ -292,13 +295,25 @@ def run_raw(
     seconds: float | None = None,
     total: int | None = None,
     body: bytes = CHAT_BODY,
+    content_type: str = "application/json",
 ) -> LoadResult:
-    """The asyncio load generator: used to create N tasks, and as the load tool when wrk is missing."""
+    """The asyncio load generator: used to create N tasks, as the load tool when wrk is missing, and for bodies
+    wrk's script cannot send (binary ones: images)."""
     m = re.match(r"http://([^:/]+):(\d+)(/.*)", url)
     assert m is not None, url
     host, port, path = m.group(1), int(m.group(2)), m.group(3)
     ok, bad, err, secs, lat = asyncio.run(
-        _raw_load(host, port, path, auth, connections=connections, seconds=seconds, total=total, body=body)
+        _raw_load(
+            host,
+            port,
+            path,
+            auth,
+            connections=connections,
+            seconds=seconds,
+            total=total,
+            body=body,
+            content_type=content_type,
+        )
     )
     lat.sort()
 

@@ -29,6 +29,7 @@ onnx 1.23, onnxruntime 1.32, numpy 2.4).
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -280,6 +281,7 @@ class Built:
     name: str
     onnx_model: onnx.ModelProto
     reference: dict[str, Any] = field(default_factory=dict)
+    input_name: str = "features"
 
 
 def to_onnx(
@@ -486,15 +488,25 @@ def write(built: Built) -> tuple[Path, Path]:
     onnx_path = MODELS_DIR / f"{built.name}.onnx"
     ref_path = MODELS_DIR / f"{built.name}.reference.json"
     onnx_path.write_bytes(built.onnx_model.SerializeToString())
-    assert len(built.reference["inputs"]) == N_REFERENCE
-    ref = {"model": built.name, "input": "features", **built.reference}
+    rows = built.reference.get("inputs", built.reference.get("images_png_base64"))
+    assert rows is not None
+    assert len(rows) == N_REFERENCE
+    ref = {"model": built.name, "input": built.input_name, **built.reference}
     ref_path.write_text(_dumps(ref) + "\n")
     return onnx_path, ref_path
 
 
 def main() -> None:
+    # The image model preprocesses with Switchyard's own code (switchyard.ml.images), so it needs the checkout.
+    sys.path.insert(0, str(ROOT))
+    import build_more_models
+
     MODELS_DIR.mkdir(exist_ok=True)
-    for builder in (build_risk_classifier, build_anomaly_detector, build_revenue_regressor):
+    builders = (build_risk_classifier, build_anomaly_detector, build_revenue_regressor, *build_more_models.BUILDERS)
+    only = set(sys.argv[1:])  # e.g. `build_models.py shape_classifier`: rebuild those only
+    for builder in builders:
+        if only and builder.__name__.removeprefix("build_") not in only:
+            continue
         built = builder()
         onnx_path, _ = write(built)
         size_kb = onnx_path.stat().st_size / 1024

@@ -55,6 +55,13 @@ class Settings(BaseSettings):
     files_s3_endpoint_url: str | None = None
     files_s3_region: str | None = None
     max_file_bytes: int = Field(default=200 * 1024 * 1024, ge=1024)
+    # Image inputs of predict models: the most pixels one image may have (checked from its header before it is
+    # decoded: decompression bombs), and the most images one request may carry (they run as one batch).
+    max_image_pixels: int = Field(default=16_000_000, ge=1)
+    max_images_per_request: int = Field(default=64, ge=1, le=4096)
+    # How long a process keeps the traffic weights of model versions before reading them again: a change
+    # (PUT /v1/models/{name}/versions) reaches every worker within this time.
+    model_weights_cache_s: float = Field(default=1.0, ge=0, le=3600)
     # A verified key (or JWT) is kept this long in each API process. Changes and revocations reach every
     # process at once over Redis pub/sub; while that subscription is down, and in embedded mode (no Redis),
     # an entry is kept at most api_key_cache_unsubscribed_s.

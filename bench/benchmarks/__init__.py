@@ -16,6 +16,7 @@ NAMES: tuple[str, ...] = (
     "end_to_end",
     "in_flight",
     "ml_batching",
+    "ml_images",
     "dag",
     "ws_fanout",
     "sync_overhead",

@@ -94,6 +94,9 @@ class Deployment(_Strict):
     # The prompt tokens the model accepts; a prompt estimated larger is routed elsewhere (default: the
     # catalog's figure for well-known models, else no limit).
     max_input_tokens: int | None = Field(default=None, ge=1)
+    # predict models with `versions`: the version this deployment serves (several deployments may serve one
+    # version, e.g. a local file and a remote server holding the same model, to fail over between).
+    version: str | None = Field(default=None, min_length=1, max_length=64)
 
     @property
     def name(self) -> str:
@@ -116,6 +119,38 @@ class RoutingConfig(_Strict):
     breaker: BreakerConfig = BreakerConfig()
 
 
+class ImagePreprocessing(_Strict):
+    """How an image becomes a predict model's input tensor: decoded, converted to `mode`, resized to `size`
+    (width, height), each value times `scale`, minus `mean` and divided by `std` (one value, or one per
+    channel), laid out NCHW or NHWC with the batch first. `input` names the model input it fills (unset:
+    the model's only input)."""
+
+    input: str | None = None
+    size: tuple[int, int] = Field(default=(224, 224))
+    mode: Literal["L", "RGB"] = "RGB"
+    scale: float = Field(default=1 / 255, gt=0)
+    mean: list[float] = Field(default_factory=lambda: [0.0], min_length=1, max_length=3)
+    std: list[float] = Field(default_factory=lambda: [1.0], min_length=1, max_length=3)
+    layout: Literal["NCHW", "NHWC"] = "NCHW"
+    resample: Literal["nearest", "bilinear", "bicubic", "lanczos"] = "bilinear"
+
+    @model_validator(mode="after")
+    def _check(self) -> ImagePreprocessing:
+        channels = 1 if self.mode == "L" else 3
+        problems = [
+            f"{key}: {len(values)} values for a {channels}-channel mode {self.mode} (give 1 or {channels})"
+            for key, values in (("mean", self.mean), ("std", self.std))
+            if len(values) not in (1, channels)
+        ]
+        if any(s <= 0 for s in self.std):
+            problems.append("std: every value must be > 0")
+        if not all(1 <= d <= 4096 for d in self.size):
+            problems.append("size: width and height must be within 1..4096")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
 class ModelConfig(_Strict):
     """A logical model that requests name. When every deployment failed or is unavailable, `fallbacks`
     are tried in order; a prompt too long for the model (or a provider's context-length error) goes to
@@ -130,6 +165,19 @@ class ModelConfig(_Strict):
     breaker: BreakerConfig | None = None
     # Guardrails of calls to this model; they replace the top-level ones kind by kind (pii, moderation).
     guardrails: Guardrails | None = None
+    # predict only. `labels`: the names of the classes of `scores_output` (unset: the first 2-D output as
+    # wide as the labels), so results carry the `top_k` labels with their scores. `image`: the model takes
+    # images (see ImagePreprocessing). `versions`: the model's versions and their starting traffic weights;
+    # each deployment names its version (weights change at run time: PUT /v1/models/{name}/versions).
+    labels: list[str] | None = Field(default=None, min_length=1)
+    scores_output: str | None = None
+    top_k: int = Field(default=5, ge=1, le=100)
+    image: ImagePreprocessing | None = None
+    versions: dict[str, float] | None = Field(default=None, min_length=1)
+
+    def version_of(self, deployment: Deployment) -> str | None:
+        """The version a deployment serves (None for a model without versions)."""
+        return deployment.version if self.versions else None
 
 
 class AppConfig(_Strict):
@@ -162,6 +210,7 @@ class AppConfig(_Strict):
                     problems.append(
                         f"{where}: provider '{dep.provider}' (kind {provider.kind}) cannot serve {model.type}"
                     )
+            problems.extend(f"models.{name}.{p}" for p in _ml_problems(model))
             for key in ("fallbacks", "context_window_fallbacks", "content_policy_fallbacks"):
                 for i, fallback in enumerate(getattr(model, key)):
                     where = f"models.{name}.{key}[{i}]"
@@ -188,6 +237,36 @@ class AppConfig(_Strict):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+
+def _ml_problems(model: ModelConfig) -> list[str]:
+    """What is wrong with a model's ML settings (labels, images, versions)."""
+    problems: list[str] = []
+    if model.type != "predict":
+        for key in ("labels", "scores_output", "image", "versions"):
+            if getattr(model, key) is not None:
+                problems.append(f"{key}: only predict models take {key}")
+        return problems
+    if model.versions is None:
+        problems.extend(
+            f"deployments[{i}].version: the model has no `versions`"
+            for i, dep in enumerate(model.deployments)
+            if dep.version is not None
+        )
+        return problems
+    for version, weight in model.versions.items():
+        if weight < 0:
+            problems.append(f"versions.{version}: a weight must be >= 0")
+        if not any(d.version == version for d in model.deployments):
+            problems.append(f"versions.{version}: no deployment serves this version")
+    if sum(model.versions.values()) <= 0:
+        problems.append("versions: at least one weight must be > 0")
+    for i, dep in enumerate(model.deployments):
+        if dep.version not in model.versions:
+            problems.append(
+                f"deployments[{i}].version: must be one of the model's versions ({', '.join(model.versions)})"
+            )
+    return problems
 
 
 def _platform_problems(account: ProviderConfig) -> list[str]:

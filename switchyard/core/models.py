@@ -542,3 +542,16 @@ class AuditEntry(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     __table_args__ = (Index("ix_audit_log_tenant_id_id", "tenant_id", "id"),)
+
+
+class ModelVersionWeights(Base):
+    """The traffic weights of a predict model's versions as an admin last set them ({version: weight}); a
+    model without a row uses its config file's `versions`. Workers and API processes re-read it every
+    `model_weights_cache_s`, so a change (a roll forward, a roll back) reaches them all without a restart."""
+
+    __tablename__ = "model_version_weights"
+
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    weights: Mapped[dict[str, Any]]
+    updated_by: Mapped[str] = mapped_column(String(200))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

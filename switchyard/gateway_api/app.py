@@ -47,6 +47,7 @@ from switchyard.gateway_api.state import ApiState, KeyCache
 from switchyard.gateway_api.ws_slots import ConnectionSlots
 from switchyard.guardrails.pii.keys import load_hash_key
 from switchyard.ml.catalog import model_signatures
+from switchyard.ml.images import set_pixel_limit
 from switchyard.observability.http import RequestMetrics
 from switchyard.observability.metrics import families
 from switchyard.observability.request_id import RequestId
@@ -81,6 +82,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Refuse a bad config file before serving anything.
     config = load_config(settings.config)
     signatures = model_signatures(config)
+    # Pillow's own decompression-bomb guard, at the limit the API checks image headers against.
+    set_pixel_limit(settings.max_image_pixels)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -159,7 +159,8 @@ SSE_DESCRIPTION = (
 
 
 class PredictRequest(PredictInput):
-    """`inputs` maps each input name to a (nested) array; `options` are a task's options."""
+    """`inputs` maps each input name to a (nested) array, or `images` lists base64 image files (a model with
+    `image:` preprocessing); `options` are a task's options."""
 
     options: TaskOptions | None = None
 
@@ -170,8 +171,37 @@ class PredictResponse(BaseModel):
     latency_ms: float
     task_id: str
     provider: str | None
-    batch_size: int | None = Field(description="How many requests the model ran together with this one.")
+    batch_size: int | None = Field(description="How many rows the model ran together with this request's.")
     cost_usd: float
+    version: str | None = Field(default=None, description="The version that answered (models with versions).")
+    top_k: list[list[dict[str, Any]]] | None = Field(
+        default=None, description="Models with `labels`: per row, the best labels with their scores, best first."
+    )
+
+
+class ModelVersion(BaseModel):
+    version: str
+    weight: float = Field(description="Its share of the traffic, relative to the other versions' weights.")
+    deployments: list[str]
+    signature: dict[str, Any] | None
+
+
+class ModelDetail(BaseModel):
+    id: str
+    object: str
+    type: str
+    providers: list[str]
+    signature: dict[str, Any] | None = None
+    labels: list[str] | None = None
+    image: dict[str, Any] | None = None
+    versions: list[ModelVersion] | None = None
+
+
+class ModelWeightsUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    weights: dict[str, Any] = Field(
+        description="{version: weight >= 0}; a version left out gets 0.", examples=[{"1": 10, "2": 90}]
+    )
 
 
 # --- OpenAI-compatible ----------------------------------------------------------------------------------------------

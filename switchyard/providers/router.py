@@ -26,6 +26,7 @@ import orjson
 
 from switchyard.core.config import AppConfig, BreakerConfig, Deployment, ModelConfig
 from switchyard.core.ids import new_id
+from switchyard.ml.versions import VersionWeights
 from switchyard.providers.health import Admission, DeploymentHealth, Stats
 from switchyard.providers.limits import RateLimits
 
@@ -36,11 +37,14 @@ CONTEXT_EXCEEDED = "context_length_exceeded"
 CONTENT_BLOCKED = "content_blocked"
 
 
-def candidates(model: ModelConfig, pinned_provider: str | None) -> list[Deployment]:
-    """The deployments an attempt may use: all of them, or those of the pinned provider."""
-    if pinned_provider is None:
-        return list(model.deployments)
-    return [d for d in model.deployments if d.provider == pinned_provider]
+def candidates(model: ModelConfig, pinned_provider: str | None, version: str | None = None) -> list[Deployment]:
+    """The deployments an attempt may use: all of them, or those of the pinned provider; of a model with
+    versions, those of the task's version."""
+    return [
+        d
+        for d in model.deployments
+        if (pinned_provider is None or d.provider == pinned_provider) and (version is None or d.version == version)
+    ]
 
 
 def backoff_s(attempt: int, *, base_s: float, max_s: float, retry_after_s: float | None) -> float:
@@ -95,6 +99,8 @@ class Route:
     max_output_tokens: int
     failed: set[tuple[str, str]] = field(default_factory=set)
     used: set[str] = field(default_factory=set)
+    # The version each model with versions serves this task: chosen once, kept for retries and failover.
+    versions: dict[str, str] = field(default_factory=dict)
 
     @property
     def model(self) -> str:
@@ -140,10 +146,14 @@ class Unavailable:
 
 
 class Router:
-    def __init__(self, config: AppConfig, health: DeploymentHealth, limits: RateLimits) -> None:
+    def __init__(
+        self, config: AppConfig, health: DeploymentHealth, limits: RateLimits, weights: VersionWeights | None = None
+    ) -> None:
         self.config = config
         self.health = health
         self.limits = limits
+        # The traffic split between versions of predict models (the config's alone without a database).
+        self.weights = weights or VersionWeights(config, None)
         # A deployment listed by several models keeps one breaker: the first listing's settings count.
         self.breakers: dict[str, BreakerConfig] = {}
         for name, model in config.models.items():
@@ -151,22 +161,48 @@ class Router:
                 self.breakers.setdefault(dep.name, config.breaker_for(name))
 
     def route(
-        self, task_type: str, model: str, request: dict[str, Any], pinned: str | None, earlier: list[Earlier]
+        self,
+        task_type: str,
+        model: str,
+        request: dict[str, Any],
+        pinned: str | None,
+        earlier: list[Earlier],
+        version: str | None = None,
     ) -> Route:
-        """The route of a task, with its earlier attempts taken into account."""
+        """The route of a task, with its earlier attempts taken into account; `version` pins the version of a
+        model that has versions (else one is drawn by weight, or kept from the task's earlier attempts)."""
         queue = [model] if pinned is not None else list(dict.fromkeys([model, *self.config.models[model].fallbacks]))
         max_output = request.get("max_tokens") or request.get("max_completion_tokens") or ASSUMED_OUTPUT_TOKENS
         route = Route(queue, pinned, estimate_tokens(task_type, request), int(max_output))
+        if version is not None and self.config.models[model].versions:
+            route.versions[model] = version
         for attempt in earlier:
-            if not attempt.ok and attempt.model in self.config.models:
+            spec = self.config.models.get(attempt.model)
+            if spec is None:
+                continue
+            if spec.versions and attempt.model not in route.versions:
+                served = next((d.version for d in spec.deployments if d.name == attempt.deployment), None)
+                if served is not None:
+                    route.versions[attempt.model] = served
+            if not attempt.ok:
                 route.failed_on(self.config, attempt.model, attempt.deployment, attempt.error_type)
         return route
+
+    def version(self, route: Route, name: str) -> str | None:
+        """The version of model `name` this task uses (drawn by the current weights the first time)."""
+        model = self.config.models[name]
+        if not model.versions:
+            return None
+        chosen = route.versions.get(name)
+        if chosen is None:
+            chosen = route.versions[name] = self.weights.pick(name, model)
+        return chosen
 
     def choose(self, route: Route, lease_s: float) -> Choice | Unavailable:
         while True:
             name = route.model
             model = self.config.models[name]
-            options = candidates(model, route.pinned)
+            options = candidates(model, route.pinned, self.version(route, name))
             fitting = [d for d in options if d.max_input_tokens is None or route.prompt_tokens <= d.max_input_tokens]
             if not fitting and model.context_window_fallbacks and route.pinned is None:
                 route.failed_on(self.config, name, "", CONTEXT_EXCEEDED)
@@ -199,7 +235,7 @@ class Router:
         """Whether the next attempt goes somewhere that has not failed yet (then there is no point waiting)."""
         untried = [
             d
-            for d in candidates(self.config.models[route.model], route.pinned)
+            for d in candidates(self.config.models[route.model], route.pinned, self.version(route, route.model))
             if (route.model, d.name) not in route.failed
         ]
         return bool(untried) or len(route.queue) > 1

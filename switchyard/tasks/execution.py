@@ -18,6 +18,7 @@ from switchyard.core.config import AppConfig
 from switchyard.core.db import Database
 from switchyard.core.group_commit import GroupCommit
 from switchyard.core.models import Attempt, utcnow
+from switchyard.ml.results import labelled
 from switchyard.observability import metrics
 from switchyard.providers.base import Usage
 from switchyard.providers.registry import ProviderSet
@@ -83,7 +84,14 @@ class Executor(ProviderCalls):
                 )
                 continue
             earlier = self._earlier(claim) if claim.attempt_count else []
-            route = self.router.route(claim.type, claim.model, claim.input, claim.options.get("provider"), earlier)
+            route = self.router.route(
+                claim.type,
+                claim.model,
+                claim.input,
+                claim.options.get("provider"),
+                earlier,
+                version=claim.options.get("version"),
+            )
             execution = Execution(
                 claim,
                 route,
@@ -149,6 +157,8 @@ class Executor(ProviderCalls):
             result["model"] = outcome.model
             result["provider"] = outcome.deployment.provider
             result["provider_model"] = outcome.result.provider_model or outcome.deployment.model
+            if claim.type == "predict":
+                labelled(self.config.models.get(outcome.model), outcome.deployment, result)
             transitions.finish(
                 self.db,
                 claim,

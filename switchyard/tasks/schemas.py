@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from switchyard.core.guardrail_spec import Guardrails
 from switchyard.webhooks.service import WebhookTarget
@@ -24,6 +24,8 @@ class TaskOptions(_Strict):
     stream: bool | None = None
     # This call's guardrails: each kind set here replaces the model's and the top level's (config file).
     guardrails: Guardrails | None = None
+    # predict: the version of a model with versions that must serve this task (else one is drawn by weight).
+    version: Annotated[str, Field(min_length=1, max_length=64)] | None = None
 
 
 class TaskCreate(_Strict):
@@ -82,7 +84,16 @@ class ModerateInput(_Strict):
 
 
 class PredictInput(_Strict):
-    inputs: dict[str, Any] = Field(min_length=1)
+    """Tensors by input name, or (for a model that takes images) base64-encoded image files, one batch."""
+
+    inputs: dict[str, Any] | None = Field(default=None, min_length=1)
+    images: Annotated[list[str], Field(min_length=1, max_length=4096)] | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> PredictInput:
+        if (self.inputs is None) == (self.images is None):
+            raise ValueError("give either inputs or images")
+        return self
 
 
 INPUT_MODELS: dict[str, type[BaseModel]] = {

@@ -22,8 +22,11 @@ from switchyard.core.errors import Conflict, InvalidRequest, NotFound
 from switchyard.core.models import Task, utcnow
 from switchyard.core.validation import invalid_request
 from switchyard.guardrails import pii
+from switchyard.ml.catalog import check_version, signature_for
+from switchyard.ml.images import from_base64, image_inputs
 from switchyard.ml.signature import Signature, check_inputs
 from switchyard.providers.router import candidates
+from switchyard.settings import get_settings
 from switchyard.tasks import repository, transitions
 from switchyard.tasks.schemas import INPUT_MODELS, TaskCreate
 from switchyard.tasks.transitions import TERMINAL, Dispatcher, RunAdvancer, enqueue, new_task
@@ -78,6 +81,8 @@ def validate_input(
             f"model '{body.model}' has no deployment on provider '{pinned}' (it has: {', '.join(providers)})",
             param="options.provider",
         )
+    if body.options.version is not None:
+        check_version(body.model, model, body.options.version, pinned)
     if body.options.stream and body.type != "chat":
         raise InvalidRequest("only chat tasks can stream", param="options.stream")
     moderation = body.options.guardrails.moderation if body.options.guardrails is not None else None
@@ -88,8 +93,21 @@ def validate_input(
     except ValidationError as exc:
         raise invalid_request(exc, prefix="input") from None
     normalised = parsed.model_dump(mode="json", exclude_none=True)
-    signature = signatures.get(body.model)
-    if body.type == "predict" and signature is not None:
+    if body.type != "predict":
+        return normalised
+    signature = signature_for(signatures, body.model, body.options.version)
+    if "images" in normalised:
+        settings = get_settings()
+        if len(normalised["images"]) > settings.max_images_per_request:
+            raise InvalidRequest(f"at most {settings.max_images_per_request} images a request", param="input.images")
+        normalised = image_inputs(
+            body.model,
+            model,
+            signature,
+            from_base64(normalised["images"], param="input.images"),
+            settings.max_image_pixels,
+        )
+    if signature is not None:
         check_inputs(signature, normalised["inputs"])
     return normalised
 
@@ -144,6 +162,8 @@ def _plain(
     `create_task` inserts in a transaction."""
     if sub.idempotency_key is not None or sub.body.webhook is not None:
         return None
+    if sub.body.type == "predict" and "images" in sub.body.input:
+        return None  # decoding images is blocking work: on a thread (`submit`), not on the event loop
     pinned = sub.body.options.provider or sub.pinned_provider
     checked = checked_input(config, signatures, sub.body, pinned, restorable=sub.restorable)
     task = _new(

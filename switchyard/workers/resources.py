@@ -20,6 +20,7 @@ from switchyard.events.relay import EventRelay
 from switchyard.files.storage import storage_for
 from switchyard.guardrails.pii.keys import load_hash_key
 from switchyard.ml.catalog import model_signatures
+from switchyard.ml.versions import VersionWeights
 from switchyard.observability import tracing
 from switchyard.providers.health import DeploymentHealth, HealthStore, health_store
 from switchyard.providers.health_snapshots import SnapshotWriter, written_store
@@ -151,7 +152,9 @@ def init_resources() -> WorkerResources:
                 config,
                 db,
                 providers,
-                Router(config, DeploymentHealth(store), limits),
+                Router(
+                    config, DeploymentHealth(store), limits, VersionWeights(config, db, settings.model_weights_cache_s)
+                ),
                 LocalAdvancer(db, engine, dispatcher),
                 on_finished=on_finished,
                 deltas=partial(publish_delta, redis_client) if redis_client is not None else local_deltas,

@@ -21,11 +21,13 @@ from sqlalchemy import func, select
 
 from switchyard.core.config import AppConfig
 from switchyard.core.db import Tx, lock_for_update
-from switchyard.core.errors import BudgetExceeded, ServiceUnavailable
+from switchyard.core.errors import AppError, BudgetExceeded, InvalidRequest, ServiceUnavailable
 from switchyard.core.models import Run, RunStep, Task, Workflow, utcnow
 from switchyard.core.validation import invalid_request
 from switchyard.events.log import append_event
 from switchyard.guardrails import pii
+from switchyard.ml.images import from_base64, image_inputs
+from switchyard.settings import get_settings
 from switchyard.tasks.schemas import INPUT_MODELS
 from switchyard.tasks.transitions import RunDispatcher, cancel_queued_of_run, enqueue, new_task
 from switchyard.tenancy.quotas import repository
@@ -287,7 +289,14 @@ class Engine:
                 message = f"the rendered input is not valid: {invalid_request(exc, 'input').message}"
                 self._fail_step(c, row, TemplateError(message))
                 return False
-            task = self._new_task(c.run, spec, row, index, parsed.model_dump(mode="json", exclude_none=True))
+            rendered = parsed.model_dump(mode="json", exclude_none=True)
+            if spec.type == "predict" and "images" in rendered:
+                try:
+                    rendered = self._images(spec.model, rendered["images"])
+                except TemplateError as exc:
+                    self._fail_step(c, row, exc)
+                    return False
+            task = self._new_task(c.run, spec, row, index, rendered)
             if policy is not None and not self._admit(c.tx, c.run, row, policy, task):
                 return False
             c.tx.session.add(task)
@@ -320,6 +329,20 @@ class Engine:
             step_generation=row.generation,
             key_id=run.key_id,
         )
+
+    def _images(self, model: str, images: list[str]) -> dict[str, Any]:
+        """A predict step's base64 images as the model's input tensor (the task holds the tensor, as the API's
+        tasks do); a bad image fails the step with the reason."""
+        settings = get_settings()
+        try:
+            if len(images) > settings.max_images_per_request:
+                raise InvalidRequest(
+                    f"at most {settings.max_images_per_request} images a request", param="input.images"
+                )
+            blobs = from_base64(images, param="input.images")
+            return image_inputs(model, self.config.models[model], None, blobs, settings.max_image_pixels)
+        except AppError as exc:
+            raise TemplateError(f"the rendered input is not valid: {exc.param}: {exc.message}") from None
 
     def _admit(self, tx: Tx, run: Run, row: RunStep, policy: Policy, task: Task) -> bool:
         """Reserve the step task's worst case against the run key's (and tenant's) budgets. Refused, the step

@@ -8,11 +8,12 @@ import io
 import time
 from typing import Any
 
+import anyio.to_thread
 import orjson
 from fastapi import APIRouter, Request
 from pydantic import ValidationError
 
-from switchyard.core.errors import InvalidRequest, MalformedRequest, NotFound
+from switchyard.core.errors import InvalidRequest, MalformedRequest, NotFound, UnsupportedMediaType
 from switchyard.core.validation import invalid_request
 from switchyard.gateway_api import sync
 from switchyard.gateway_api.api_docs import errors, request_body
@@ -21,6 +22,8 @@ from switchyard.gateway_api.deps import Member, StateDep, admission
 from switchyard.gateway_api.responses import FastJSONResponse
 from switchyard.gateway_api.schemas import PredictRequest, PredictResponse
 from switchyard.gateway_api.state import ApiState
+from switchyard.ml.catalog import signature_for
+from switchyard.ml.images import IMAGE_MEDIA_TYPES, image_inputs
 from switchyard.tasks.schemas import TaskCreate
 from switchyard.workers.queues import ML
 
@@ -75,9 +78,12 @@ async def predict(model: str, request: Request, principal: Member, state: StateD
     if model not in state.config.models:
         # The model is the resource the path names: unknown, it is a 404 (as for GET /v1/models/{name}).
         raise NotFound(f"model '{model}' not found", param="model", code="model_not_found")
-    inputs, options = await _read_body(request, state, model)
+    task_input, options = await _read_body(request, state, model)
+    version = request.query_params.get("version")
+    if version is not None:
+        options = {**options, "version": version}
     try:
-        body = TaskCreate(type="predict", model=model, input={"inputs": inputs}, options=options)
+        body = TaskCreate(type="predict", model=model, input=task_input, options=options)
     except ValidationError as exc:
         raise invalid_request(exc) from None
 
@@ -96,40 +102,68 @@ async def predict(model: str, request: Request, principal: Member, state: StateD
             "provider": result.get("provider"),
             "batch_size": result.get("batch_size"),
             "cost_usd": task["cost_usd"],
+            **{key: result[key] for key in ("version", "top_k") if key in result},
         },
         headers=sync.task_headers(task, request),
     )
 
 
-async def _read_body(request: Request, state: ApiState, model: str) -> tuple[Any, dict[str, Any]]:
+async def _read_body(request: Request, state: ApiState, model: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The task's input (`{"inputs": ...}` or, in JSON, `{"images": [base64, ...]}`) and its options."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "text/csv":
-        return _csv_inputs((await request.body()).decode("utf-8-sig", "replace"), state, model, request), {}
+        return {"inputs": _csv_inputs((await request.body()).decode("utf-8-sig", "replace"), state, model, request)}, {}
+    if content_type in IMAGE_MEDIA_TYPES:
+        return {"inputs": await _image_inputs(state, model, request, [await request.body()], "body")}, {}
     if content_type == "multipart/form-data":
         form = await request.form()
-        upload = form.get("file")
-        if upload is None or isinstance(upload, str):
-            raise InvalidRequest("a multipart upload needs a CSV file in the 'file' field", param="file")
-        text = (await upload.read()).decode("utf-8-sig", "replace")
-        return _csv_inputs(text, state, model, request), {}
-    accepted = "application/json, text/csv or multipart/form-data"
+        uploads = [u for u in form.getlist("file") if not isinstance(u, str)]
+        if not uploads:
+            kind = "an image" if state.config.models[model].image is not None else "a CSV file"
+            raise InvalidRequest(f"a multipart upload needs {kind} in the 'file' field", param="file")
+        if state.config.models[model].image is not None:
+            # Every `file` is an image: one request, one task, one batch.
+            blobs = [await upload.read() for upload in uploads]
+            return {"inputs": await _image_inputs(state, model, request, blobs, "file")}, {}
+        text = (await uploads[0].read()).decode("utf-8-sig", "replace")
+        return {"inputs": _csv_inputs(text, state, model, request)}, {}
+    accepted = "application/json, text/csv, multipart/form-data or an image"
     try:
         payload = orjson.loads(await request.body())
     except orjson.JSONDecodeError:
         raise unparsed_body_error(
             request, MalformedRequest("request body is not valid JSON", param="body"), accepted
         ) from None
-    if not isinstance(payload, dict) or "inputs" not in payload:
+    if not isinstance(payload, dict) or not ("inputs" in payload or "images" in payload):
         raise unparsed_body_error(
             request, InvalidRequest('the body must be {"inputs": {name: array}}', param="inputs"), accepted
         )
-    unknown = set(payload) - {"inputs", "options"}
+    unknown = set(payload) - {"inputs", "images", "options"}
     if unknown:
         raise InvalidRequest("unknown field", param=sorted(unknown)[0])
     options = payload.get("options") or {}
     if not isinstance(options, dict):
         raise InvalidRequest("options must be an object", param="options")
-    return payload["inputs"], options
+    # Base64 images are decoded when the task is checked (on a thread: see tasks.service._plain).
+    return {k: payload[k] for k in ("inputs", "images") if k in payload}, options
+
+
+async def _image_inputs(
+    state: ApiState, model: str, request: Request, blobs: list[bytes], param: str
+) -> dict[str, Any]:
+    """Images decoded and preprocessed as the model's config says, on a thread (blocking, CPU-bound work)."""
+    spec = state.config.models[model]
+    if spec.image is None:
+        raise UnsupportedMediaType(f"model '{model}' does not take images", param=param)
+    limit = state.settings.max_images_per_request
+    if len(blobs) > limit:
+        raise InvalidRequest(f"at most {limit} images a request, {len(blobs)} were sent", param=param)
+    signature = signature_for(state.signatures, model, request.query_params.get("version"))
+    pixels = state.settings.max_image_pixels
+    inputs: dict[str, Any] = await anyio.to_thread.run_sync(
+        lambda: image_inputs(model, spec, signature, blobs, pixels, param=param)["inputs"]
+    )
+    return inputs
 
 
 def _csv_inputs(text: str, state: ApiState, model: str, request: Request) -> dict[str, Any]:
