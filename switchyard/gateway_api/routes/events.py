@@ -20,14 +20,17 @@ from switchyard.events.log import TERMINAL_TYPES, event_view, events_after
 from switchyard.gateway_api.api_docs import errors
 from switchyard.gateway_api.deps import StateDep, Viewer, principal_of
 from switchyard.gateway_api.responses import FastJSONResponse, error_response
-from switchyard.gateway_api.schemas import SSE_DESCRIPTION, EventPage
+from switchyard.gateway_api.schemas import SSE_DESCRIPTION, EventPage, sse_event_schema
 from switchyard.gateway_api.state import ApiState
 from switchyard.gateway_api.websocket import CLOSE_POLICY, CLOSE_TRY_LATER, WebSocketSession
 
 router = APIRouter(tags=["events"])
 
 _SSE: dict[int | str, dict[str, Any]] = {
-    200: {"description": SSE_DESCRIPTION, "content": {"text/event-stream": {"schema": {"type": "string"}}}}
+    200: {
+        "description": SSE_DESCRIPTION,
+        "content": {"text/event-stream": {"schema": sse_event_schema("An event of the object.", named=True)}},
+    }
 }
 
 
