@@ -60,3 +60,18 @@ def otel_stack(tmp_path_factory: pytest.TempPathFactory, otel: Receiver) -> Iter
 @pytest.fixture(scope="session")
 def otel_key(otel_stack: Stack) -> str:
     return otel_stack.new_key("tenant-otel")
+
+
+# The fuzzer and the tenant-isolation probe (tests/test_fuzz.py, tests/test_isolation.py): a stack of their own,
+# made only when used, where webhooks may deliver to 127.0.0.1 (the probe needs real deliveries) and whatever a
+# fuzzer leaves behind cannot disturb the shared stack's tests.
+@pytest.fixture(scope="session")
+def probe_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    s = Stack(tmp_path_factory.mktemp("probe"), redis_db=7, env={"SWITCHYARD_WEBHOOK_ALLOW_PRIVATE": "true"})
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="session")
+def probe_key(probe_stack: Stack) -> str:
+    return probe_stack.new_key("fuzzed", "admin")
