@@ -98,6 +98,10 @@ def async_pool(settings: Settings) -> AsyncConnectionPool | None:
         # A request waits this long for a connection; with the database down none comes, and it is a 503
         # (PoolTimeout) while the client still waits, not after psycopg_pool's default of 30 s.
         timeout=2.0 * settings.db_connect_timeout_s,
+        # A connection that cannot be made is retried with a doubling delay until this, then dropped; the next
+        # request that needs one starts again at a 1 s delay. psycopg_pool's default (5 minutes) lets the delay
+        # grow past a minute during an outage, and the pool stays empty that long after the database is back.
+        reconnect_timeout=2.0 * settings.db_connect_timeout_s,
         open=False,
     )
 
