@@ -4,7 +4,7 @@ VENV   ?= .venv
 PYTHON ?= python3
 BIN     = $(VENV)/bin
 
-.PHONY: dev test lint pytest bench drill soak clean
+.PHONY: dev test lint pytest bench clean fuzz-long drill soak
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,15 @@ drill: $(BIN)/.installed
 
 soak: $(BIN)/.installed
 	$(BIN)/python -m bench.drill --soak 600 $(SOAK_ARGS)
+
+# The long Schemathesis run (tests/test_fuzz.py; CI runs a bounded one): examples per operation and the time
+# budget in seconds, both overridable from the environment. Part of `make drill`.
+fuzz-long: $(BIN)/.installed
+	scripts/ensure-services.sh
+	SWITCHYARD_FUZZ_EXAMPLES=$${SWITCHYARD_FUZZ_EXAMPLES:-100} SWITCHYARD_FUZZ_SECONDS=$${SWITCHYARD_FUZZ_SECONDS:-1200} \
+		$(BIN)/python -m pytest -q -s -p no:cacheprovider --timeout=0 tests/test_fuzz.py
+
+drill: fuzz-long
 
 clean:
 	rm -rf $(VENV) .switchyard .pytest_cache .mypy_cache .ruff_cache

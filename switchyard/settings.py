@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     # Connections kept open per process. The API runs at most this many requests' database work at once.
     db_pool_size: int = Field(default=20, ge=1)
     db_max_overflow: int = Field(default=10, ge=0)
+    # How long making a database connection may take (a server that stopped answering would otherwise hold a
+    # request for the kernel's TCP timeout, minutes): past it, the request is a 503. Whole seconds (libpq's).
+    db_connect_timeout_s: int = Field(default=5, ge=2)
 
     # Execution. A lease is the time a claim stays valid past the provider timeout before the sweeper
     # may hand the task to another worker; messages left unconsumed are re-published after requeue_after_s.

@@ -13,6 +13,8 @@ from tests.otel_support import Receiver, otel_env
 from tests.support import Stack
 
 
+# Redis databases 7, 8 and 9 belong to the session's stacks (probe, otel, shared), alive until the run ends: a
+# module's own stack takes another number (two stacks on one database take each other's Celery messages).
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     s = Stack(tmp_path_factory.mktemp("stack"), redis_db=9)
@@ -60,3 +62,18 @@ def otel_stack(tmp_path_factory: pytest.TempPathFactory, otel: Receiver) -> Iter
 @pytest.fixture(scope="session")
 def otel_key(otel_stack: Stack) -> str:
     return otel_stack.new_key("tenant-otel")
+
+
+# The fuzzer and the tenant-isolation probe (tests/test_fuzz.py, tests/test_isolation.py): a stack of their own,
+# made only when used, where webhooks may deliver to 127.0.0.1 (the probe needs real deliveries) and whatever a
+# fuzzer leaves behind cannot disturb the shared stack's tests.
+@pytest.fixture(scope="session")
+def probe_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    s = Stack(tmp_path_factory.mktemp("probe"), redis_db=7, env={"SWITCHYARD_WEBHOOK_ALLOW_PRIVATE": "true"})
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="session")
+def probe_key(probe_stack: Stack) -> str:
+    return probe_stack.new_key("fuzzed", "admin")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +115,7 @@ class Stack:
         second_fake: bool = False,
         extra_models: str = "",
         provider_workers: int = 1,
+        database_url_for: Callable[[str], str] | None = None,
     ) -> None:
         self.tmp = tmp
         self.processes: list[Process] = []
@@ -142,7 +144,8 @@ class Stack:
         )
         self.env = {
             **os.environ,
-            "SWITCHYARD_DATABASE_URL": self.database_url,
+            # The processes may reach the database another way than the test does (through a proxy a test cuts).
+            "SWITCHYARD_DATABASE_URL": database_url_for(self.database_url) if database_url_for else self.database_url,
             "SWITCHYARD_REDIS_URL": self.redis_url,
             "SWITCHYARD_CONFIG": str(config),
             "SWITCHYARD_DATA_DIR": str(tmp / "data"),

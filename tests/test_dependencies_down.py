@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import re
+import time
 from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
-from tests.support import Process, Stack, chat, cli, free_port, wait_http, wait_task
+from tests.support import (
+    PG_ADMIN_URL,
+    REDIS_BASE,
+    Process,
+    Stack,
+    chat,
+    cli,
+    free_port,
+    wait_http,
+    wait_task,
+    wait_until,
+)
+from tests.tcp_proxy import TcpProxy
 
 
 def start_api(stack: Stack, **overrides: str) -> tuple[Process, str]:
@@ -98,3 +114,170 @@ def test_redis_down_limits_fail_open_and_budgets_answer_503(stack: Stack, broker
     assert refused.status_code == 503, refused.text
     assert refused.headers["Retry-After"]
     assert refused.json()["error"]["type"] == "service_unavailable"
+
+
+# --- outages of a running deployment: Postgres and Redis taken away through a proxy, then given back ---------
+
+# A client gives up after this long: every answer during an outage must come before it.
+CLIENT_TIMEOUT_S = 15
+# Bodies that pass validation, so that the endpoint itself meets the outage (a 422 needs no database).
+VALID_BODIES: dict[tuple[str, str], Any] = {
+    ("post", "/v1/tasks"): {"type": "chat", "model": "chat-default", "input": chat("outage")},
+    ("post", "/v1/chat/completions"): {"model": "chat-default", "messages": [{"role": "user", "content": "x"}]},
+    ("post", "/v1/embeddings"): {"model": "embed-default", "input": "x"},
+    ("post", "/v1/moderations"): {"model": "moderate-default", "input": "x"},
+    ("post", "/v1/predict/{model}"): {"inputs": {"features": [[0.0] * 8]}},
+    ("post", "/v1/workflows"): {
+        "name": "outage",
+        "steps": [{"id": "a", "type": "chat", "model": "chat-default", "input": chat("x")}],
+    },
+    ("post", "/v1/workflows/{name}/runs"): {"input": {}},
+    ("post", "/v1/webhooks"): {"url": "http://127.0.0.1:9/hook", "events": ["task.succeeded"]},
+    ("patch", "/v1/webhooks/{webhook_id}"): {"description": "x"},
+    ("post", "/v1/keys"): {"role": "viewer"},
+    ("patch", "/v1/keys/{key_id}"): {"name": "x"},
+    ("put", "/v1/tenant/limits"): {"rpm": 1000},
+    ("put", "/v1/tenant/budget"): {"daily_usd": 100},
+    ("post", "/v1/batches"): {
+        "input_file_id": "file_x",
+        "endpoint": "/v1/chat/completions",
+        "completion_window": "24h",
+    },
+}
+PATH_VALUES = {"model": "risk-classifier", "name": "outage"}
+
+
+@pytest.fixture(scope="module")
+def outage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, TcpProxy, TcpProxy]]:
+    pg = TcpProxy(int(urlsplit(PG_ADMIN_URL).port or 5432))
+    redis_base = urlsplit(REDIS_BASE)
+    rd = TcpProxy(int(redis_base.port or 6379))
+    # Keys stay cached through the outage: the endpoints, not only the key lookup, meet it.
+    env = {"SWITCHYARD_REDIS_URL": rd.url(f"{REDIS_BASE}/4"), "SWITCHYARD_API_KEY_CACHE_S": "600"}
+    stack = Stack(tmp_path_factory.mktemp("outage"), redis_db=4, env=env, database_url_for=pg.url)
+    try:
+        yield stack, pg, rd
+    finally:
+        stack.close()
+        pg.close()
+        rd.close()
+
+
+def sweep(url: str, headers: dict[str, str], doc: dict[str, Any]) -> dict[str, tuple[int, str, float]]:
+    """Every operation of the document once: status, Retry-After and seconds taken, by 'METHOD path'."""
+    seen: dict[str, tuple[int, str, float]] = {}
+    for path, item in doc["paths"].items():
+        for method in ("get", "post", "put", "patch", "delete"):
+            if method not in item:
+                continue
+            concrete = re.sub(r"{(\w+)}", lambda m: PATH_VALUES.get(m.group(1), f"{m.group(1)}_missing"), path)
+            body = VALID_BODIES.get((method, path))
+            started = time.monotonic()
+            try:
+                response = httpx.request(
+                    method, f"{url}{concrete}", headers=headers, json=body, timeout=CLIENT_TIMEOUT_S
+                )
+            except httpx.TimeoutException:
+                seen[f"{method.upper()} {path}"] = (0, "", time.monotonic() - started)
+                continue
+            retry_after = response.headers.get("Retry-After", "")
+            seen[f"{method.upper()} {path}"] = (response.status_code, retry_after, time.monotonic() - started)
+    return seen
+
+
+def test_postgres_down_every_endpoint_is_503_and_the_api_recovers_by_itself(
+    outage: tuple[Stack, TcpProxy, TcpProxy],
+) -> None:
+    stack, pg, _ = outage
+    key = stack.new_key("outage-pg", "admin")
+    headers = {"Authorization": f"Bearer {key}"}
+    doc = httpx.get(f"{stack.url}/openapi.json", timeout=30).json()
+    with stack.client(key) as client:
+        before = wait_task(client, client.post("/v1/tasks", json=VALID_BODIES[("post", "/v1/tasks")]).json()["id"])
+        assert before["status"] == "succeeded"
+    pg.down()
+    try:
+        answers = sweep(stack.url, headers, doc)
+        hung = {op: a for op, a in answers.items() if a[0] == 0}
+        assert not hung, f"no answer within {CLIENT_TIMEOUT_S}s: {hung}"
+        errors = {op: a for op, a in answers.items() if a[0] >= 500 and (a[0] != 503 or not a[1])}
+        assert not errors, f"not a 503 with Retry-After: {errors}"
+        unavailable = [op for op, a in answers.items() if a[0] == 503]
+        # Only answers that need no database may be anything else: a refused body, an unknown model.
+        assert len(unavailable) >= len(answers) - 8, {op: a for op, a in answers.items() if a[0] != 503}
+        assert httpx.get(f"{stack.url}/healthz", timeout=5).status_code == 200  # alive, only not ready
+        assert httpx.get(f"{stack.url}/readyz", timeout=CLIENT_TIMEOUT_S).status_code == 503
+        # Workers live through it: a worker that exits on a lost database would need someone to restart it.
+        time.sleep(3)
+        assert all(p.alive() for p in stack.processes), [p.name for p in stack.processes if not p.alive()]
+    finally:
+        pg.up()
+    # Back by itself: no restart, the same processes answer and the workers take work again.
+    wait_until(
+        lambda: httpx.get(f"{stack.url}/readyz", timeout=CLIENT_TIMEOUT_S).status_code == 200,
+        timeout=60,
+        what="ready again",
+    )
+    again = sweep(stack.url, headers, doc)
+    still = {op: a for op, a in again.items() if a[0] >= 500 or a[0] == 0}
+    assert not still, still
+    with stack.client(key) as client:
+        after = client.post("/v1/tasks", json=VALID_BODIES[("post", "/v1/tasks")])
+        assert after.status_code == 202, after.text
+        assert wait_task(client, after.json()["id"], timeout=60)["status"] == "succeeded"
+
+
+def test_postgres_that_stops_answering_is_503_within_the_client_timeout(
+    outage: tuple[Stack, TcpProxy, TcpProxy],
+) -> None:
+    stack, pg, _ = outage
+    key = stack.new_key("outage-pg-hang", "admin")
+    headers = {"Authorization": f"Bearer {key}"}
+    assert httpx.get(f"{stack.url}/v1/tasks", headers=headers, timeout=30).status_code == 200
+    pg.hang()
+    try:
+        for method, path, body in (
+            ("GET", "/v1/tasks", None),
+            ("POST", "/v1/tasks", VALID_BODIES[("post", "/v1/tasks")]),
+            ("GET", "/v1/runs", None),
+        ):
+            started = time.monotonic()
+            response = httpx.request(method, f"{stack.url}{path}", headers=headers, json=body, timeout=CLIENT_TIMEOUT_S)
+            assert response.status_code == 503, (path, response.text)
+            assert response.headers["Retry-After"]
+            assert time.monotonic() - started < CLIENT_TIMEOUT_S
+    finally:
+        pg.up()
+    wait_until(
+        lambda: httpx.get(f"{stack.url}/v1/tasks", headers=headers, timeout=CLIENT_TIMEOUT_S).status_code == 200,
+        timeout=60,
+        what="the API back",
+    )
+
+
+def test_redis_down_tasks_are_accepted_and_run_once_it_is_back(outage: tuple[Stack, TcpProxy, TcpProxy]) -> None:
+    stack, _, rd = outage
+    key = stack.new_key("outage-redis", "admin")
+    with stack.client(key) as client:
+        assert client.get("/v1/tasks").status_code == 200
+        rd.down()
+        try:
+            accepted = []
+            for i in range(3):
+                response = client.post(
+                    "/v1/tasks",
+                    json={"type": "chat", "model": "chat-default", "input": chat(f"while redis is down {i}")},
+                    timeout=CLIENT_TIMEOUT_S,
+                )
+                assert response.status_code == 202, response.text
+                accepted.append(response.json()["id"])
+            time.sleep(3)
+            assert all(p.alive() for p in stack.processes), [p.name for p in stack.processes if not p.alive()]
+        finally:
+            rd.up()
+        for task_id in accepted:
+            assert wait_task(client, task_id, timeout=90)["status"] == "succeeded"
+        # Each ran once: one succeeded attempt, one provider call.
+        for task_id in accepted:
+            attempts = stack.sql("SELECT count(*) FROM attempts WHERE task_id = %s AND status = 'succeeded'", task_id)
+            assert attempts[0][0] == 1, (task_id, attempts)

@@ -213,7 +213,7 @@ def hard_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "SWITCHYARD_WORKFLOW_MAX_ITEMS": "50",
         "SWITCHYARD_WORKFLOW_DEFAULT_MAX_PARALLEL": "3",
     }
-    s = Stack(tmp_path_factory.mktemp("hardening-wf"), redis_db=7, ml=False, env=env)
+    s = Stack(tmp_path_factory.mktemp("hardening-wf"), redis_db=5, ml=False, env=env)
     yield s
     s.close()
 

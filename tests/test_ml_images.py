@@ -99,7 +99,7 @@ def test_shape_workflow_in_dev(dev: tuple[str, str]) -> None:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     env = {"SWITCHYARD_MAX_IMAGE_PIXELS": str(MAX_PIXELS), "SWITCHYARD_MAX_IMAGES_PER_REQUEST": "8"}
-    s = Stack(tmp_path_factory.mktemp("ml-images"), redis_db=7, extra_models=EXTRA_MODELS, env=env)
+    s = Stack(tmp_path_factory.mktemp("ml-images"), redis_db=6, extra_models=EXTRA_MODELS, env=env)
     yield s
     s.close()
 

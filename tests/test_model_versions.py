@@ -38,7 +38,7 @@ EXTRA_MODELS = f"""
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     env = {"SWITCHYARD_MODEL_WEIGHTS_CACHE_S": str(CACHE_S)}
     s = Stack(
-        tmp_path_factory.mktemp("versions"), redis_db=8, provider_worker=False, extra_models=EXTRA_MODELS, env=env
+        tmp_path_factory.mktemp("versions"), redis_db=3, provider_worker=False, extra_models=EXTRA_MODELS, env=env
     )
     yield s
     s.close()

@@ -42,7 +42,7 @@ ENV = {
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    s = Stack(tmp_path_factory.mktemp("stream-limits"), redis_db=7, provider_worker=False, ml=False, env=ENV)
+    s = Stack(tmp_path_factory.mktemp("stream-limits"), redis_db=4, provider_worker=False, ml=False, env=ENV)
     yield s
     s.close()
 

@@ -46,6 +46,7 @@ def make_engine(settings: Settings, *, pool_size: int | None = None) -> Engine:
         max_overflow=settings.db_max_overflow,
         pool_recycle=1800,
         pool_timeout=30,
+        connect_args={"connect_timeout": settings.db_connect_timeout_s},
         # JSONB values (inputs, results, event data) are written on every transition: orjson encodes them
         # several times faster than the standard library.
         json_serializer=_json_text,
@@ -93,7 +94,14 @@ def async_pool(settings: Settings) -> AsyncConnectionPool | None:
         url.replace("postgresql+psycopg://", "postgresql://"),
         min_size=1,
         max_size=settings.db_pool_size,
-        kwargs={"autocommit": True},
+        kwargs={"autocommit": True, "connect_timeout": settings.db_connect_timeout_s},
+        # A request waits this long for a connection; with the database down none comes, and it is a 503
+        # (PoolTimeout) while the client still waits, not after psycopg_pool's default of 30 s.
+        timeout=2.0 * settings.db_connect_timeout_s,
+        # A connection that cannot be made is retried with a doubling delay until this, then dropped; the next
+        # request that needs one starts again at a 1 s delay. psycopg_pool's default (5 minutes) lets the delay
+        # grow past a minute during an outage, and the pool stays empty that long after the database is back.
+        reconnect_timeout=2.0 * settings.db_connect_timeout_s,
         open=False,
     )
 

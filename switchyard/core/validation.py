@@ -64,13 +64,28 @@ def has_unstorable(text: str) -> bool:
     return _UNSTORABLE.search(text) is not None
 
 
+# Integers outside 64 bits: JSONB stores them, but nothing that reads them back can (orjson, which renders every
+# answer, refuses them; so do Redis counters and most clients). 19 digits in a row is where they start: found by
+# mapping every digit to "0" and everything else to " ", then a substring search (C loops, an order of magnitude
+# faster than the regular expression [0-9]{19}).
+_DIGITS_ONLY = bytes(0x30 if 0x30 <= i <= 0x39 else 0x20 for i in range(256))
+_LONG_RUN = b"0" * 19
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
 def json_may_hold_unstorable(body: bytes) -> bool:
-    """False when no string decoded from this JSON body can hold U+0000 or a lone surrogate (true may be a
-    false alarm, e.g. an escaped backslash followed by 'u0000')."""
+    """False when no value decoded from this JSON body can be a string holding U+0000 or a lone surrogate, or
+    an integer outside 64 bits (true may be a false alarm, e.g. an escaped backslash followed by 'u0000', or
+    19 digits inside a string)."""
     # Byte searches first: most bodies have none of these bytes, and those are cleared without the regex.
-    if b"\\u" not in body and b"\x00" not in body and b"\xed" not in body:
-        return False
-    return _UNSTORABLE_JSON_BYTES.search(body) is not None
+    if (b"\\u" in body or b"\x00" in body or b"\xed" in body) and _UNSTORABLE_JSON_BYTES.search(body) is not None:
+        return True
+    return may_hold_long_integer(body)
+
+
+def may_hold_long_integer(body: bytes) -> bool:
+    """Whether `body` has 19 digits in a row, where integers that do not fit in 64 bits start."""
+    return _LONG_RUN in body.translate(_DIGITS_ONLY)
 
 
 def printable(text: str) -> str:
@@ -94,16 +109,18 @@ def _find(value: Any) -> tuple[list[int | str], str] | None:
     """The location (innermost part first, so that it is only built on a find) and the problem."""
     if isinstance(value, str):
         return ([], _problem(value)) if has_unstorable(value) else None
+    if isinstance(value, int):
+        return None if INT64_MIN <= value <= INT64_MAX else ([], "must be an integer that fits in 64 bits")
     if isinstance(value, dict):
         for key, item in value.items():
             if isinstance(key, str) and has_unstorable(key):
                 return [key], f"key {printable(key)!r} {_problem(key)}"
-            if isinstance(item, str | dict | list) and (found := _find(item)) is not None:
+            if isinstance(item, str | int | dict | list) and (found := _find(item)) is not None:
                 found[0].append(key if isinstance(key, str | int) else str(key))
                 return found
     elif isinstance(value, list):
         for i, item in enumerate(value):
-            if isinstance(item, str | dict | list) and (found := _find(item)) is not None:
+            if isinstance(item, str | int | dict | list) and (found := _find(item)) is not None:
                 found[0].append(i)
                 return found
     return None

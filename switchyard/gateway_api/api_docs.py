@@ -166,6 +166,9 @@ def _complete_operation(operation: dict[str, Any], role: str | None, *, openai_s
             statuses.append(403)
     if "requestBody" in operation:
         statuses += [400, 413, 415]
+    elif openai_style and operation.get("parameters"):
+        # A parameter holding a string that cannot be stored is refused the OpenAI way (input_guard).
+        statuses.append(400)
     # The OpenAI-compatible routes answer bad input with a 400, as OpenAI does; the others with a 422.
     if "422" in responses or ("requestBody" in operation and not openai_style):
         statuses.append(422)

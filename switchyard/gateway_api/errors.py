@@ -6,9 +6,12 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from kombu.exceptions import OperationalError as BrokerError
+from psycopg import OperationalError as PgOperationalError
 from psycopg import errors as pg_errors
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DataError, DBAPIError
+from sqlalchemy.exc import TimeoutError as SqlPoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -116,8 +119,18 @@ def install_error_handlers(app: FastAPI) -> None:
         log.warning("broker_unavailable", error=str(exc))
         return error_response(ServiceUnavailable("broker unavailable"))
 
+    # The asyncio pool's connections (psycopg's own errors, not wrapped by SQLAlchemy; its PoolTimeout is one),
+    # and a wait for a pooled connection that ran out because none could be made: the database is down or not
+    # answering.
+    @app.exception_handler(PgOperationalError)
+    @app.exception_handler(SqlPoolTimeout)
+    async def _database_unreachable(_: Request, exc: Exception) -> Response:
+        log.warning("database_unavailable", error=f"{type(exc).__name__}: {exc}")
+        return error_response(ServiceUnavailable("database unavailable"))
+
     @app.exception_handler(RedisConnectionError)
-    async def _redis(_: Request, exc: RedisConnectionError) -> Response:
+    @app.exception_handler(RedisTimeoutError)
+    async def _redis(_: Request, exc: Exception) -> Response:
         log.warning("redis_unavailable", error=str(exc))
         return error_response(ServiceUnavailable("redis unavailable"))
 

@@ -1,7 +1,8 @@
 """One guard, run before every endpoint, against strings Postgres cannot store: U+0000 (refused in text and in
 JSONB) and lone UTF-16 surrogates (not encodable as UTF-8). Such a string in a path parameter, a query parameter
 or anywhere in a JSON or YAML body — value or key — is answered with a 4xx naming the field, instead of the 500
-that the database's refusal would be. Endpoints need not know: they never see such a string."""
+that the database's refusal would be. Endpoints need not know: they never see such a string. The same goes for
+an integer that does not fit in 64 bits in a body: JSONB keeps it, but no answer holding it could be rendered."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import yaml
 from starlette.requests import HTTPConnection, Request
 
 from switchyard.core.errors import AppError, InvalidRequest, MalformedRequest
-from switchyard.core.validation import find_unstorable, json_may_hold_unstorable
+from switchyard.core.validation import find_unstorable, json_may_hold_unstorable, may_hold_long_integer
 
 # The OpenAI-compatible routes answer bad input with a 400, as OpenAI does (the others: 422).
 OPENAI_TAG = "openai"
@@ -63,7 +64,7 @@ async def _find_in_body(request: Request) -> tuple[str, str] | None:
     if content_type in _YAML_TYPES:
         # Every way of writing U+0000 or a surrogate in YAML is a backslash escape in a double-quoted string
         # (raw control characters and invalid UTF-8 are refused by the YAML reader).
-        if b"\\" not in body:
+        if b"\\" not in body and not may_hold_long_integer(body):
             return None
         try:
             decoded = yaml.safe_load(body)

@@ -155,6 +155,23 @@ SSE_DESCRIPTION = (
 )
 
 
+def sse_event_schema(description: str, *, named: bool) -> dict[str, Any]:
+    """The schema of one Server-Sent Event, its fields as a client's parser reads them (OpenAPI before 3.2 has a
+    `text/event-stream` answer's `schema` describe each event): `named` streams give each event an `event:`."""
+    schema: dict[str, Any] = {
+        "type": "object",
+        "description": description,
+        "properties": {
+            "id": {"type": "string", "description": "The event id (resume with `Last-Event-ID`)."},
+            "event": {"type": "string", "description": "The event's type."},
+            "data": {"type": "string", "description": "One line of JSON (or `[DONE]` at the end of a chat stream)."},
+            "retry": {"type": "integer"},
+        },
+        "required": ["event", "data"] if named else ["data"],
+    }
+    return schema
+
+
 # --- predict --------------------------------------------------------------------------------------------------------
 
 

@@ -219,19 +219,40 @@ def _run(tx: Tx, tenant_id: str, run_id: str, *, lock: bool = False) -> Run:
 
 
 def run_view(tx: Tx, run: Run) -> dict[str, Any]:
-    steps = list(tx.session.scalars(select(RunStep).where(RunStep.run_id == run.id)))
-    task_ids: dict[str, list[str]] = defaultdict(list)
-    started: set[str] = set()
-    generation = {s.step_id: s.generation for s in steps}
-    for task_id, step_id, gen, status in tx.session.execute(
-        select(Task.id, Task.step_id, Task.step_generation, Task.status)
-        .where(Task.run_id == run.id)
-        .order_by(Task.item_index)
+    """What `GET /v1/runs/{id}` answers for `run`: its steps, their tasks and progress."""
+    return run_views(tx, [run])[0]
+
+
+def run_views(tx: Tx, runs: list[Run]) -> list[dict[str, Any]]:
+    """The views of `runs` in two queries whatever their number (their steps, then their tasks' ids), so a page
+    of runs does not cost two queries per run."""
+    if not runs:
+        return []
+    ids = [r.id for r in runs]
+    steps: dict[str, list[RunStep]] = defaultdict(list)
+    for step in tx.session.scalars(select(RunStep).where(RunStep.run_id.in_(ids))):
+        steps[step.run_id].append(step)
+    generation = {(s.run_id, s.step_id): s.generation for group in steps.values() for s in group}
+    task_ids: dict[tuple[str, str], list[str]] = defaultdict(list)
+    started: set[tuple[str, str]] = set()
+    for task_id, run_id, step_id, gen, status in tx.session.execute(
+        select(Task.id, Task.run_id, Task.step_id, Task.step_generation, Task.status)
+        .where(Task.run_id.in_(ids))
+        .order_by(Task.run_id, Task.item_index)
     ):
-        if step_id is not None and gen == generation.get(step_id):
-            task_ids[step_id].append(task_id)
+        if step_id is not None and run_id is not None and gen == generation.get((run_id, step_id)):
+            task_ids[(run_id, step_id)].append(task_id)
             if status != "queued":
-                started.add(step_id)
+                started.add((run_id, step_id))
+    return [_run_view(run, steps[run.id], task_ids, started) for run in runs]
+
+
+def _run_view(
+    run: Run,
+    steps: list[RunStep],
+    task_ids: dict[tuple[str, str], list[str]],
+    started: set[tuple[str, str]],
+) -> dict[str, Any]:
     done = sum(1 for s in steps if s.status in ("succeeded", "failed", "skipped", "canceled"))
     return {
         "id": run.id,
@@ -245,10 +266,10 @@ def run_view(tx: Tx, run: Run) -> dict[str, Any]:
         "steps": {
             s.step_id: {
                 # The engine looks at a step when its tasks finish; between, its tasks tell whether it runs.
-                "status": "running" if s.status == "queued" and s.step_id in started else s.status,
+                "status": "running" if s.status == "queued" and (run.id, s.step_id) in started else s.status,
                 "output": s.output,
                 "error": s.error,
-                "task_ids": task_ids.get(s.step_id, []),
+                "task_ids": task_ids.get((run.id, s.step_id), []),
                 "cost_usd": s.cost_usd,
                 "started_at": _iso(s.started_at),
                 "finished_at": _iso(s.finished_at),
@@ -281,7 +302,7 @@ def list_runs(
     rows = list(tx.session.scalars(query.order_by(Run.id.desc()).limit(limit + 1)))
     more = len(rows) > limit
     rows = rows[:limit]
-    return {"data": [run_view(tx, r) for r in rows], "next": rows[-1].id if more and rows else None}
+    return {"data": run_views(tx, rows), "next": rows[-1].id if more and rows else None}
 
 
 def cancel_run(tx: Tx, engine: Engine, tenant_id: str, run_id: str) -> dict[str, Any]:

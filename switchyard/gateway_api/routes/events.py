@@ -22,7 +22,7 @@ from switchyard.events.log import TERMINAL_TYPES, event_view, events_after
 from switchyard.gateway_api.api_docs import errors
 from switchyard.gateway_api.deps import StateDep, StreamViewer, Viewer, principal_of
 from switchyard.gateway_api.responses import FastJSONResponse, error_response
-from switchyard.gateway_api.schemas import SSE_DESCRIPTION, EventPage, StreamTicket
+from switchyard.gateway_api.schemas import SSE_DESCRIPTION, EventPage, StreamTicket, sse_event_schema
 from switchyard.gateway_api.state import ApiState
 from switchyard.gateway_api.websocket import CLOSE_POLICY, CLOSE_TRY_LATER, WebSocketSession
 from switchyard.tenancy.service import Principal
@@ -30,7 +30,10 @@ from switchyard.tenancy.service import Principal
 router = APIRouter(tags=["events"])
 
 _SSE: dict[int | str, dict[str, Any]] = {
-    200: {"description": SSE_DESCRIPTION, "content": {"text/event-stream": {"schema": {"type": "string"}}}}
+    200: {
+        "description": SSE_DESCRIPTION,
+        "content": {"text/event-stream": {"schema": sse_event_schema("An event of the object.", named=True)}},
+    }
 }
 
 

@@ -38,6 +38,7 @@ from switchyard.gateway_api.schemas import (
     EmbeddingRequest,
     ModerationRequest,
     ModerationResponse,
+    sse_event_schema,
 )
 from switchyard.gateway_api.state import ApiState
 from switchyard.guardrails.pii import Restorer, map_result
@@ -89,7 +90,7 @@ async def _finished(state: ApiState, principal: Principal, task_id: str) -> dict
     dependencies=[admission()],
     response_model=ChatCompletion,
     responses={
-        200: {"content": {"text/event-stream": {"schema": {"type": "string", "description": CHAT_STREAM_DESCRIPTION}}}},
+        200: {"content": {"text/event-stream": {"schema": sse_event_schema(CHAT_STREAM_DESCRIPTION, named=False)}}},
         **_SYNC_ERRORS,
     },
     openapi_extra=request_body(ChatCompletionRequest),

@@ -179,7 +179,11 @@ def _csv_inputs(text: str, state: ApiState, model: str, request: Request) -> dic
         name = matrices[0].name
     elif name is None:
         raise InvalidRequest("for a model without a local signature, name the input: ?input=NAME", param="input")
-    rows = [row for row in csv.reader(io.StringIO(text)) if row and any(cell.strip() for cell in row)]
+    try:
+        # newline="": the csv module reads line ends itself (a lone \r is one, not an error in a field).
+        rows = [row for row in csv.reader(io.StringIO(text, newline="")) if row and any(c.strip() for c in row)]
+    except csv.Error as exc:
+        raise InvalidRequest(f"the CSV cannot be read: {exc}", param="file") from None
     if rows and not _numeric(rows[0]):
         rows = rows[1:]
     if not rows:

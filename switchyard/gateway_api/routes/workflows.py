@@ -23,6 +23,8 @@ from switchyard.workflows.spec import WorkflowSpec
 router = APIRouter(tags=["workflows"])
 
 RunStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
+# Versions are a 32-bit column: a larger one is no version there is, and Postgres would refuse to compare it.
+MAX_VERSION = 2**31 - 1
 
 
 class RunCreate(BaseModel):
@@ -30,7 +32,7 @@ class RunCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     input: dict[str, Any] = Field(default_factory=dict)
-    version: Annotated[int, Field(ge=1)] | None = None
+    version: Annotated[int, Field(ge=1, le=MAX_VERSION)] | None = None
     webhook: WebhookTarget | None = None
 
 
@@ -73,7 +75,7 @@ def list_workflows(principal: Viewer, tx: TxDep) -> FastJSONResponse:
 
 @router.get("/v1/workflows/{name}", response_model=WorkflowView, responses=errors(404))
 def get_workflow(
-    name: str, principal: Viewer, tx: TxDep, version: Annotated[int | None, Query(ge=1)] = None
+    name: str, principal: Viewer, tx: TxDep, version: Annotated[int | None, Query(ge=1, le=MAX_VERSION)] = None
 ) -> FastJSONResponse:
     """A definition: its latest version, or `version`."""
     return FastJSONResponse(service.workflow_view(service.find(tx, principal.tenant_id, name, version)))
