@@ -20,7 +20,7 @@ from switchyard.core.config import AppConfig
 from switchyard.core.db import Tx, lock_for_update
 from switchyard.core.errors import BudgetExceeded, ServiceUnavailable
 from switchyard.core.models import Run, RunStep, Task, Workflow, utcnow
-from switchyard.core.validation import invalid_request
+from switchyard.core.validation import find_unstorable, invalid_request
 from switchyard.events.log import append_event
 from switchyard.guardrails import pii
 from switchyard.tasks.schemas import INPUT_MODELS
@@ -193,7 +193,7 @@ class Engine:
                     self._finish_step(tx, run, row, "skipped")
                     continue
                 if spec.for_each is not None:
-                    items = render_value(spec.for_each, context)
+                    items = _storable(render_value(spec.for_each, context), "for_each")
                     if not isinstance(items, list):
                         raise TemplateError(f"for_each must give a list; '{spec.for_each}' gave {type(items).__name__}")
                     row.items = items
@@ -231,7 +231,7 @@ class Engine:
         for index in range(len(mine), min(total, len(mine) + max(0, how_many))):
             item_context = {**context, "item": row.items[index]} if spec.for_each is not None else context
             try:
-                task_input = render_value(spec.input, item_context)
+                task_input = _storable(render_value(spec.input, item_context), "input")
                 parsed = INPUT_MODELS[spec.type].model_validate(task_input)
             except ValidationError as exc:
                 raise TemplateError(
@@ -318,6 +318,7 @@ class Engine:
     def _succeed(self, tx: Tx, run: Run, spec: WorkflowSpec, steps: dict[str, RunStep]) -> None:
         try:
             output = render_value(spec.output, _context(run, steps)) if spec.output is not None else None
+            _storable(output, "")
         except TemplateError as exc:
             run.status, run.finished_at = "failed", utcnow()
             run.error = {"type": "template_error", "message": f"output: {exc}"}
@@ -356,6 +357,17 @@ class Engine:
             "cost_usd": run.cost_usd,
             "steps": {k: {"status": v.status, "output": v.output, "error": v.error} for k, v in steps.items()},
         }
+
+
+def _storable(value: Any, where: str) -> Any:
+    """`value`, or a TemplateError when a template made a string Postgres cannot store (`"\\x00"` renders as
+    U+0000, which the API's input guard never sees): the step fails with the field named, instead of the run's
+    transaction failing at every advance."""
+    found = find_unstorable(value, where)
+    if found is not None:
+        param, problem = found
+        raise TemplateError(f"the rendered {param or 'value'} {problem}")
+    return value
 
 
 def _context(run: Run, steps: dict[str, RunStep]) -> dict[str, Any]:
