@@ -15,6 +15,6 @@ def model_signatures(config: AppConfig) -> dict[str, Signature]:
             continue
         for dep in model.deployments:
             if config.providers[dep.provider].kind == "onnx":
-                signatures[name] = read_onnx_signature(dep.model)
+                signatures[name] = read_onnx_signature(dep.target)
                 break
     return signatures
