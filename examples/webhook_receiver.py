@@ -63,7 +63,7 @@ class Receiver(BaseHTTPRequestHandler):
 
 def refused(response: httpx.Response, what: str) -> None:
     message = f"{what} answered {response.status_code}: {response.text}"
-    if response.status_code == 422 and "SWITCHYARD_WEBHOOK_ALLOW_PRIVATE" in response.text:
+    if response.status_code == 422 and "destination_not_allowed" in response.text:
         message += (
             "\nThe server refuses webhooks to 127.0.0.1: restart it with SWITCHYARD_WEBHOOK_ALLOW_PRIVATE=true"
             " (e.g. `SWITCHYARD_WEBHOOK_ALLOW_PRIVATE=true make dev`)."

@@ -9,7 +9,7 @@ import pytest
 
 from switchyard.core.config import load_config
 from switchyard.core.errors import ConfigError
-from switchyard.defaults import DEFAULT_CONFIG
+from switchyard.defaults import DEFAULT_CONFIG, MODELS_DIR
 from switchyard.providers.registry import ProviderSet
 from tests.support import ROOT, cli
 
@@ -78,3 +78,35 @@ def test_shipped_config_files_are_valid(monkeypatch: pytest.MonkeyPatch) -> None
     for path in [DEFAULT_CONFIG, *sorted((ROOT / "config").glob("*.yaml"))]:
         # Every provider's client can be made from it (the SDK's Azure, Bedrock and Vertex clients too).
         ProviderSet(load_config(path)).close()
+
+
+ONNX = """
+providers:
+  onnx: {{kind: onnx}}
+models:
+  a: {{type: predict, deployments: [{{provider: onnx, model: "{a}"}}]}}
+  b: {{type: predict, deployments: [{{provider: onnx, model: "{b}"}}]}}
+"""
+
+
+def test_onnx_deployment_is_named_by_its_file_and_keeps_the_path_aside(tmp_path: Path) -> None:
+    shipped = MODELS_DIR / "risk_classifier.onnx"
+    config = load_config(write(tmp_path, ONNX.format(a=shipped, b="models/risk_classifier.onnx")))
+    a, b = config.models["a"].deployments[0], config.models["b"].deployments[0]
+    assert a.model == "risk_classifier.onnx"
+    assert a.name == "onnx/risk_classifier.onnx"
+    assert a.target == str(shipped.resolve())
+    # The same file under two spellings is one deployment (one breaker, one session).
+    assert b.name == a.name
+    assert b.target == a.target
+
+
+def test_two_onnx_files_of_one_name_on_one_provider_are_refused(tmp_path: Path) -> None:
+    other = tmp_path / "elsewhere" / "risk_classifier.onnx"
+    other.parent.mkdir()
+    other.write_bytes((MODELS_DIR / "risk_classifier.onnx").read_bytes())
+    path = write(tmp_path, ONNX.format(a=MODELS_DIR / "risk_classifier.onnx", b=other))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert f"{path}: models.b.deployments[0].model:" in str(info.value)
+    assert "serves already" in str(info.value)

@@ -22,6 +22,7 @@ import httpx
 import pytest
 import standardwebhooks
 
+from switchyard.webhooks.destinations import NOT_ALLOWED
 from switchyard.webhooks.sender import (
     BlockedDestination,
     DeliveryResult,
@@ -329,8 +330,7 @@ def test_private_receiver_refused_without_allow_private(receiver: Receiver) -> N
     assert not result.ok
     assert result.status_code is None
     assert result.error is not None
-    assert result.error.startswith("blocked destination")
-    assert "127.0.0.1" in result.error
+    assert result.error == f"blocked destination: {NOT_ALLOWED}"
     time.sleep(0.1)  # a request, had one been sent, would have been recorded by now
     assert receiver.requests == []
 
@@ -442,7 +442,9 @@ def test_refused_when_any_address_is_private(receiver: Receiver) -> None:
     with _sender(allow_private=False, resolve=resolver) as s:
         result = _deliver(s, receiver.url("/ok", host="mixed.invalid"))
 
-    assert result.error == "blocked destination: mixed.invalid resolves to 10.1.2.3, which is a private address"
+    # The attempt's error is the tenant's to read: it says nothing of what the name resolves to.
+    assert result.error == f"blocked destination: {NOT_ALLOWED}"
+    assert "10.1.2.3" not in result.error
 
 
 def test_next_address_tried_when_one_refuses(receiver: Receiver) -> None:

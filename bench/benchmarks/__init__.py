@@ -15,6 +15,7 @@ NAMES: tuple[str, ...] = (
     "enqueue",
     "end_to_end",
     "in_flight",
+    "slow_calls",
     "ml_batching",
     "ml_images",
     "dag",

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from switchyard.core.errors import ConfigError
 from switchyard.core.guardrail_spec import Guardrails
@@ -97,11 +97,19 @@ class Deployment(_Strict):
     # predict models with `versions`: the version this deployment serves (several deployments may serve one
     # version, e.g. a local file and a remote server holding the same model, to fail over between).
     version: str | None = Field(default=None, min_length=1, max_length=64)
+    # onnx only: the model file's absolute path, found when the config is loaded. `model` is then the file's
+    # name, which is what attempts, `/v1/providers` and metrics show: a server's paths are not a client's business.
+    _file: str | None = PrivateAttr(default=None)
 
     @property
     def name(self) -> str:
         """Stable label used in attempts and metrics."""
         return f"{self.provider}/{self.model}"
+
+    @property
+    def target(self) -> str:
+        """What the provider's adapter is given: the model's name at the provider, or an onnx model's file."""
+        return self._file or self.model
 
 
 class BreakerConfig(_Strict):
@@ -347,14 +355,18 @@ def load_config(path: Path) -> AppConfig:
 def _resolve_model_files(config: AppConfig, path: Path) -> AppConfig:
     """Local model files (onnx deployments) are found relative to the working directory, else to the config
     file's folder, else to its parent (a project root for `config/x.yaml`), else among the models packaged with
-    Switchyard (`models/risk_classifier.onnx` always names the shipped one); missing ones are refused."""
+    Switchyard (`models/risk_classifier.onnx` always names the shipped one); missing ones are refused. The
+    deployment's `model` becomes the file's name, its path is kept aside (`Deployment.target`)."""
     problems: list[str] = []
     models = dict(config.models)
+    # (provider, file name) -> the file it names: two files of one name would be one deployment to the router.
+    named: dict[tuple[str, str], Path] = {}
     for name, model in config.models.items():
         deployments = list(model.deployments)
         for i, dep in enumerate(model.deployments):
             if config.providers[dep.provider].kind != "onnx":
                 continue
+            where = f"{path}: models.{name}.deployments[{i}].model"
             candidates = [
                 Path(dep.model),
                 path.parent / dep.model,
@@ -363,9 +375,19 @@ def _resolve_model_files(config: AppConfig, path: Path) -> AppConfig:
             ]
             found = next((c for c in candidates if c.is_file()), None)
             if found is None:
-                problems.append(f"{path}: models.{name}.deployments[{i}].model: model file not found: {dep.model}")
+                problems.append(f"{where}: model file not found: {dep.model}")
                 continue
-            deployments[i] = dep.model_copy(update={"model": str(found.resolve())})
+            file = found.resolve()
+            other = named.setdefault((dep.provider, file.name), file)
+            if other != file:
+                problems.append(
+                    f"{where}: {file} has the name of {other}, which provider {dep.provider} serves already "
+                    "(deployments are known by their file's name): rename one, or serve it from another provider"
+                )
+                continue
+            located = dep.model_copy(update={"model": file.name})
+            located._file = str(file)
+            deployments[i] = located
         models[name] = model.model_copy(update={"deployments": deployments})
     if problems:
         raise ConfigError("\n".join(problems))

@@ -15,6 +15,7 @@ from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from switchyard.core.db_errors import install_terse_errors
 from switchyard.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -40,7 +41,7 @@ def make_engine(settings: Settings, *, pool_size: int | None = None) -> Engine:
         return engine
     # No pre-ping: it costs a round trip per checkout. A connection that died is invalidated when it fails
     # (the request gets a 503 and the pool is refreshed); recycling retires connections before servers do.
-    return create_engine(
+    engine = create_engine(
         url,
         pool_size=pool_size or settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
@@ -52,6 +53,9 @@ def make_engine(settings: Settings, *, pool_size: int | None = None) -> Engine:
         json_serializer=_json_text,
         hide_parameters=True,
     )
+    # hide_parameters covers the values SQLAlchemy prints; Postgres quotes data in its own messages too.
+    install_terse_errors(engine)
+    return engine
 
 
 def lock_for_update(session: Session) -> None:

@@ -22,9 +22,9 @@ def model_signatures(config: AppConfig) -> dict[str, Signature]:
         for dep in model.deployments:
             if config.providers[dep.provider].kind != "onnx":
                 continue
-            signatures.setdefault(name, read_onnx_signature(dep.model))
+            signatures.setdefault(name, read_onnx_signature(dep.target))
             if model.versions and dep.version is not None:
-                signatures.setdefault(f"{name}@{dep.version}", read_onnx_signature(dep.model))
+                signatures.setdefault(f"{name}@{dep.version}", read_onnx_signature(dep.target))
     return signatures
 
 

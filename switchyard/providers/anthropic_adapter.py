@@ -10,9 +10,11 @@ from typing import Any
 
 import anthropic
 import httpx2
+from anthropic._vendor.httpx_aiohttp import AiohttpTransport as AnthropicAiohttpTransport
 
 from switchyard.core.config import ProviderConfig
 from switchyard.core.errors import ProviderError
+from switchyard.providers.aio_pool import checked_transport
 from switchyard.providers.anthropic_mapping import StreamedMessage, message_result, to_anthropic
 from switchyard.providers.base import CallResult, OnDelta, unsupported
 from switchyard.providers.errors import connection_error, status_error, timeout_or_refused
@@ -81,7 +83,10 @@ class AnthropicAdapter:
         def make_async() -> AsyncAnthropicClient:
             # One pool per loop, of the account's whole size: coroutines share it without contention.
             # aiohttp under the SDK: a third less CPU per call than its default httpx transport.
-            http_client = anthropic.DefaultAioHttpClient(limits=pool_limits(config.max_connections))
+            limits = pool_limits(config.max_connections)
+            http_client = anthropic.DefaultAioHttpClient(
+                limits=limits, transport=checked_transport(AnthropicAiohttpTransport, limits)
+            )
             if config.platform == "bedrock":
                 return anthropic.AsyncAnthropicBedrock(**args, http_client=http_client)
             if config.platform == "vertex":

@@ -68,11 +68,12 @@ def connection_error(message: str) -> ProviderError:
 
 
 def timeout_or_refused(exc: BaseException) -> ProviderError:
-    """An SDK timeout error, unless it was a refused connection: the SDKs' aiohttp transport reports one as a
-    connect timeout, and a refused connection is no timeout (it fails fast and says the server is away)."""
+    """An SDK timeout error, unless the connection failed without timing out: OpenAI's aiohttp transport reports
+    every aiohttp connection error as a connect timeout, but a refused connection, or one the server closed
+    ("Server disconnected", a reset), is no timeout: it fails fast and says the connection went away."""
     cause: BaseException | None = exc
     while cause is not None:
-        if isinstance(cause, aiohttp.ClientConnectorError) and not isinstance(cause, aiohttp.ServerTimeoutError):
+        if isinstance(cause, aiohttp.ClientConnectionError) and not isinstance(cause, aiohttp.ServerTimeoutError):
             return connection_error(str(cause))
         cause = cause.__cause__ or cause.__context__
     return timeout_error(str(exc))

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+import structlog
 
 from switchyard.core.config import ProviderConfig
 from switchyard.core.errors import AppError, ProviderError
@@ -15,9 +18,12 @@ from switchyard.ml.batching import BatchedSession
 from switchyard.ml.signature import check_inputs
 from switchyard.providers.base import CallResult, OnDelta, Usage, unsupported
 
+log = structlog.get_logger(__name__)
+
 
 class OnnxAdapter:
-    """`model` of a deployment is the path of the .onnx file (made absolute when the config is loaded)."""
+    """Calls get the deployment's `target`: the absolute path of its .onnx file, found when the config is loaded
+    (the deployment's `model`, which clients see, is the file's name)."""
 
     def __init__(self, config: ProviderConfig) -> None:
         self._config = config
@@ -44,7 +50,13 @@ class OnnxAdapter:
         return session
 
     def predict(self, model: str, request: dict[str, Any], timeout_s: float) -> CallResult:
-        session = self.session(model)
+        # `model` is the file's path; errors an attempt records (a tenant reads them) name the file, not where it is.
+        name = os.path.basename(model)
+        try:
+            session = self.session(model)
+        except Exception:  # a file gone or unreadable since the config was loaded: the operator's log says which
+            log.exception("onnx_model_unloadable", model=name)
+            raise ProviderError("provider_error", f"model {name} could not be loaded", retryable=False) from None
         try:
             arrays = check_inputs(session.signature, request["inputs"])
         except AppError as exc:  # the API checks too; this guards other ways in
@@ -54,12 +66,13 @@ class OnnxAdapter:
         except TimeoutError:
             raise ProviderError("timeout", f"prediction did not finish within {timeout_s}s", retryable=True) from None
         except Exception as exc:  # ONNX Runtime failures (bad values, resource exhaustion)
-            raise ProviderError("provider_error", f"onnxruntime: {exc}", retryable=False) from exc
+            message = str(exc).replace(os.path.dirname(model) + os.sep, "")
+            raise ProviderError("provider_error", f"onnxruntime: {message}", retryable=False) from exc
         rows = next(iter(arrays.values())).shape[0] if arrays else 0
         return CallResult(
             output={"outputs": {k: v.tolist() for k, v in result.outputs.items()}, "batch_size": result.batch_rows},
             usage=Usage(predictions=int(rows), compute_ms=result.compute_ms),
-            provider_model=session.path.rsplit("/", 1)[-1],
+            provider_model=name,
         )
 
     async def apredict(self, model: str, request: dict[str, Any], timeout_s: float) -> CallResult:

@@ -11,10 +11,12 @@ from typing import Any
 
 import httpx2
 import openai
+from openai._vendor.httpx_aiohttp import AiohttpTransport as OpenAIAiohttpTransport
 from openai.types.chat import ChatCompletion
 
 from switchyard.core.config import ProviderConfig
 from switchyard.core.errors import ProviderError
+from switchyard.providers.aio_pool import checked_transport
 from switchyard.providers.base import CallResult, OnDelta, Usage, unsupported
 from switchyard.providers.errors import connection_error, status_error, timeout_or_refused
 from switchyard.providers.loop_clients import LoopClients
@@ -66,7 +68,10 @@ class OpenAIAdapter:
         def make_async() -> openai.AsyncOpenAI:
             # One pool per loop, of the account's whole size: coroutines share it without contention.
             # aiohttp under the SDK: a third less CPU per call than its default httpx transport.
-            http_client = openai.DefaultAioHttpClient(limits=pool_limits(config.max_connections))
+            limits = pool_limits(config.max_connections)
+            http_client = openai.DefaultAioHttpClient(
+                limits=limits, transport=checked_transport(OpenAIAiohttpTransport, limits)
+            )
             if config.platform == "azure":
                 return openai.AsyncAzureOpenAI(**args, http_client=http_client)
             return openai.AsyncOpenAI(**args, http_client=http_client)

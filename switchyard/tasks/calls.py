@@ -152,7 +152,9 @@ class ProviderCalls:
             return gated
         try:
             result = await genai.traced_call(
-                _invoke(adapter, claim.type, deployment.model, claim.input, ex.timeout_s, on_delta if stream else None),
+                _invoke(
+                    adapter, claim.type, deployment.target, claim.input, ex.timeout_s, on_delta if stream else None
+                ),
                 config=self.config,
                 deployment=deployment,
                 task_type=claim.type,
@@ -187,7 +189,7 @@ class ProviderCalls:
 
         watch: StreamGate | None = gate.stream(step, on_delta, cut) if on_delta is not None else None
         call = _invoke(
-            adapter, claim.type, deployment.model, claim.input, ex.timeout_s, watch.on_delta if watch else None
+            adapter, claim.type, deployment.target, claim.input, ex.timeout_s, watch.on_delta if watch else None
         )
         invoke = asyncio.ensure_future(
             genai.traced_call(

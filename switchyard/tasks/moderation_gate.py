@@ -149,7 +149,7 @@ class TaskGate:
             t0 = time.perf_counter()
             try:
                 adapter = gates.providers.get(deployment.provider)
-                call = adapter.amoderate(deployment.model, request, remaining)
+                call = adapter.amoderate(deployment.target, request, remaining)
                 result = await asyncio.wait_for(call, remaining + 0.5)
             except (ProviderError, TimeoutError) as exc:
                 error = exc if isinstance(exc, ProviderError) else ProviderError("timeout", "timed out", retryable=True)

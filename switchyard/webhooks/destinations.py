@@ -14,7 +14,7 @@ from typing import TypeAlias
 
 import httpx
 
-__all__ = ["BlockedDestination", "IPAddress", "check_destination"]
+__all__ = ["NOT_ALLOWED", "BlockedDestination", "IPAddress", "check_destination"]
 
 IPAddress: TypeAlias = IPv4Address | IPv6Address
 
@@ -75,14 +75,25 @@ _IPV6_GLOBAL_UNICAST = IPv6Network("2000::/3")
 _NAT64 = IPv6Network("64:ff9b::/96")
 
 
-class BlockedDestination(Exception):
-    """A webhook URL that must not be requested; ``reason`` says why, naming the host and the address."""
+# What a tenant is told of a host refused for where it leads. One message for every such refusal — a name that
+# resolves to a private address, a metadata service, a name that does not resolve — so the answer tells nothing of
+# the network behind the server (which internal names exist, what they resolve to) nor of its settings.
+NOT_ALLOWED = "destination not allowed: private or internal address (the host must resolve to public addresses)"
 
-    def __init__(self, reason: str, *, host: str | None = None, address: IPAddress | None = None) -> None:
+
+class BlockedDestination(Exception):
+    """A webhook URL that must not be requested. ``reason`` says why, naming the host and the address it
+    resolved to: for the operator's log. ``public`` is what the tenant may be told."""
+
+    def __init__(
+        self, reason: str, *, host: str | None = None, address: IPAddress | None = None, public: str | None = None
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.host = host
         self.address = address
+        # A URL refused for its form (scheme, no host) is the tenant's own text and says nothing of the network.
+        self.public = public if public is not None else reason
 
 
 def check_destination(url: str, *, allow_private: bool) -> list[IPv4Address | IPv6Address]:
@@ -110,7 +121,7 @@ def _check(
     if not host:
         raise BlockedDestination("the URL has no host")
     if host.rstrip(".").lower() in _METADATA_HOSTS:
-        raise BlockedDestination(f"{host} is a cloud metadata service", host=host)
+        raise BlockedDestination(f"{host} is a cloud metadata service", host=host, public=NOT_ALLOWED)
     port = parsed.port if parsed.port is not None else (443 if parsed.scheme == "https" else 80)
 
     try:
@@ -126,14 +137,14 @@ def _check(
         if address not in addresses:
             addresses.append(address)
     if not addresses:
-        raise BlockedDestination(f"{host} does not resolve", host=host)
+        raise BlockedDestination(f"{host} does not resolve", host=host, public=NOT_ALLOWED)
 
     for address in addresses:
         reason = _refusal(address, allow_private=allow_private)
         if reason is not None:
             # A literal needs no "resolves to"; a name does, since the address is what gets refused.
             subject = host if _is_literal(host, address) else f"{host} resolves to {address}, which"
-            raise BlockedDestination(f"{subject} {reason}", host=host, address=address)
+            raise BlockedDestination(f"{subject} {reason}", host=host, address=address, public=NOT_ALLOWED)
     return parsed, addresses
 
 

@@ -31,6 +31,7 @@ from typing import Any
 
 import httpx
 import standardwebhooks
+import structlog
 
 # BlockedDestination and check_destination live in destinations.py; they are exported from here too, where the
 # tests import them.
@@ -49,6 +50,8 @@ __all__ = [
     "check_destination",
     "new_secret",
 ]
+
+log = structlog.get_logger(__name__)
 
 _SECRET_BYTES = 32  # the specification asks for 24 to 64 bytes; 256 bits is the strength of HMAC-SHA256
 _EXCERPT_CHARS = 1000
@@ -215,7 +218,9 @@ class WebhookSender:
         try:
             target, addresses = _check(url, allow_private=self._allow_private, resolve=self._resolve_bounded)
         except BlockedDestination as exc:
-            return failed(f"blocked destination: {exc.reason}")
+            # The attempt's error is the tenant's to read; what the name resolved to is the operator's.
+            log.info("webhook_destination_refused", reason=exc.reason)
+            return failed(f"blocked destination: {exc.public}")
         except _ResolutionTimeout as exc:
             return failed(f"timeout: DNS resolution of {exc.host} took longer than {self._timeout_s:g} s")
 

@@ -7,6 +7,7 @@ import fnmatch
 import re
 from typing import Annotated, Any, Literal
 
+import structlog
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import select, update
 
@@ -17,6 +18,8 @@ from switchyard.core.ids import new_id
 from switchyard.core.models import Tenant, Webhook, WebhookAttempt, WebhookDelivery, utcnow
 from switchyard.webhooks.destinations import BlockedDestination, check_destination
 from switchyard.webhooks.sender import new_secret
+
+log = structlog.get_logger(__name__)
 
 # `task.succeeded`, `task.*`, `run.step.*`, `*`.
 _PATTERN = re.compile(r"^(\*|(task|run|batch)(\.([a-z_]+|\*))+)$")
@@ -66,11 +69,14 @@ class WebhookTarget(_Strict):
 
 
 def check_url(url: str, *, allow_private: bool, param: str) -> None:
-    """Refuse, naming the field, a URL whose host is loopback, private, link-local or cloud metadata."""
+    """Refuse, naming the field, a URL whose host is loopback, private, link-local or cloud metadata. The
+    tenant is told that much, with `code: destination_not_allowed`; the operator's log says what the host
+    resolved to."""
     try:
         check_destination(url, allow_private=allow_private)
     except BlockedDestination as exc:
-        raise InvalidRequest(f"{exc} (set SWITCHYARD_WEBHOOK_ALLOW_PRIVATE to allow it)", param=param) from None
+        log.info("webhook_destination_refused", param=param, reason=exc.reason)
+        raise InvalidRequest(f"{param}: {exc.public}", param=param, code="destination_not_allowed") from None
 
 
 def matches(patterns: list[str], event_type: str) -> bool:

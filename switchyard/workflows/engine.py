@@ -23,7 +23,7 @@ from switchyard.core.config import AppConfig
 from switchyard.core.db import Tx, lock_for_update
 from switchyard.core.errors import AppError, BudgetExceeded, InvalidRequest, ServiceUnavailable
 from switchyard.core.models import Run, RunStep, Task, Workflow, utcnow
-from switchyard.core.validation import invalid_request
+from switchyard.core.validation import find_unstorable, invalid_request
 from switchyard.events.log import append_event
 from switchyard.guardrails import pii
 from switchyard.ml.images import from_base64, image_inputs
@@ -224,8 +224,11 @@ class Engine:
                 )
                 items = None
                 if not when and spec.for_each is not None:
-                    items = c.renders.value(
-                        self._key(c, "for_each", step_id), spec.for_each, context, max_items=self.limits.max_items
+                    items = _storable(
+                        c.renders.value(
+                            self._key(c, "for_each", step_id), spec.for_each, context, max_items=self.limits.max_items
+                        ),
+                        "for_each",
                     )
             except Pending:
                 continue
@@ -271,7 +274,9 @@ class Engine:
         for index in indexes:
             item_context = {**context, "item": row.items[index]} if spec.for_each is not None else context
             try:
-                inputs.append(c.renders.value(self._key(c, "input", spec.id, index), spec.input, item_context))
+                inputs.append(
+                    _storable(c.renders.value(self._key(c, "input", spec.id, index), spec.input, item_context), "input")
+                )
             except Pending:
                 pending = True
             except TemplateError as exc:
@@ -394,7 +399,7 @@ class Engine:
             output = None
             if spec.output is not None:
                 key: RenderKey = ("output", "", 0, 0, fingerprint(steps, steps))
-                output = c.renders.value(key, spec.output, _context(run, steps))
+                output = _storable(c.renders.value(key, spec.output, _context(run, steps)), "")
         except Pending:
             return  # rendered after this pass commits; the next pass finishes the run
         except TemplateError as exc:
@@ -435,6 +440,17 @@ class Engine:
             "cost_usd": run.cost_usd,
             "steps": {k: {"status": v.status, "output": v.output, "error": v.error} for k, v in steps.items()},
         }
+
+
+def _storable(value: Any, where: str) -> Any:
+    """`value`, or a TemplateError when a template made a string Postgres cannot store (`"\\x00"` renders as
+    U+0000, which the API's input guard never sees): the step fails with the field named, instead of the run's
+    transaction failing at every advance."""
+    found = find_unstorable(value, where)
+    if found is not None:
+        param, problem = found
+        raise TemplateError(f"the rendered {param or 'value'} {problem}")
+    return value
 
 
 def _context(run: Run, steps: dict[str, RunStep]) -> dict[str, Any]:

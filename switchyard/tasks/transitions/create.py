@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import psycopg
 import structlog
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import Table, insert
 
 from switchyard.core.db import Database, Tx
+from switchyard.core.db_errors import make_terse
 from switchyard.core.ids import new_id
 from switchyard.core.models import EVENTS, Task, utcnow
 from switchyard.events.log import append_event
@@ -147,8 +149,12 @@ def create_plain(db: Database, dispatcher: Dispatcher, task: Task) -> None:
 async def acreate_plain(pool: AsyncConnectionPool, dispatcher: Dispatcher, task: Task) -> None:
     """`create_plain` on Postgres from an event loop: no thread, no ORM. `dispatcher` must not block (the
     API's publishes from a thread of its own)."""
-    async with pool.connection() as conn:
-        await conn.execute(_PG_CREATE, _create_params(task))
+    try:
+        async with pool.connection() as conn:
+            await conn.execute(_PG_CREATE, _create_params(task))
+    except psycopg.Error as exc:
+        make_terse(exc)  # no SQLAlchemy engine here to do it: its message may quote the input
+        raise
     _publish(dispatcher, task)
 
 
