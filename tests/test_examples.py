@@ -84,14 +84,23 @@ EXPECTED: dict[str, list[str]] = {
         "scenario_generation v",
         "output.risk_class = 2",
         "output.forecast_musd = [",
+        "shape_inspection v",
+        'output.shape = "triangle"',
     ],
 }
 
+# The packaged workflows' models beyond the test config's (make dev serves them from the packaged config).
 ANOMALY_DETECTOR = f"""
   anomaly-detector:
     type: predict
     deployments:
       - {{provider: onnx, model: "{MODELS_DIR / "anomaly_detector.onnx"}", price: {{per_1k_predictions: 0.01}}}}
+  shape-classifier:
+    type: predict
+    labels: [circle, square, triangle]
+    image: {{input: image, size: [28, 28], mode: L, scale: 0.00392156862745098, mean: [0.5], std: [0.5]}}
+    deployments:
+      - {{provider: onnx, model: "{MODELS_DIR / "shape_classifier.onnx"}", price: {{per_1k_predictions: 0.02}}}}
 """
 
 
