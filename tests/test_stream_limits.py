@@ -257,7 +257,8 @@ def test_a_client_that_stops_reading_is_let_go_not_buffered_for(stack: Stack) ->
 
 def test_synchronous_waiters_per_tenant_are_capped_with_429(stack: Stack) -> None:
     _, member = tenant_keys(stack, "member")
-    body = {"model": "chat-default", "messages": [{"role": "user", "content": "wait for me"}]}
+    nonce = secrets.token_hex(4)
+    body = {"model": "chat-default", "messages": [{"role": "user", "content": f"wait for me {nonce}"}]}
     waiting: list[int] = []
 
     def wait_call() -> None:
@@ -269,9 +270,16 @@ def test_synchronous_waiters_per_tenant_are_capped_with_429(stack: Stack) -> Non
         thread.start()
     sdk = openai.OpenAI(base_url=f"{stack.url}/v1", api_key=member, max_retries=0, timeout=10)
 
+    def both_waiting() -> bool:
+        # A waiter's task is made once its place is taken: two tasks, two places held.
+        rows = stack.sql("SELECT count(*) FROM tasks WHERE input::text LIKE %s", f"%wait for me {nonce}%")
+        return bool(rows[0][0] >= 2)
+
+    wait_until(both_waiting, timeout=20, what="the two waiters' tasks")
+
     def refused() -> openai.RateLimitError | None:
         try:
-            # Not refused yet (the two have not arrived): this call waits too, and times out on our side.
+            # Not refused (a place came free): this call waits too, and times out on our side.
             sdk.with_options(timeout=1).chat.completions.create(**body)
         except openai.RateLimitError as exc:
             return exc

@@ -1,5 +1,5 @@
 """`GET /v1/models`: every logical model, OpenAI's list shape, with ML models' signatures; `GET
-/v1/models/{name}`: one model, with its versions; `PUT /v1/models/{name}/versions`: their traffic weights."""
+/v1/models/{model}`: one model, with its versions; `PUT /v1/models/{model}/versions`: their traffic weights."""
 
 from __future__ import annotations
 
@@ -69,25 +69,27 @@ def _detail(state: ApiState, name: str, model: ModelConfig, weights: dict[str, f
     return entry
 
 
-@router.get("/{name}", response_model=ModelDetail, responses=errors(404))
-async def get_model(name: str, principal: Viewer, state: StateDep) -> FastJSONResponse:
+@router.get("/{model}", response_model=ModelDetail, responses=errors(404))
+async def get_model(model: str, principal: Viewer, state: StateDep) -> FastJSONResponse:
     """One model; a model with versions lists them with their current traffic weight and signature."""
-    model = _model(state, name)
+    spec = _model(state, model)
     weights = None
-    if model.versions:
+    if spec.versions:
         reader = VersionWeights(state.config, state.db, ttl_s=0)
-        weights = await anyio.to_thread.run_sync(lambda: reader.weights(name))
-    return FastJSONResponse(_detail(state, name, model, weights))
+        weights = await anyio.to_thread.run_sync(lambda: reader.weights(model))
+    return FastJSONResponse(_detail(state, model, spec, weights))
 
 
-@router.put("/{name}/versions", response_model=ModelDetail, responses=errors(404))
-async def set_model_weights(name: str, body: ModelWeightsUpdate, principal: Admin, state: StateDep) -> FastJSONResponse:
+@router.put("/{model}/versions", response_model=ModelDetail, responses=errors(404))
+async def set_model_weights(
+    model: str, body: ModelWeightsUpdate, principal: Admin, state: StateDep
+) -> FastJSONResponse:
     """Change the traffic weights of a model's versions (roll forward, roll back): every worker and API
     process uses them within `model_weights_cache_s`, without a restart. A version left out gets weight 0.
     The weights are the deployment's, not a tenant's: give this role to operators only."""
-    _model(state, name)
+    _model(state, model)
     actor = principal.key_id or "api"
     weights = body.weights
     tenant = principal.tenant_id
-    stored = await anyio.to_thread.run_sync(lambda: set_weights(state.db, state.config, name, weights, actor, tenant))
-    return FastJSONResponse(_detail(state, name, state.config.models[name], stored))
+    stored = await anyio.to_thread.run_sync(lambda: set_weights(state.db, state.config, model, weights, actor, tenant))
+    return FastJSONResponse(_detail(state, model, state.config.models[model], stored))

@@ -76,7 +76,7 @@ async def predict(model: str, request: Request, principal: Member, state: StateD
     one 2-D input (a `text/csv` body, or a multipart upload in `file`)."""
     started = time.perf_counter()
     if model not in state.config.models:
-        # The model is the resource the path names: unknown, it is a 404 (as for GET /v1/models/{name}).
+        # The model is the resource the path names: unknown, it is a 404 (as for GET /v1/models/{model}).
         raise NotFound(f"model '{model}' not found", param="model", code="model_not_found")
     task_input, options = await _read_body(request, state, model)
     version = request.query_params.get("version")
