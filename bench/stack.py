@@ -102,13 +102,10 @@ class Switchyard:
         queues: str = PROVIDER_QUEUE,
         max_in_flight: int | None = None,
         name: str = "worker-provider",
-        nice: int = 0,
     ) -> Process:
         """`switchyard worker` on `queues` with the threads pool; `max_in_flight` goes in its environment."""
         extra = {MAX_IN_FLIGHT_ENV: str(max_in_flight)} if max_in_flight is not None else None
         argv = ["worker", "--queues", queues, "--pool", POOL, "--concurrency", str(concurrency), "--loglevel", "INFO"]
-        if nice:
-            argv += ["--nice", str(nice)]
         return self.env.start(name, cli(*argv), extra)
 
     def window_s(self) -> float:

@@ -179,13 +179,6 @@ def _pool_for(queues: list[str]) -> str:
     default=None,
     help="serve this worker's Prometheus metrics on this port (default: SWITCHYARD_METRICS_PORT; unset: none)",
 )
-@click.option(
-    "--nice",
-    type=click.IntRange(0, 19),
-    default=None,
-    help="lower this worker's CPU priority by this much (default: SWITCHYARD_WORKER_NICE, 0); for a batch worker "
-    "sharing a host with interactive ones",
-)
 def worker(
     queues: str,
     concurrency: int | None,
@@ -194,16 +187,10 @@ def worker(
     beat: bool,
     loglevel: str | None,
     metrics_port: int | None,
-    nice: int | None,
 ) -> None:
     """A Celery worker; one worker at a time also leads the periodic duties (sweeps)."""
     _check_config()
     _check_database()
-    nice = _settings().worker_nice if nice is None else nice
-    if nice:
-        # Before any thread or child exists, so all of them inherit it: on a host where this worker shares the
-        # CPU with interactive workers, the scheduler gives them the cores first and this one what is left.
-        os.nice(nice)
     loglevel = loglevel or _settings().log_level
     if loglevel.upper() != _settings().log_level.upper():
         from switchyard.core.logs import configure_logging

@@ -111,9 +111,6 @@ class Settings(BaseSettings):
     # takes the slots interactive calls need.
     batch_max_in_flight: int | None = Field(default=None, ge=1, le=100_000)
     shutdown_grace_s: float = Field(default=10.0, ge=0)
-    # `switchyard worker` lowers its CPU priority by this much (`--nice`): batch workers that share a host with
-    # interactive ones leave them the cores when both are busy.
-    worker_nice: int = Field(default=0, ge=0, le=19)
     # A task no deployment can take (breakers open, rpm/tpm limits reached) waits in the database; it fails
     # as unavailable once it is this old.
     unavailable_timeout_s: float = Field(default=600.0, gt=0)

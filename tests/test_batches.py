@@ -6,11 +6,8 @@ beside interactive calls; a worker killed mid-batch (each line ends exactly once
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,7 +15,7 @@ import openai
 import pytest
 
 from switchyard.defaults import MODELS_DIR
-from tests.support import Stack, cli, wait_task, wait_until
+from tests.support import Stack, wait_task, wait_until
 
 ROWS: list[list[float]] = json.loads((MODELS_DIR / "risk_classifier.reference.json").read_text())["inputs"]
 DONE = ("completed", "failed", "expired", "cancelled")
@@ -361,33 +358,3 @@ def test_expiry_writes_partial_output(own_sdk: openai.OpenAI, own_stack: Stack) 
     assert errors
     assert all(e["error"]["code"] == "batch_expired" for e in errors)
     assert sorted(o["custom_id"] for o in output + errors) == sorted(f"x{i}" for i in range(12))
-
-
-def niceness(pid: int) -> set[int]:
-    """The nice value of each thread of a process (field 19 of /proc/PID/task/TID/stat)."""
-    values = set()
-    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
-        fields = stat.read_text().rsplit(")", 1)[1].split()
-        values.add(int(fields[16]))
-    return values
-
-
-def test_batch_worker_at_a_lower_cpu_priority(own_sdk: openai.OpenAI, own_stack: Stack) -> None:
-    """`--nice 10`: the batch worker (each of its threads) runs 10 lower in priority and does the lines."""
-    argv = cli("worker", "--queues", "batch", "--nice", "10", "--loglevel", "INFO")
-    worker = own_stack.start("worker-batch-niced", argv)
-    try:
-        wait_until(lambda: "ready." in worker.log() or not worker.alive(), timeout=60, what="niced worker")
-        assert worker.alive(), worker.log()[-3000:]
-        done = wait_batch(own_sdk, start(own_sdk, [chat_line(f"n{i}", f"niced {i}") for i in range(4)]).id)
-        assert done.status == "completed", done
-        # Ten lower than this test's own priority (capped at 19, the lowest).
-        assert niceness(worker.pid) == {min(19, os.nice(0) + 10)}
-    finally:
-        worker.stop()
-    refused = subprocess.run(
-        cli("worker", "--queues", "batch", "--nice", "25"), env=own_stack.env, capture_output=True, text=True
-    )
-    assert refused.returncode == 2
-    assert "--nice" in refused.stderr, refused.stderr
-    assert "0<=x<=19" in refused.stderr, refused.stderr

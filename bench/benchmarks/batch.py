@@ -1,8 +1,6 @@
 """batch: a chat batch through the fake provider (0 ms), against plain tasks on the same stack, same run.
 
-One API process; the batch lines' worker as docker-compose.yml deploys it, on the `batch` queue at nice 10
-beside the interactive worker on `provider` and `control` (threads, 64 each; `--set batch.split=0`: one worker
-on all three queues instead):
+One API process and one worker process on the provider, batch and control queues (threads, 64):
 - end_to_end side (the baseline): N tasks queued through `POST /v1/tasks`, then drained; tasks/s over the
   window from the first claim to the last finish, from the rows;
 - batch side: a JSONL file of M chat lines uploaded with the official openai SDK (`files.create`), a batch
@@ -40,12 +38,10 @@ class Sizes:
     lines: int
     interactive_idle: int
     concurrency: int
-    split: int  # 1: the batch lines on a worker of their own at nice 10; 0: one worker on every queue
 
 
-FULL = Sizes(tasks=2000, lines=10_000, interactive_idle=60, concurrency=64, split=1)
-QUICK = Sizes(tasks=400, lines=2000, interactive_idle=30, concurrency=64, split=1)
-BATCH_NICE = 10
+FULL = Sizes(tasks=2000, lines=10_000, interactive_idle=60, concurrency=64)
+QUICK = Sizes(tasks=400, lines=2000, interactive_idle=30, concurrency=64)
 
 
 def _window(env: Env, where: str) -> float:
@@ -121,13 +117,7 @@ def run(opts: Options) -> Result:
         ours = Switchyard(env, fake_latency_ms=0)
         created_s = ours.create_tasks(sz.tasks)
         log(f"  batch: {sz.tasks} plain tasks queued in {created_s:.1f}s")
-        if sz.split:
-            worker = ours.start_worker(sz.concurrency, queues="provider,control")
-            batch_worker = ours.start_worker(sz.concurrency, queues="batch", nice=BATCH_NICE, name="worker-batch")
-            wait_worker(batch_worker)
-        else:
-            worker = ours.start_worker(sz.concurrency, queues="provider,batch,control")
-            batch_worker = None
+        worker = ours.start_worker(sz.concurrency, queues="provider,batch,control")
         wait_worker(worker)
         wait_until(
             lambda: ours.count("SELECT count(*) FROM tasks WHERE status='succeeded'") >= sz.tasks,
@@ -186,8 +176,6 @@ def run(opts: Options) -> Result:
         phases = _phases(env, batch.id)
         log("  batch: phases (s from create): " + ", ".join(f"{k} {v:.1f}" for k, v in phases.items()))
         worker.stop()
-        if batch_worker is not None:
-            batch_worker.stop()
         lines_rate = sz.lines / lines_window
         tasks_rate = sz.tasks / tasks_window
         during_p50 = statistics.median(during) if during else float("nan")
@@ -234,11 +222,8 @@ def rows(name: str, res: Result) -> list[Row]:
 def details(res: Result) -> None:
     """The wall time of the whole batch, validation and output file included."""
     sz: dict[str, Any] = res["sizes"]
-    deployment = (
-        f"lines on a worker of their own at nice {BATCH_NICE}" if sz.get("split", 0) else "one worker on every queue"
-    )
     print(
-        f"batch: {sz['lines']} chat lines, {deployment}, {sz['concurrency']} {res['pool']}; create to completed "
+        f"batch: {sz['lines']} chat lines, {sz['concurrency']} {res['pool']}; create to completed "
         f"{res['create_to_completed_s']:.1f}s ({res['lines_per_s_create_to_completed']:.0f} lines/s with "
         f"validation and the output file); {res['interactive']['calls_during']} interactive calls during the batch"
     )
