@@ -45,6 +45,8 @@ def run_dev(*, host: str, port: int, fake_port: int) -> None:
     env.setdefault("SWITCHYARD_FAKE_URL", f"http://127.0.0.1:{fake_port}")
     # A short sweep interval keeps embedded mode responsive after restarts.
     env.setdefault("SWITCHYARD_SWEEP_INTERVAL_S", "2")
+    # The one machine is the operator's: the `dev` tenant (the key printed below) may change model weights.
+    env.setdefault("SWITCHYARD_OPERATOR_TENANTS", '["dev"]')
     os.environ.update(env)
     settings = Settings()
 

@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     # How long a process keeps the traffic weights of model versions before reading them again: a change
     # (PUT /v1/models/{name}/versions) reaches every worker within this time.
     model_weights_cache_s: float = Field(default=1.0, ge=0, le=3600)
+    # Tenants whose admin keys may change those weights (they route every tenant's traffic): the operators'.
+    # Empty, no key may (embedded mode's `dev` tenant is added by `switchyard dev`).
+    operator_tenants: list[str] = Field(default_factory=list, max_length=100)
     # A verified key (or JWT) is kept this long in each API process. Changes and revocations reach every
     # process at once over Redis pub/sub; while that subscription is down, and in embedded mode (no Redis),
     # an entry is kept at most api_key_cache_unsubscribed_s.

@@ -36,7 +36,7 @@ EXTRA_MODELS = f"""
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    env = {"SWITCHYARD_MODEL_WEIGHTS_CACHE_S": str(CACHE_S)}
+    env = {"SWITCHYARD_MODEL_WEIGHTS_CACHE_S": str(CACHE_S), "SWITCHYARD_OPERATOR_TENANTS": '["versions"]'}
     s = Stack(
         tmp_path_factory.mktemp("versions"), redis_db=3, provider_worker=False, extra_models=EXTRA_MODELS, env=env
     )
@@ -175,6 +175,13 @@ def test_weights_are_checked_and_admin_only(client: httpx.Client, stack: Stack) 
     assert no_versions.status_code == 422
     with stack.client(stack.new_key("versions", role="member")) as member:
         assert member.put("/v1/models/risk-versions/versions", json={"weights": {"1": 1}}).status_code == 403
+    # The weights route every tenant's traffic: another tenant's admin may not move them.
+    with stack.client(stack.new_key("not-an-operator", role="admin")) as other:
+        refused = other.put("/v1/models/risk-versions/versions", json={"weights": {"1": 1}})
+        assert refused.status_code == 403, refused.text
+        assert refused.json()["error"]["code"] == "operator_only"
+        unchanged = other.get("/v1/models/risk-versions").json()["versions"]
+        assert {v["version"]: v["weight"] for v in unchanged} == {"1": 90, "2": 10}
 
 
 def test_a_version_fails_over_between_its_deployments(client: httpx.Client, stack: Stack) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import structlog
@@ -22,8 +22,8 @@ from sqlalchemy.orm import Session
 from switchyard.audit.service import record as audit_record
 from switchyard.core.config import AppConfig, ModelConfig
 from switchyard.core.db import Database
-from switchyard.core.errors import InvalidRequest, NotFound
-from switchyard.core.models import ModelVersionWeights, utcnow
+from switchyard.core.errors import Forbidden, InvalidRequest, NotFound
+from switchyard.core.models import ModelVersionWeights, Tenant, utcnow
 
 log = structlog.get_logger(__name__)
 
@@ -74,12 +74,25 @@ def check_weights(config: AppConfig, name: str, weights: Mapping[str, Any]) -> d
 
 
 def set_weights(
-    db: Database, config: AppConfig, name: str, weights: Mapping[str, Any], actor: str, tenant_id: str
+    db: Database,
+    config: AppConfig,
+    name: str,
+    weights: Mapping[str, Any],
+    actor: str,
+    tenant_id: str,
+    operators: Collection[str],
 ) -> dict[str, float]:
     """Store a model's new weights (blocking), recorded in the acting tenant's audit log; every process uses
-    them within its cache time."""
+    them within its cache time. Only a tenant named in `operators` may."""
     checked = check_weights(config, name, weights)
     with db.transaction() as tx:
+        tenant = tx.session.get(Tenant, tenant_id)
+        if tenant is None or tenant.name not in operators:
+            # The weights route every tenant's traffic: one tenant's admin must not move another's.
+            raise Forbidden(
+                "only an operator tenant's admin may change a model's weights (SWITCHYARD_OPERATOR_TENANTS)",
+                code="operator_only",
+            )
         before = VersionWeights(config, None).weights(name) | read_all(tx.session).get(name, {})
         write(tx.session, name, checked, actor)
         audit_record(

@@ -80,16 +80,20 @@ async def get_model(model: str, principal: Viewer, state: StateDep) -> FastJSONR
     return FastJSONResponse(_detail(state, model, spec, weights))
 
 
-@router.put("/{model}/versions", response_model=ModelDetail, responses=errors(404))
+@router.put("/{model}/versions", response_model=ModelDetail, responses=errors(403, 404, 422))
 async def set_model_weights(
     model: str, body: ModelWeightsUpdate, principal: Admin, state: StateDep
 ) -> FastJSONResponse:
     """Change the traffic weights of a model's versions (roll forward, roll back): every worker and API
     process uses them within `model_weights_cache_s`, without a restart. A version left out gets weight 0.
-    The weights are the deployment's, not a tenant's: give this role to operators only."""
+    The weights route every tenant's traffic: only an admin of a tenant in SWITCHYARD_OPERATOR_TENANTS may
+    (403 `operator_only` for the others)."""
     _model(state, model)
     actor = principal.key_id or "api"
     weights = body.weights
     tenant = principal.tenant_id
-    stored = await anyio.to_thread.run_sync(lambda: set_weights(state.db, state.config, model, weights, actor, tenant))
+    operators = state.settings.operator_tenants
+    stored = await anyio.to_thread.run_sync(
+        lambda: set_weights(state.db, state.config, model, weights, actor, tenant, operators)
+    )
     return FastJSONResponse(_detail(state, model, state.config.models[model], stored))
