@@ -243,13 +243,18 @@ def _check_events(url: str, report: Report) -> None:
 
 def _check_deliveries(url: str, received: list[Received], report: Report) -> None:
     webhooks = _rows(url, "SELECT id, url, events, object_id FROM webhooks")
-    deliveries = _rows(url, "SELECT id, webhook_id, event_seq, status FROM webhook_deliveries")
+    deliveries = _rows(
+        url,
+        "SELECT id, webhook_id, event_seq, status, attempt_count, last_status_code, last_error FROM webhook_deliveries",
+    )
     events = _rows(url, "SELECT seq, type, task_id, run_id, batch_id FROM events WHERE seq IS NOT NULL")
     by_pair: dict[tuple[str, int], list[str]] = defaultdict(list)
     status_of: dict[str, str] = {}
-    for delivery_id, webhook_id, seq, status in deliveries:
+    why: dict[str, str] = {}
+    for delivery_id, webhook_id, seq, status, attempts, code, error in deliveries:
         by_pair[(webhook_id, seq)].append(delivery_id)
         status_of[delivery_id] = status
+        why[delivery_id] = f"after {attempts} attempts, last {code or (error or '')[:120]}"
         report.counts[f"deliveries {status}"] += 1
     expected = 0
     for webhook_id, _url, patterns, object_id in webhooks:
@@ -266,12 +271,15 @@ def _check_deliveries(url: str, received: list[Received], report: Report) -> Non
                 kind = "duplicated" if got else "lost"
                 report.problem(kind, f"webhook {webhook_id} event {seq} ({etype}): {len(got)} deliveries")
     report.counts["(webhook, event) pairs"] = expected
-    check_received(received, status_of, report)
+    check_received(received, status_of, report, why)
 
 
-def check_received(received: list[Received], status_of: dict[str, str], report: Report) -> None:
+def check_received(
+    received: list[Received], status_of: dict[str, str], report: Report, why: dict[str, str] | None = None
+) -> None:
     """The receiver's side: every request signed, one webhook-id per (receiver, event), every succeeded delivery
-    answered 2xx at least once, nothing received that is not a delivery. `status_of`: delivery id → status."""
+    answered 2xx at least once, nothing received that is not a delivery. `status_of`: delivery id → status;
+    `why`: delivery id → its attempts and last error, told with a delivery that did not succeed."""
     ids_per_event: dict[tuple[str, str, str, str], set[str]] = defaultdict(set)
     ok: set[str] = set()
     for r in received:
@@ -288,6 +296,6 @@ def check_received(received: list[Received], status_of: dict[str, str], report: 
             report.problem("duplicated", f"{key[1]} of {key[2]} to {key[0]} came with {len(ids)} webhook-ids")
     for delivery_id, status in status_of.items():
         if status != "succeeded":
-            report.problem("lost", f"delivery {delivery_id} ended {status}")
+            report.problem("lost", f"delivery {delivery_id} ended {status} {(why or {}).get(delivery_id, '')}".rstrip())
         elif delivery_id not in ok:
             report.problem("lost", f"delivery {delivery_id} succeeded, but the receiver never answered it 2xx")
