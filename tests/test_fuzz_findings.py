@@ -30,6 +30,10 @@ def test_an_integer_past_64_bits_is_422_naming_it_and_breaks_nothing(stack: Stac
         )
         assert task.status_code == 422, task.text
         assert task.json()["error"]["param"] == "metadata.n"
+        # The same number written as a float (9.2e29) is whole, so it would be taken as the integer: refused too.
+        as_float = client.put("/v1/tenant/limits", json={"rph": 9.2e29})
+        assert as_float.status_code == 422, as_float.text
+        assert as_float.json()["error"]["param"] == "rph"
         for path in ("/v1/tenant/limits", "/v1/keys", "/v1/audit"):
             assert client.get(path).status_code == 200, path
         # The largest 64-bit integers still pass.

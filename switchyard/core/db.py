@@ -4,6 +4,7 @@ a new row — is registered with `after_commit` and dropped on rollback."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -68,7 +69,11 @@ def lock_for_update(session: Session) -> None:
 
 
 def _json_text(value: Any) -> str:
-    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS).decode()
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:
+        # An integer past 64 bits (orjson's bound; JSONB numbers have none): written by the standard library.
+        return json.dumps(value, ensure_ascii=False, default=str)
 
 
 @dataclass

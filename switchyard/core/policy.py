@@ -6,17 +6,23 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# Limits are stored as JSON and rendered back: a float like 9.2e29 would be taken as an int past what any
+# answer can render (orjson's 64 bits), so every count is bounded there.
+_INT64 = 2**63 - 1
+
 
 class Limits(BaseModel):
     """Request and token rates (per minute, hour, day) and calls running at once; unset means unlimited."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    rpm: int | None = Field(default=None, ge=1, description="Requests per minute.")
-    tpm: int | None = Field(default=None, ge=1, description="Tokens per minute (prompt estimate + max_tokens).")
-    rph: int | None = Field(default=None, ge=1, description="Requests per hour.")
-    rpd: int | None = Field(default=None, ge=1, description="Requests per day.")
-    max_concurrent: int | None = Field(default=None, ge=1, description="Calls admitted and not yet ended.")
+    rpm: int | None = Field(default=None, ge=1, le=_INT64, description="Requests per minute.")
+    tpm: int | None = Field(
+        default=None, ge=1, le=_INT64, description="Tokens per minute (prompt estimate + max_tokens)."
+    )
+    rph: int | None = Field(default=None, ge=1, le=_INT64, description="Requests per hour.")
+    rpd: int | None = Field(default=None, ge=1, le=_INT64, description="Requests per day.")
+    max_concurrent: int | None = Field(default=None, ge=1, le=_INT64, description="Calls admitted and not yet ended.")
 
     def is_empty(self) -> bool:
         return all(v is None for v in self.model_dump().values())
@@ -27,9 +33,10 @@ class Budget(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    max_per_call_usd: float | None = Field(default=None, ge=0)
-    daily_usd: float | None = Field(default=None, ge=0)
-    monthly_usd: float | None = Field(default=None, ge=0)
+    # Reserved and spent in nano-USD as 64-bit integers (Redis, JSON): a billion USD a window is far below that.
+    max_per_call_usd: float | None = Field(default=None, ge=0, le=1e9)
+    daily_usd: float | None = Field(default=None, ge=0, le=1e9)
+    monthly_usd: float | None = Field(default=None, ge=0, le=1e9)
 
     def is_empty(self) -> bool:
         return all(v is None for v in self.model_dump().values())
