@@ -37,11 +37,15 @@ _SSE: dict[int | str, dict[str, Any]] = {
 }
 
 
+# Event numbers are Postgres bigints: a `since` past them is a 422, not a query the database refuses.
+_MAX_SEQ = 2**63 - 1
+
+
 @router.get("/v1/events", response_model=EventPage)
 def list_events(
     principal: Viewer,
     state: StateDep,
-    since: Annotated[int, Query(ge=0)] = 0,
+    since: Annotated[int, Query(ge=0, le=_MAX_SEQ)] = 0,
     task_id: Annotated[str | None, Query(max_length=40)] = None,
     run_id: Annotated[str | None, Query(max_length=40)] = None,
     batch_id: Annotated[str | None, Query(max_length=40)] = None,
@@ -70,7 +74,7 @@ async def task_events(
     principal: StreamViewer,
     state: StateDep,
     last_event_id: Annotated[str | None, Header()] = None,
-    since: Annotated[int | None, Query(ge=0)] = None,
+    since: Annotated[int | None, Query(ge=0, le=_MAX_SEQ)] = None,
 ) -> StreamingResponse:
     """The task's events as Server-Sent Events, from after `Last-Event-ID` (or `since`) to its terminal one."""
     return await _event_stream(state, principal, "task", task_id, _since(last_event_id, since))
@@ -82,7 +86,7 @@ async def run_events(
     principal: StreamViewer,
     state: StateDep,
     last_event_id: Annotated[str | None, Header()] = None,
-    since: Annotated[int | None, Query(ge=0)] = None,
+    since: Annotated[int | None, Query(ge=0, le=_MAX_SEQ)] = None,
 ) -> StreamingResponse:
     """The run's events (its steps' included) as Server-Sent Events, ending after its terminal one."""
     return await _event_stream(state, principal, "run", run_id, _since(last_event_id, since))
@@ -94,7 +98,7 @@ async def batch_events(
     principal: StreamViewer,
     state: StateDep,
     last_event_id: Annotated[str | None, Header()] = None,
-    since: Annotated[int | None, Query(ge=0)] = None,
+    since: Annotated[int | None, Query(ge=0, le=_MAX_SEQ)] = None,
 ) -> StreamingResponse:
     """The batch's events (`batch.progress`, then its terminal one) as Server-Sent Events."""
     return await _event_stream(state, principal, "batch", batch_id, _since(last_event_id, since))
