@@ -56,6 +56,7 @@ class Families:
     duty_last_run: Gauge
     webhook_deliveries: Counter
     refusals: Counter
+    time_limits: Counter
 
     def tenant(self, tenant_id: str) -> tuple[str, ...]:
         """The tenant label's value, when the setting asks for one."""
@@ -149,6 +150,12 @@ def _make(tenant_label: bool) -> Families:
             "Admissions refused by a limit or budget, by reason (rate_limit_exceeded, daily_usd, monthly_usd, "
             "max_per_call_usd, ...).",
             ["reason"],
+        ),
+        time_limits=Counter(
+            "switchyard_task_time_limits",
+            "Celery tasks that ran past their soft or hard time limit in a thread or solo pool worker (the soft "
+            "limit raised SoftTimeLimitExceeded in the task; a hard one can only be reported).",
+            ["task", "limit"],
         ),
     )
 
@@ -264,6 +271,13 @@ def refused(reason: str) -> None:
     m = families()
     if m is not None:
         m.refusals.labels(reason).inc()
+
+
+def task_time_limit(task: str, limit: str) -> None:
+    """A Celery task (by name) ran past its `soft` or `hard` time limit."""
+    m = families()
+    if m is not None:
+        m.time_limits.labels(task, limit).inc()
 
 
 def gateway_overhead(task: dict[str, Any], started: float | None) -> None:

@@ -44,9 +44,8 @@ def time_limits(settings: Settings) -> dict[str, dict[str, float]]:
     worthless once its lease (provider timeout + grace) has run out, as the sweeper hands the task on; an advance
     (a run's or a batch's) past requeue_after_s is done again by its sweep; a webhook attempt is bounded by the
     sender's timeout. The soft limit raises in the task (its transaction rolls back), the hard one ends the
-    process. Celery enforces them with the prefork pool; in the threads pool (the default) a thread cannot be
-    interrupted, and the work is bounded by what it is made of: the leases, the templates' budget
-    (workflows/budget.py), the HTTP clients' timeouts."""
+    process. Celery enforces them with the prefork pool; in the thread and solo pools (threads are the default)
+    workers/time_limits.py raises the soft limit in the task's thread and reports the hard one."""
     lease = settings.default_timeout_s + settings.lease_grace_s
     advance = settings.requeue_after_s
     webhook = settings.webhook_timeout_s + settings.lease_grace_s
@@ -97,7 +96,7 @@ def make_celery(settings: Settings) -> Celery:
     app = Celery(
         "switchyard",
         broker=settings.celery_broker_url,
-        include=["switchyard.workers.tasks", "switchyard.workers.duty_hooks"],
+        include=["switchyard.workers.tasks", "switchyard.workers.duty_hooks", "switchyard.workers.time_limits"],
         amqp=NamedMessages,
     )
     app.conf.update(

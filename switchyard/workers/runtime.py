@@ -33,6 +33,8 @@ T = TypeVar("T")
 
 # How long a Celery thread waits for its claim before giving the message up (the sweeper re-publishes).
 _CLAIM_WAIT_S = 60.0
+# How often a Celery thread waiting for a slot wakes up (see `_take`).
+_WAKE_S = 0.5
 
 
 class Runtime:
@@ -77,15 +79,22 @@ class Runtime:
             for start in range(0, len(task_ids), lane.size):
                 self.submit(task_ids[start : start + lane.size], batch=batch)
             return
-        # One thread at a time takes its slots: two threads each holding part of what they need could
-        # otherwise wait on each other forever.
-        with lane.acquiring:
-            for _ in task_ids:
-                lane.slots.acquire()
+        taken = 0
         try:
+            # One thread at a time takes its slots: two threads each holding part of what they need could
+            # otherwise wait on each other forever.
+            _take(lane.acquiring)
+            try:
+                while taken < len(task_ids):
+                    _take(lane.slots)
+                    taken += 1
+            finally:
+                lane.acquiring.release()
             executions = self._claim(task_ids)
         except BaseException:
-            for _ in task_ids:
+            # A claim that failed, or a wait cut by the task's soft time limit: the message is given up (the
+            # sweeper re-publishes a task no worker has claimed).
+            for _ in range(taken):
                 lane.slots.release()
             raise
         for _ in range(len(task_ids) - len(executions)):
@@ -188,6 +197,13 @@ class _Lane:
         self.slots = threading.BoundedSemaphore(size)
         self.acquiring = threading.Lock()
         self.blocking = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=thread_prefix)
+
+
+def _take(lock: threading.Lock | threading.Semaphore) -> None:
+    """Acquire `lock`, waking up now and then: a wait in one C call would hold off the soft time limit that
+    workers/time_limits.py raises in this thread until the wait ends."""
+    while not lock.acquire(timeout=_WAKE_S):
+        pass
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
