@@ -81,6 +81,7 @@ markers of one kind, the first one that applies to the request's model wins; the
                          per text for an unqualified marker (shared by all models), and per text and model
                          for a qualified one.
 - ``[[sleep:250]]``      wait 250 ms more before answering (added to ``latency_ms``).
+- ``[[trickle:200]]``    (extension) in a streamed chat, wait 200 ms before each event after the first.
 - ``[[retry-after:2]]``  add ``Retry-After: 2`` to the response, whatever its status.
 - ``[[cached:N]]``       (extension) report N cached prompt tokens: OpenAI
                          ``usage.prompt_tokens_details.cached_tokens = N`` (``prompt_tokens`` stays the full

@@ -19,6 +19,7 @@ class _Markers:
     fail_times: int | None = None
     fail_model: str | None = None  # the "@model" of the fail marker that applied: it keys its own counter
     sleep_ms: int = 0
+    trickle_ms: int = 0  # [[trickle:MS]]: a pause before each streamed event after the first
     retry_after: str | None = None
     cached: int = 0
     cache_write: int = 0
@@ -72,6 +73,8 @@ def _parse_markers(text: str, model: str) -> _Markers:
             m.flag_score = int(arg) / 100
         elif name == "sleep":
             m.sleep_ms = int(arg)
+        elif name == "trickle":
+            m.trickle_ms = int(arg)
         elif name == "retry-after":
             m.retry_after = str(int(arg))
         elif name == "cached":

@@ -98,7 +98,9 @@ class MessagesEndpoints(ChatSteps):
             self._count(call.path, 200)
             encode, media_type = (_bedrock_chunk, _EVENTSTREAM) if eventstream else (_sse_event, _SSE)
             head, content, tail = self._messages_stream(mid, chat.model, reply.text, block, stop_reason, usage, encode)
-            return _stream(head, content, tail, call.markers.break_after, call.headers, media_type)
+            return _stream(
+                head, content, tail, call.markers.break_after, call.headers, media_type, call.markers.trickle_ms
+            )
         return self._ok(call, _anthropic_message(mid, chat.model, [block], stop_reason, usage))
 
     @staticmethod

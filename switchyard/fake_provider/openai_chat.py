@@ -124,4 +124,4 @@ class OpenAIChatEndpoints(ChatSteps):
         if include_usage:
             tail.append(_sse_data({**envelope, "choices": [], "usage": usage}))
         tail.append(b"data: [DONE]\n\n")
-        return _stream(head, content, tail, call.markers.break_after, call.headers)
+        return _stream(head, content, tail, call.markers.break_after, call.headers, trickle_ms=call.markers.trickle_ms)

@@ -3,6 +3,7 @@ and the deliberate mid-stream connection drop of ``[[break:K]]``."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import struct
@@ -81,9 +82,12 @@ class _StreamResponse(Response):
     """Sends pre-built stream events (SSE or AWS event-stream messages); optionally drops the connection
     instead of finishing the body."""
 
-    def __init__(self, events: list[bytes], headers: Mapping[str, str], abort: bool, media_type: str) -> None:
+    def __init__(
+        self, events: list[bytes], headers: Mapping[str, str], abort: bool, media_type: str, pause_s: float = 0.0
+    ) -> None:
         self.events = events
         self.abort = abort
+        self.pause_s = pause_s
         self.status_code = 200
         self.background = None
         self.body = b""
@@ -95,7 +99,9 @@ class _StreamResponse(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         try:
-            for event in self.events:
+            for i, event in enumerate(self.events):
+                if i and self.pause_s:
+                    await asyncio.sleep(self.pause_s)
                 await send({"type": "http.response.body", "body": event, "more_body": True})
             if self.abort:
                 raise _AbortStream("deliberate stream abort ([[break:K]])")
@@ -145,12 +151,15 @@ def _stream(
     break_after: int | None,
     headers: Mapping[str, str],
     media_type: str = _SSE,
+    trickle_ms: int = 0,
 ) -> Response:
     """A streamed chat answer of either API: opening events, content events, closing events.
 
     ``[[break:K]]`` keeps only the first K content events and then drops the connection, so a client sees a
-    stream that dies mid-answer (no closing events at all).
+    stream that dies mid-answer (no closing events at all). ``[[trickle:MS]]`` waits MS ms before each event
+    after the first, so a stream can outlast a client's whole-call timeout with every read well within its own.
     """
+    pause_s = trickle_ms / 1000.0
     if break_after is not None:
-        return _StreamResponse([*head, *content[:break_after]], headers, True, media_type)
-    return _StreamResponse([*head, *content, *tail], headers, False, media_type)
+        return _StreamResponse([*head, *content[:break_after]], headers, True, media_type, pause_s)
+    return _StreamResponse([*head, *content, *tail], headers, False, media_type, pause_s)

@@ -237,15 +237,22 @@ async def _invoke(
     timeout_s: float,
     on_delta: Callable[[str], None] | None,
 ) -> CallResult:
-    """The adapter's async method for the task type."""
-    if task_type == "chat":
-        return await adapter.achat(model, request, timeout_s, on_delta)
-    if task_type == "embed":
-        return await adapter.aembed(model, request, timeout_s)
-    if task_type == "moderate":
-        return await adapter.amoderate(model, request, timeout_s)
-    if task_type == "predict":
-        return await adapter.apredict(model, request, timeout_s)
+    """The adapter's async method for the task type, cut at `timeout_s`: the SDKs' timeouts bound each connect
+    and read, not the call, so a provider that trickles its stream would otherwise hold the attempt (and the
+    task's lease) for as long as it kept sending."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            if task_type == "chat":
+                return await adapter.achat(model, request, timeout_s, on_delta)
+            if task_type == "embed":
+                return await adapter.aembed(model, request, timeout_s)
+            if task_type == "moderate":
+                return await adapter.amoderate(model, request, timeout_s)
+            if task_type == "predict":
+                return await adapter.apredict(model, request, timeout_s)
+    except TimeoutError:
+        message = f"the call took longer than its timeout of {timeout_s:g}s"
+        raise ProviderError("timeout", message, retryable=True) from None
     raise ProviderError("invalid_request", f"{task_type} tasks are not served yet", retryable=False)
 
 
@@ -263,7 +270,10 @@ def _interrupted(exc: ProviderError, sent: int) -> ProviderError:
 def _crashed(exc: Exception, claim: Claim, deployment: Deployment) -> ProviderError:
     """Logs an adapter's unexpected exception (call from its `except` block) and makes it the attempt's error."""
     log.exception("adapter_crashed", task_id=claim.task_id, provider=deployment.provider)
-    return ProviderError("provider_error", f"{type(exc).__name__}: {exc}", retryable=False)
+    # The exception's text stays in the server's log: it may hold a path, an address or part of the request.
+    return ProviderError(
+        "provider_error", f"the {deployment.provider} adapter failed ({type(exc).__name__})", retryable=False
+    )
 
 
 async def _default_step(fn: Callable[..., Any], *args: Any) -> Any:
