@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     workflow_template_timeout_s: float = Field(default=1.0, gt=0)
     workflow_max_items: int = Field(default=10_000, ge=1)
     workflow_default_max_parallel: int = Field(default=100, ge=1, le=1000)
+    # One advance of a run renders for this long at most (and never past half of requeue_after_s, the soft
+    # time limit of the advance's Celery task); what is left is rendered by a next advance, sent at once.
+    workflow_advance_render_s: float = Field(default=10.0, gt=0)
     # /readyz fails when a periodic duty has not run for this long (unset: max(30 s, 5 sweep intervals), room
     # for a leader to die and a standby to take over without the API flapping).
     duty_stale_after_s: float | None = Field(default=None, gt=0)

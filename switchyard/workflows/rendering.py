@@ -13,6 +13,7 @@ value is rendered again.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,8 @@ class WorkflowLimits:
     budget: Budget = DEFAULT_BUDGET
     max_items: int = 10_000
     default_max_parallel: int = 100
+    # Seconds of rendering in one advance (see runner.py): the rest goes to a next advance.
+    advance_render_s: float = 10.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WorkflowLimits:
@@ -45,6 +48,7 @@ class WorkflowLimits:
             ),
             max_items=settings.workflow_max_items,
             default_max_parallel=settings.workflow_default_max_parallel,
+            advance_render_s=min(settings.workflow_advance_render_s, settings.requeue_after_s / 2),
         )
 
 
@@ -85,10 +89,13 @@ class RenderPass:
         raise Pending
 
 
-def render_jobs(jobs: Iterable[RenderJob], limits: WorkflowLimits) -> dict[RenderKey, Any]:
-    """Render each job under the budget (no lock, no transaction held): its value, or the TemplateError."""
+def render_jobs(jobs: Iterable[RenderJob], limits: WorkflowLimits, until: float | None = None) -> dict[RenderKey, Any]:
+    """Render each job under the budget (no lock, no transaction held): its value, or the TemplateError. Past
+    `until` (a `time.monotonic()` value) no further job is started: those left out stay pending."""
     out: dict[RenderKey, Any] = {}
     for job in jobs:
+        if until is not None and out and time.monotonic() > until:
+            break
         try:
             if job.max_items is not None:
                 out[job.key] = render_items(job.value, job.context, job.max_items, limits.budget)

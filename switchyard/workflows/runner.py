@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import structlog
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -58,13 +60,21 @@ def _run_traceparent(db: Database, run_id: str) -> str | None:
 
 def _advance(db: Database, engine: Engine, run_id: str) -> None:
     """Locked passes until one needs nothing rendered; between two, the templates the last one asked for are
-    rendered with no lock and no transaction held (a cancel meanwhile does not wait on a template)."""
+    rendered with no lock and no transaction held (a cancel meanwhile does not wait on a template). An advance
+    renders for `advance_render_s` at most: each template has its own budget, but a run may have many, and the
+    advance must end well within its Celery task's time limit. What is left is the work of a next advance, sent
+    at once (each pass commits what it made of the templates rendered so far)."""
     renders = RenderPass()
+    until = time.monotonic() + engine.limits.advance_render_s
     for _ in range(MAX_PASSES):
         jobs = _advance_once(db, engine, run_id, renders)
         if not jobs:
             return
-        renders.rendered = {**renders.rendered, **render_jobs(jobs, engine.limits)}
+        if time.monotonic() > until:
+            log.info("advance_continued", run_id=run_id, left=len(jobs))
+            engine.dispatcher.publish_advance(run_id)
+            return
+        renders.rendered = {**renders.rendered, **render_jobs(jobs, engine.limits, until)}
     # Each pass renders what the one before made ready; a chain this long is left to the runs' sweep.
     log.warning("advance_passes_exhausted", run_id=run_id, passes=MAX_PASSES)
 
