@@ -18,6 +18,7 @@ from switchyard.core.config import ProviderConfig
 from switchyard.core.errors import ProviderError
 from switchyard.providers.anthropic_adapter import AnthropicAdapter
 from switchyard.providers.openai_adapter import OpenAIAdapter
+from tests.processes import free_port
 
 CHAT = {
     "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "m",
@@ -175,3 +176,23 @@ def test_a_server_that_drops_every_request_is_a_connection_failure_not_a_timeout
     asyncio.run(_serve(server, calls))
     # A new connection that fails is not sent again by the transport: the router decides (one request).
     assert server.connections == 1
+
+
+def test_a_connection_error_does_not_name_where_the_provider_lives() -> None:
+    # Issue 17: the attempt's error is read by the tenant; the host, port and addresses are the server's.
+    port = free_port()  # nothing listens there
+
+    async def call() -> ProviderError:
+        adapter = OpenAIAdapter(ProviderConfig(kind="openai", base_url=f"http://localhost:{port}/v1", api_key="x"))
+        try:
+            with pytest.raises(ProviderError) as caught:
+                await adapter.achat("m", REQUEST, 5)
+        finally:
+            await adapter.aclose()
+        return caught.value
+
+    error = asyncio.run(call())
+    assert error.message.startswith("connection failed: "), error.message
+    assert error.retryable
+    for secret in ("localhost", str(port), "127.0.0.1", "::1"):
+        assert secret not in error.message, error.message

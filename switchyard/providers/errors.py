@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 import aiohttp
@@ -59,12 +60,29 @@ def status_error(status: int, message: str, headers: Mapping[str, str], code: st
     )
 
 
+# Where a provider lives is the server's business: a connection error's text names the host, its port and the
+# addresses it resolved to ("Cannot connect to host models.internal:8001 ... ('10.0.3.7', 8001)"), and it ends up
+# in the task's attempts, which its tenant reads.
+_WHERE = re.compile(
+    r"https?://\S+"  # a URL
+    r"|\bhost \S+"  # aiohttp's "host NAME:PORT"
+    r"|\('[^']*', \d+(?:, \d+, \d+)?\)"  # a socket address tuple
+    r"|\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b"  # an IPv4 address
+    r"|\[?(?:[0-9a-fA-F]{0,4}:){1,7}:[0-9a-fA-F]{0,4}(?::[0-9a-fA-F]{1,4})*\]?"  # an IPv6 address with "::"
+    r"|\b(?:[0-9a-fA-F]{1,4}:){7}[0-9a-fA-F]{1,4}\b"  # and one in full
+)
+
+
+def _without_addresses(message: str) -> str:
+    return _WHERE.sub(lambda m: "host <provider>" if m.group().startswith("host ") else "<provider>", message)
+
+
 def timeout_error(message: str) -> ProviderError:
-    return ProviderError("timeout", message or "provider call timed out", retryable=True)
+    return ProviderError("timeout", _without_addresses(message) or "provider call timed out", retryable=True)
 
 
 def connection_error(message: str) -> ProviderError:
-    return ProviderError("provider_error", f"connection failed: {message}", retryable=True)
+    return ProviderError("provider_error", f"connection failed: {_without_addresses(message)}", retryable=True)
 
 
 def timeout_or_refused(exc: BaseException) -> ProviderError:
