@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import openai
+import psycopg
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from websockets.asyncio.client import ClientConnection, connect
@@ -32,6 +33,7 @@ ENV = {
     "SWITCHYARD_SSE_MAX_STREAMS_PER_TENANT": "5",
     "SWITCHYARD_WS_MAX_SUBSCRIPTIONS": "5",
     "SWITCHYARD_WS_MAX_PENDING_FRAMES": "8",
+    "SWITCHYARD_WS_MAX_REPLAYS_PER_TENANT": "2",
     "SWITCHYARD_WS_SEND_TIMEOUT_S": "2",
     "SWITCHYARD_SYNC_MAX_WAITERS_PER_TENANT": "2",
     "SWITCHYARD_SYNC_WAIT_S": "20",
@@ -253,6 +255,46 @@ def test_a_client_that_stops_reading_is_let_go_not_buffered_for(stack: Stack) ->
     finally:
         conn.close()
     assert received < 100 * 50_000  # not every answer was kept for it
+
+
+def test_websocket_replays_per_tenant_are_capped(stack: Stack) -> None:
+    admin, viewer = tenant_keys(stack)
+    queued_task(stack, admin)  # an event to replay
+
+    async def subscribe_since(ws: ClientConnection) -> dict[str, Any]:
+        await ws.send(json.dumps({"action": "subscribe", "all": True, "since": 0}))
+        return await recv_json(ws)
+
+    async def scenario() -> list[dict[str, Any]]:
+        url = ws_url(stack)
+        async with (
+            connect(url, additional_headers=bearer(viewer)) as first,
+            connect(url, additional_headers=bearer(viewer)) as second,
+            connect(url, additional_headers=bearer(viewer)) as third,
+        ):
+            # While the events table is locked, a replay waits on its first page: the two running ones hold the
+            # tenant's two places (SWITCHYARD_WS_MAX_REPLAYS_PER_TENANT), and the third is refused.
+            with psycopg.connect(stack.database_url) as conn:
+                conn.execute("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+                answers = [await subscribe_since(first), await subscribe_since(second)]
+                await asyncio.sleep(0.5)
+                answers.append(await subscribe_since(third))
+            # The lock is gone: the replays end and give their places back.
+            for ws in (first, second):
+                replayed = await recv_json(ws)
+                assert replayed["type"] == "task.queued", replayed
+            await asyncio.sleep(0.5)
+            answers.append(await subscribe_since(third))
+            return answers
+
+    answers = asyncio.run(scenario())
+    assert [a["type"] for a in answers[:2]] == ["subscribed", "subscribed"], answers
+    refused = answers[2]
+    assert refused["type"] == "error", refused
+    assert refused["code"] == "too_many_replays"
+    assert refused["param"] == "since"
+    assert refused["retry_after"] == 1
+    assert answers[3]["type"] == "subscribed", answers[3]
 
 
 def test_synchronous_waiters_per_tenant_are_capped_with_429(stack: Stack) -> None:
