@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     workflow_template_timeout_s: float = Field(default=1.0, gt=0)
     workflow_max_items: int = Field(default=10_000, ge=1)
     workflow_default_max_parallel: int = Field(default=100, ge=1, le=1000)
+    # Synchronous calls reach a worker through a Redis list rather than a Celery message (workers/handoff.py),
+    # when a worker takes them: it saves the worker Celery's cost per message. Off: everything goes by Celery.
+    handoff: bool = True
     # One advance of a run renders for this long at most (and never past half of requeue_after_s, the soft
     # time limit of the advance's Celery task); what is left is rendered by a next advance, sent at once.
     workflow_advance_render_s: float = Field(default=10.0, gt=0)

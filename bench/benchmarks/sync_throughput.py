@@ -24,6 +24,10 @@ A sixth side, `traced`, is a third API process with tracing on (SWITCHYARD_TRACI
 a sink in the bench process that answers 200 and drops the spans) in front of the same worker, whose tracing
 stays off for the same reason: the API side's cost of tracing, against `ours` (tracing off, the default).
 Reported, no target.
+
+A seventh side, `celery`, is a fourth API process with SWITCHYARD_HANDOFF=false in front of the same worker: every
+task a Celery message, as before the hand-off (workers/handoff.py). `ours` against it is what the hand-off buys.
+Reported, no target.
 """
 
 from __future__ import annotations
@@ -170,6 +174,13 @@ def run(opts: Options) -> Result:
         )
         wait_http(f"{traced_url}/healthz", traced)
         _check_answer(traced_url, ours.key, "ours")
+        # The same worker behind an API that publishes every task as a Celery message (no hand-off).
+        celery_url = f"http://127.0.0.1:{free_port()}"
+        by_celery = env.start(
+            "api-celery", cli("api", "--port", celery_url.rsplit(":", 1)[1]), {"SWITCHYARD_HANDOFF": "false"}
+        )
+        wait_http(f"{celery_url}/healthz", by_celery)
+        _check_answer(celery_url, ours.key, "ours")
         sides: dict[str, tuple[str, str, list[Process]]] = {
             "proxy": (proxy.url, proxy.key, [proxy.proc]),
             "ours": (ours.url, ours.key, [ours.api, worker]),
@@ -177,6 +188,7 @@ def run(opts: Options) -> Result:
             "pii": (ours.url, ours.key, [ours.api, worker]),
             "nometrics": (bare_url, ours.key, [bare, worker]),
             "traced": (traced_url, ours.key, [traced, worker]),
+            "celery": (celery_url, ours.key, [by_celery, worker]),
         }
         bodies = {side: PII_BODY if side == "pii" else BODY for side in sides}
         runs: dict[str, list[LoadResult]] = {k: [] for k in sides}
@@ -202,6 +214,7 @@ def run(opts: Options) -> Result:
         # The extra API processes' pools are let go first: with the proxy's they fill Postgres' connections.
         bare.stop()
         traced.stop()
+        by_celery.stop()
         sink.close()
         succeeded = ours.count("SELECT count(*) FROM tasks WHERE status = 'succeeded'")
         failed = ours.count("SELECT count(*) FROM tasks WHERE status = 'failed'")
@@ -258,6 +271,15 @@ def run(opts: Options) -> Result:
                 "target": None,
                 "target_kind": None,
             },
+            # The hand-off (the default) vs the same worker behind an API that sends Celery messages.
+            "handoff": {
+                "ours": o,
+                "baseline": summary["celery"]["rps"],
+                "unit": "req/s",
+                "ratio": o / summary["celery"]["rps"],
+                "target": None,
+                "target_kind": None,
+            },
             "check": {
                 # Every 2xx of ours is a succeeded task; more tasks than 2xx are the requests wrk dropped at its end.
                 "ours_2xx_incl_warmup": ours_ok,
@@ -287,6 +309,11 @@ def rows(name: str, res: Result) -> list[Row]:
             if "tracing" in res
             else []
         ),
+        *(
+            [standard_row(f"{name} with the hand-off", res["handoff"], baseline_note=" (Celery messages)")]
+            if "handoff" in res
+            else []
+        ),
     ]
 
 
@@ -299,8 +326,11 @@ def details(res: Result) -> None:
         ("pii", "pii    "),
         ("nometrics", "nometrics"),
         ("traced", "traced "),
+        ("celery", "celery "),
         ("proxy", "proxy  "),
     ):
+        if side not in s:
+            continue
         x = s[side]
         print(
             f"sync_throughput {label}: {x['rps']:.0f} req/s, p50 {x['latency_p50_ms']:.1f} ms, p99 "

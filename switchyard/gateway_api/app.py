@@ -66,6 +66,7 @@ from switchyard.tenancy.quotas.service import Quotas
 from switchyard.tenancy.tickets import Tickets
 from switchyard.workers.celery_app import make_celery
 from switchyard.workers.dispatch import PublishQueue
+from switchyard.workers.handoff import HandoffOut
 from switchyard.workflows.engine import Engine
 from switchyard.workflows.rendering import WorkflowLimits
 from switchyard.workflows.service import load_shared
@@ -104,7 +105,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         install_settler(quotas)
         # Requests scrubbed in `hash` mode: the key is read (or made, in the data directory) once, here.
         load_hash_key(settings)
-        dispatcher = PublishQueue(celery)
+        # Synchronous calls go by the hand-off (workers/handoff.py) when a worker takes them.
+        handoff = HandoffOut(redis_client) if settings.handoff and redis_client is not None else None
+        dispatcher = PublishQueue(celery, handoff)
         pg = async_pool(settings)
         health: DeploymentHealth
         limits: LimitsView

@@ -60,6 +60,7 @@ async def submit(
             key_id=principal.key_id,
             gate=state.gate(principal),
             restorable=restorable,
+            waiting=True,
         ),
     )
     if created.headers:

@@ -57,6 +57,7 @@ class Families:
     webhook_deliveries: Counter
     refusals: Counter
     time_limits: Counter
+    handoffs: Counter
 
     def tenant(self, tenant_id: str) -> tuple[str, ...]:
         """The tenant label's value, when the setting asks for one."""
@@ -156,6 +157,11 @@ def _make(tenant_label: bool) -> Families:
             "Celery tasks that ran past their soft or hard time limit in a thread or solo pool worker (the soft "
             "limit raised SoftTimeLimitExceeded in the task; a hard one can only be reported).",
             ["task", "limit"],
+        ),
+        handoffs=Counter(
+            "switchyard_handoff_tasks",
+            "Tasks a worker took from the hand-off (workers/handoff.py) rather than from a Celery message, by queue.",
+            ["queue"],
         ),
     )
 
@@ -278,6 +284,13 @@ def task_time_limit(task: str, limit: str) -> None:
     m = families()
     if m is not None:
         m.time_limits.labels(task, limit).inc()
+
+
+def handed_off(queue: str, count: int) -> None:
+    """A worker popped `count` task ids from a queue's hand-off."""
+    m = families()
+    if m is not None:
+        m.handoffs.labels(queue).inc(count)
 
 
 def gateway_overhead(task: dict[str, Any], started: float | None) -> None:

@@ -139,6 +139,8 @@ class Submission:
     gate: Gate | None = None
     # The caller waits on the call in this process and can restore a reversible PII guardrail's values.
     restorable: bool = False
+    # The caller waits for the task (a synchronous endpoint): it is handed to a worker (workers/handoff.py).
+    waiting: bool = False
 
 
 def checked_input(
@@ -229,7 +231,7 @@ async def submit_async(
         if admitted is not None:
             _admitted(task, admitted)
         try:
-            await transitions.acreate_plain(pool, dispatcher, task)
+            await transitions.acreate_plain(pool, dispatcher, task, waiting=sub.waiting)
         except BaseException:
             if admitted is not None and admitted.record is not None and sub.gate is not None:
                 await anyio.to_thread.run_sync(sub.gate.quotas.release, task.id)

@@ -13,6 +13,7 @@ import structlog
 from celery import Celery
 
 from switchyard.tasks.transitions import BatchAdvancer, TaskRef
+from switchyard.workers.handoff import HandoffOut
 from switchyard.workers.queues import (
     ADVANCE_BATCH,
     ADVANCE_RUN,
@@ -83,6 +84,10 @@ class CeleryDispatcher:
         self, task_id: str, task_type: str, model: str, run_id: str | None = None, batch_id: str | None = None
     ) -> None:
         self.publish_tasks(queue_for(task_type, batch_id is not None), [(task_id, task_type, model, run_id, batch_id)])
+
+    def hand_off(self, task_id: str, task_type: str, model: str) -> None:
+        """A task whose caller waits: a worker's tasks are published (the API's dispatcher hands them off)."""
+        self.publish_task(task_id, task_type, model)
 
     def publish_tasks(self, queue_name: str, refs: Sequence[TaskRef]) -> None:
         """Several tasks of one queue in one message (their ids; the rest only names the message)."""
@@ -162,19 +167,26 @@ class PublishQueue(CeleryDispatcher):
     under load a message carries many ids and the broker and the workers pay per message, not per task.
 
     The row is committed before its id is queued, so an id lost here (the process dies, the broker is down)
-    is only late: the sweeper publishes tasks whose message never came."""
+    is only late: the sweeper publishes tasks whose message never came. With `handoff`, the tasks of waiting
+    callers go by the hand-off (workers/handoff.py) when a worker takes their queue's."""
 
-    def __init__(self, app: Celery) -> None:
+    def __init__(self, app: Celery, handoff: HandoffOut | None = None) -> None:
         super().__init__(app)
-        # (queue name, task)
-        self._queue: queue.SimpleQueue[tuple[str, TaskRef] | None] = queue.SimpleQueue()
+        self._handoff = handoff
+        # (queue name, task, handed off)
+        self._queue: queue.SimpleQueue[tuple[str, TaskRef, bool] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="sy-publish", daemon=True)
         self._thread.start()
 
     def publish_task(
         self, task_id: str, task_type: str, model: str, run_id: str | None = None, batch_id: str | None = None
     ) -> None:
-        self._queue.put((queue_for(task_type, batch_id is not None), (task_id, task_type, model, run_id, batch_id)))
+        self._queue.put(
+            (queue_for(task_type, batch_id is not None), (task_id, task_type, model, run_id, batch_id), False)
+        )
+
+    def hand_off(self, task_id: str, task_type: str, model: str) -> None:
+        self._queue.put((queue_for(task_type), (task_id, task_type, model, None, None), self._handoff is not None))
 
     def close(self) -> None:
         """Publish what is queued, then stop."""
@@ -196,14 +208,30 @@ class PublishQueue(CeleryDispatcher):
                     break
             last = time.monotonic()
             by_queue: dict[str, list[TaskRef]] = defaultdict(list)
+            handed: dict[str, list[TaskRef]] = defaultdict(list)
             for item in items:
                 if item is None:
                     stopping = True
                 else:
-                    by_queue[item[0]].append(item[1])
+                    (handed if item[2] else by_queue)[item[0]].append(item[1])
+            for queue_name, refs in handed.items():
+                if not self._hand_off(queue_name, refs):
+                    by_queue[queue_name].extend(refs)
             for queue_name, refs in by_queue.items():
                 for start in range(0, len(refs), MAX_IDS_PER_MESSAGE):
                     try:
                         self.publish_tasks(queue_name, refs[start : start + MAX_IDS_PER_MESSAGE])
                     except Exception:
                         log.warning("publish_failed", queue=queue_name, tasks=len(refs), exc_info=True)
+
+    def _hand_off(self, queue_name: str, refs: list[TaskRef]) -> bool:
+        """Push the ids for a worker to pop; False when none takes them (or Redis failed): publish them then."""
+        assert self._handoff is not None
+        try:
+            if not self._handoff.taken(queue_name):
+                return False
+            self._handoff.push(queue_name, [ref[0] for ref in refs])
+        except Exception:
+            log.warning("handoff_failed", queue=queue_name, tasks=len(refs), exc_info=True)
+            return False
+        return True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import partial
 
@@ -35,13 +36,17 @@ from switchyard.tenancy.quotas.service import Quotas
 from switchyard.webhooks.delivery import Deliverer, derive_deliveries
 from switchyard.webhooks.sender import WebhookSender
 from switchyard.workers.dispatch import CeleryDispatcher, ThrottledBatchAdvancer
-from switchyard.workers.queues import CONTROL
+from switchyard.workers.handoff import HandoffIntake
+from switchyard.workers.queues import CONTROL, ML, PROVIDER
 from switchyard.workers.runtime import Runtime
 from switchyard.workflows.engine import Engine
 from switchyard.workflows.rendering import WorkflowLimits
 from switchyard.workflows.runner import LocalAdvancer
 
 log = structlog.get_logger(__name__)
+
+# The queues of the synchronous endpoints' tasks, which the API hands off (workers/handoff.py).
+HANDED_OFF = (PROVIDER, ML)
 
 
 @dataclass
@@ -58,6 +63,7 @@ class WorkerResources:
     deliverer: Deliverer
     runtime: Runtime
     relay: EventRelay | None = None
+    handoff: HandoffIntake | None = None
     # Embedded mode only: the chunks' sockets and the health file (see events/local_bus, health_snapshots).
     local_deltas: LocalDeltaSender | None = None
     health_file: SnapshotWriter | None = None
@@ -91,7 +97,23 @@ class WorkerResources:
             )
             self.relay.start()
 
+    def start_handoff(self, queues: Iterable[str]) -> None:
+        """Take the hand-offs of these queues (those of the synchronous calls: provider and ML), when Redis is
+        there and the hand-off is on."""
+        taken = [q for q in queues if q in HANDED_OFF]
+        if self.handoff is not None or not taken or not self.settings.handoff or not self.settings.redis_url:
+            return
+        self.handoff = HandoffIntake(
+            self.settings.redis_url,
+            taken,
+            self.runtime.submit,
+            self.runtime.room,
+        )
+        self.handoff.start()
+
     def close(self) -> None:
+        if self.handoff is not None:
+            self.handoff.stop()
         self.runtime.close(self.settings.shutdown_grace_s)
         if self.relay is not None:
             self.relay.stop()
@@ -196,7 +218,10 @@ def _on_child_start(**_: object) -> None:
     # Prefork children: whatever the parent made before the fork must not be shared.
     global _resources
     _resources = None
-    init_resources()
+    resources = init_resources()
+    from switchyard.workers.celery_app import app
+
+    resources.start_handoff(app.amqp.queues.consume_from)
 
 
 @signals.worker_ready.connect
@@ -208,6 +233,8 @@ def _on_worker_ready(sender: object = None, **_: object) -> None:
         return
     resources = init_resources()
     app = getattr(sender, "app", None)
+    if app is not None:
+        resources.start_handoff(app.amqp.queues.consume_from)
     if app is not None and CONTROL in app.amqp.queues.consume_from:
         # Control workers carry the event relay (one leads at a time; the others stand by).
         resources.start_relay()

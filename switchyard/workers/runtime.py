@@ -67,6 +67,11 @@ class Runtime:
     def in_flight(self) -> int:
         return len(self._running)
 
+    def room(self, batch: bool = False) -> int:
+        """Free slots of a lane now (a hint: other threads take and give slots meanwhile)."""
+        lane = self._lanes[batch]
+        return lane.size - lane.running
+
     # --- the Celery side --------------------------------------------------------------------------------------
 
     def submit(self, task_ids: list[str], *, batch: bool = False) -> None:
@@ -99,6 +104,7 @@ class Runtime:
             raise
         for _ in range(len(task_ids) - len(executions)):
             lane.slots.release()
+        lane.count(len(executions))
         for execution in executions:
             self._running[execution.claim.task_id] = execution
             metrics.in_flight(lane.name, 1)
@@ -146,6 +152,7 @@ class Runtime:
             log.debug("execution_ended", attempts=ex.n)
             self._running.pop(ex.claim.task_id, None)
             metrics.in_flight(lane.name, -1)
+            lane.count(-1)
             lane.slots.release()
 
     async def _step(self, lane: _Lane, fn: Callable[..., T], *args: Any) -> T:
@@ -196,7 +203,13 @@ class _Lane:
         self.size = size
         self.slots = threading.BoundedSemaphore(size)
         self.acquiring = threading.Lock()
+        self.running = 0  # calls of this lane being driven (`room`)
+        self._counting = threading.Lock()
         self.blocking = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=thread_prefix)
+
+    def count(self, change: int) -> None:
+        with self._counting:
+            self.running += change
 
 
 def _take(lock: threading.Lock | threading.Semaphore) -> None:

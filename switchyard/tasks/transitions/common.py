@@ -53,6 +53,9 @@ class Dispatcher(Protocol):
         """`batch_id`: the task is a line of that batch (it goes on the batch queue). The type, model, run and
         batch only name the message."""
 
+    def hand_off(self, task_id: str, task_type: str, model: str) -> None:
+        """`publish_task` for a task whose caller waits for it: by the hand-off when a worker takes it."""
+
 
 class RunAdvancer(Protocol):
     """Asks the control workers to advance a workflow run (after commit)."""

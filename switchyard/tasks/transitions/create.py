@@ -146,21 +146,26 @@ def create_plain(db: Database, dispatcher: Dispatcher, task: Task) -> None:
     _publish(dispatcher, task)
 
 
-async def acreate_plain(pool: AsyncConnectionPool, dispatcher: Dispatcher, task: Task) -> None:
+async def acreate_plain(
+    pool: AsyncConnectionPool, dispatcher: Dispatcher, task: Task, *, waiting: bool = False
+) -> None:
     """`create_plain` on Postgres from an event loop: no thread, no ORM. `dispatcher` must not block (the
-    API's publishes from a thread of its own)."""
+    API's publishes from a thread of its own). `waiting`: the caller waits for the task (it is handed off)."""
     try:
         async with pool.connection() as conn:
             await conn.execute(_PG_CREATE, _create_params(task))
     except psycopg.Error as exc:
         make_terse(exc)  # no SQLAlchemy engine here to do it: its message may quote the input
         raise
-    _publish(dispatcher, task)
+    _publish(dispatcher, task, waiting)
 
 
-def _publish(dispatcher: Dispatcher, task: Task) -> None:
+def _publish(dispatcher: Dispatcher, task: Task, waiting: bool = False) -> None:
     try:
-        dispatcher.publish_task(task.id, task.type, task.model)
+        if waiting:
+            dispatcher.hand_off(task.id, task.type, task.model)
+        else:
+            dispatcher.publish_task(task.id, task.type, task.model)
     except Exception:
         # The row is committed; the sweeper publishes what could not be published now.
         log.warning("publish_failed", task_id=task.id, exc_info=True)
