@@ -95,7 +95,9 @@ def configure_logging(level: str | int = "INFO", fmt: str = "console") -> None:
             structlog.processors.StackInfoRenderer(),
             # Plain tracebacks: the default (rich, when installed) prints every frame's locals — thousands of
             # lines per error, and values (prompts, keys) that do not belong in a log.
-            structlog.dev.ConsoleRenderer(colors=False, pad_event_to=0, exception_formatter=structlog.dev.plain_traceback),
+            structlog.dev.ConsoleRenderer(
+                colors=False, pad_event_to=0, exception_formatter=structlog.dev.plain_traceback
+            ),
         ]
     structlog.configure(
         processors=processors,
