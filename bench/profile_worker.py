@@ -2,9 +2,11 @@
 
     .venv/bin/python -m bench.profile_worker [--n 500] [--cprofile]
 
-Queues N chat tasks through the real API (fake provider at 0 ms), then runs `Executor.run` on each in this
-process and reports CPU ms per task for the claim, the provider call and the finish. Comparing with the
-worker CPU per task of `bench.run --only end_to_end` (64 threads) shows what threading and Celery add on top.
+Queues N chat tasks through the real API (fake provider at 0 ms), then hands each to this process's worker
+runtime (`Runtime.submit`, as a Celery message or the hand-off would) and waits for it to end before the next, and
+reports CPU ms per task for the claim (`Executor.start`), the settling (`Executor.settle`: the finish) and the
+rest (the provider call on the runtime's loop, the thread hand-offs). Comparing with the worker CPU per task of
+`bench.run --only end_to_end` (64 threads) shows what concurrency and Celery add on top.
 """
 
 from __future__ import annotations
@@ -56,27 +58,35 @@ def main(argv: list[str] | None = None) -> int:
 
                 return wrapper
 
-            for phase in ("claim", "call", "_finish"):
+            for phase in ("start", "settle"):
                 setattr(Executor, phase, timed(phase, getattr(Executor, phase)))
-            executor = init_resources().executor
-            executor.run(ids.pop())  # first use: SDK client, pooled connections
+            resources = init_resources()
+            runtime = resources.runtime
+
+            def run_one(task_id: str) -> None:
+                runtime.submit([task_id])
+                while runtime.in_flight:
+                    time.sleep(0.0002)
+
+            run_one(ids.pop())  # first use: SDK client, pooled connections
             spent.clear()
             profiler = cProfile.Profile() if args.cprofile else None
             cpu0, wall0 = time.process_time(), time.perf_counter()
             if profiler:
                 profiler.enable()
             for task_id in ids:
-                executor.run(task_id)
+                run_one(task_id)
             if profiler:
                 profiler.disable()
             cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
             n = len(ids)
             print(f"{n} tasks, one at a time: {1000 * wall / n:.2f} ms wall, {1000 * cpu / n:.2f} ms CPU per task")
             for phase, seconds in spent.items():
-                print(f"  {phase.strip('_'):<7} {1000 * seconds / n:6.2f} ms CPU per task")
+                print(f"  {phase:<7} {1000 * seconds / n:6.2f} ms CPU per task")
             print(f"  other   {1000 * (cpu - sum(spent.values())) / n:6.2f} ms CPU per task")
             if profiler:
                 pstats.Stats(profiler, stream=sys.stdout).sort_stats("cumulative").print_stats(40)
+            resources.close()
         finally:
             env.close()
     return 0
