@@ -65,9 +65,12 @@ def run_dev(*, host: str, port: int, fake_port: int) -> None:
         for proc in procs:
             if proc.poll() is None:
                 proc.terminate()
+        # The worker lets running calls end for shutdown_grace_s, then hands the rest back and removes its
+        # health file: it gets that long and a margin before it is killed.
+        deadline = time.monotonic() + settings.shutdown_grace_s + 10
         for proc in procs:
             try:
-                proc.wait(timeout=10)
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 proc.kill()
 

@@ -45,7 +45,8 @@ def dev(dev_tmp: Path) -> Iterator[tuple[str, str]]:
         match = wait_until(printed, timeout=90, what="switchyard dev to print its URL and key")
         yield match.group(1), match.group(2)
     finally:
-        proc.stop()
+        # A call still running gets the worker's shutdown grace (10 s) before it is handed back.
+        proc.stop(timeout=40)
     data_dir = tmp / ".switchyard"
     assert (data_dir / "switchyard.db").exists()
     # The API's socket and the worker's health file go with their processes.

@@ -259,7 +259,9 @@ def test_a_client_that_stops_reading_is_let_go_not_buffered_for(stack: Stack) ->
 
 def test_websocket_replays_per_tenant_are_capped(stack: Stack) -> None:
     admin, viewer = tenant_keys(stack)
-    queued_task(stack, admin)  # an event to replay
+    queued_task(stack, admin)  # an event to replay, once the relay has numbered it (a feed at 0 replays nothing)
+    with stack.client(admin) as api:
+        wait_until(lambda: api.get("/v1/events").json()["data"], timeout=30, what="the event to be numbered")
 
     async def subscribe_since(ws: ClientConnection) -> dict[str, Any]:
         await ws.send(json.dumps({"action": "subscribe", "all": True, "since": 0}))
