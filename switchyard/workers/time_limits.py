@@ -94,26 +94,25 @@ class TimeLimits:
                 elapsed = now - entry.started
                 if entry.soft is not None and not entry.soft_sent and elapsed > entry.soft:
                     entry.soft_sent = True
-                    log.warning(
-                        "task_soft_time_limit",
-                        task=entry.name,
-                        celery_id=entry.request_id,
-                        limit_s=entry.soft,
-                        elapsed_s=round(elapsed, 2),
-                    )
-                    metrics.task_time_limit(entry.name, "soft")
+                    _report(entry, "soft", entry.soft, elapsed)
                     _set_async_exc(ident, SoftTimeLimitExceeded)
                 if entry.hard is not None and not entry.hard_logged and elapsed > entry.hard:
                     entry.hard_logged = True
-                    log.error(
-                        "task_hard_time_limit",
-                        task=entry.name,
-                        celery_id=entry.request_id,
-                        limit_s=entry.hard,
-                        elapsed_s=round(elapsed, 2),
-                        note="a thread cannot be ended; its lease has lapsed and its work was handed on",
-                    )
-                    metrics.task_time_limit(entry.name, "hard")
+                    # A thread cannot be ended: its lease has lapsed by now and its work was handed on.
+                    _report(entry, "hard", entry.hard, elapsed)
+
+
+def _report(entry: _Running, limit: str, limit_s: float, elapsed: float) -> None:
+    """Log (`task_soft_time_limit`, a warning; `task_hard_time_limit`, an error) and count a limit passed."""
+    level = log.warning if limit == "soft" else log.error
+    level(
+        f"task_{limit}_time_limit",
+        task=entry.name,
+        celery_id=entry.request_id,
+        limit_s=limit_s,
+        elapsed_s=round(elapsed, 2),
+    )
+    metrics.task_time_limit(entry.name, limit)
 
 
 def _set_async_exc(ident: int, exc: type[BaseException] | None) -> None:
