@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from switchyard.core.config import load_config
 from switchyard.core.errors import ConfigError
 from switchyard.settings import Settings, get_settings
-from switchyard.workers.queues import ALL, ML, PROVIDER
+from switchyard.workers.queues import ALL, BATCH, ML, PROVIDER
 
 
 def _settings() -> Settings:
@@ -202,6 +202,13 @@ def worker(
     unknown = sorted(set(names) - set(ALL))
     if unknown:
         raise click.BadParameter(f"unknown queue(s) {', '.join(unknown)}; known: {', '.join(ALL)}")
+    from switchyard.workers import batch_process
+
+    if os.environ.get(batch_process.PARENT_ENV):
+        batch_process.become_child(_settings())
+    split = batch_process.splits_off(names, _settings())
+    if split:
+        names = [name for name in names if name != BATCH]
     pool = pool or _pool_for(names)
     if concurrency is None:
         concurrency = (os.cpu_count() or 1) if pool == "prefork" else 64 if (PROVIDER in names or ML in names) else 16
@@ -217,7 +224,16 @@ def worker(
     if metrics_port is not None and _settings().metrics:
         from switchyard.observability.exposition import serve_worker_metrics
 
-        serve_worker_metrics(_settings(), metrics_port, prefork=pool == "prefork")
+        # Several processes (prefork children, the batch process) share their values through files.
+        serve_worker_metrics(_settings(), metrics_port, shared=pool == "prefork" or split)
+    child = None
+    if split:
+        child = batch_process.BatchProcess(
+            batch_process.child_argv(pool, concurrency, loglevel),
+            batch_process.child_env(dict(os.environ)),
+            stop_timeout_s=_settings().shutdown_grace_s + 10,
+        )
+        child.start()
     from switchyard.workers.celery_app import app
 
     argv = [
@@ -235,7 +251,11 @@ def worker(
         "--without-gossip",
         "--without-mingle",
     ]
-    app.worker_main(argv)
+    try:
+        app.worker_main(argv)
+    finally:
+        if child is not None:
+            child.stop()
 
 
 @main.command()

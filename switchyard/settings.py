@@ -119,6 +119,11 @@ class Settings(BaseSettings):
     # Batch lines have slots of their own beside those (unset: a quarter of max_in_flight), so a batch never
     # takes the slots interactive calls need.
     batch_max_in_flight: int | None = Field(default=None, ge=1, le=100_000)
+    # A worker that consumes the batch queue beside others runs the batch lines in a child process of its own
+    # (workers/batch_process.py): a batch then never holds the interpreter lock that interactive calls need.
+    # The child runs at this nice value (0: the same CPU priority), so interactive calls get the cores first.
+    batch_process: bool = True
+    batch_process_nice: int = Field(default=10, ge=0, le=19)
     shutdown_grace_s: float = Field(default=10.0, ge=0)
     # A task no deployment can take (breakers open, rpm/tpm limits reached) waits in the database; it fails
     # as unavailable once it is this old.

@@ -124,6 +124,36 @@ class Process:
         self._log.close()
 
 
+def children(pid: int) -> list[int]:
+    """The live (not zombie) processes whose parent is `pid` (Linux: from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] != "Z" and int(fields[1]) == pid:
+            found.append(int(entry))
+    return found
+
+
+def nice_of(pid: int) -> int:
+    """The nice value of a process."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def cli(*args: str) -> list[str]:
     """argv for the `switchyard` command line of this checkout, run by this interpreter."""
     return [sys.executable, "-m", "switchyard", *args]

@@ -322,15 +322,20 @@ def test_sigkill_of_worker_mid_batch_runs_each_line_once(own_sdk: openai.OpenAI,
         done = wait_batch(own_sdk, batch.id, timeout=90)
     finally:
         replacement.stop()
+    assert_each_line_once(own_sdk, own_stack, done, 6)
+
+
+def assert_each_line_once(sdk: openai.OpenAI, stack: Stack, done: Any, lines: int) -> None:
+    """The batch completed with lines k0..k<lines-1> in its output, one task per line, each with exactly one
+    succeeded attempt."""
     assert done.status == "completed", done
-    assert [o["custom_id"] for o in read_lines(own_sdk, done.output_file_id)] == [f"k{i}" for i in range(6)]
-    # One task per line, each with exactly one succeeded attempt.
-    rows = own_stack.sql(
+    assert [o["custom_id"] for o in read_lines(sdk, done.output_file_id)] == [f"k{i}" for i in range(lines)]
+    rows = stack.sql(
         "SELECT t.batch_line, count(a.id) FILTER (WHERE a.status = 'succeeded') FROM tasks t "
         "LEFT JOIN attempts a ON a.task_id = t.id WHERE t.batch_id = %s GROUP BY t.batch_line ORDER BY 1",
-        batch.id,
+        done.id,
     )
-    assert rows == [(i, 1) for i in range(6)]
+    assert rows == [(i, 1) for i in range(lines)]
 
 
 def test_expiry_writes_partial_output(own_sdk: openai.OpenAI, own_stack: Stack) -> None:

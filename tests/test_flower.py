@@ -21,6 +21,7 @@ import pytest
 import redis
 from celery import Celery
 
+from tests.processes import children
 from tests.support import ROOT, Process, Stack, chat, cli, free_port, wait_http, wait_task, wait_until
 
 USER, PASSWORD = "watcher", secrets.token_urlsafe(12)
@@ -283,7 +284,9 @@ def test_task_events_off(stack: Stack, client: httpx.Client, tmp_path: Path) -> 
     stack.provider.stop()
     quiet = stack.start("worker-quiet", cli("worker", "--queues", "provider,batch", "--loglevel", "INFO"), off)
     wait_until(lambda: "ready." in quiet.log() or not quiet.alive(), timeout=60, what="the quiet worker")
-    node = f"switchyard-provider-batch-{quiet.pid}@"
+    # The worker on the provider queue, and its batch process on the batch queue.
+    child = wait_until(lambda: children(quiet.pid), timeout=30, what="the quiet worker's batch process")[0]
+    nodes = (f"switchyard-provider-{quiet.pid}@", f"switchyard-batch-{child}@")
     proc, url = start_flower(stack, tmp_path, env={**CREDENTIALS, **off})
     events = redis.Redis.from_url(stack.redis_url).pubsub()
     try:
@@ -302,7 +305,7 @@ def test_task_events_off(stack: Stack, client: httpx.Client, tmp_path: Path) -> 
         # The API still says it sent the message (its own setting is on): the subscription works ...
         assert any(e["type"] == "task-sent" and task_id in e["args"] for e in seen), seen
         # ... and the worker says nothing, Flower running or not.
-        from_quiet = [e["type"] for e in seen if e["hostname"].startswith(node)]
+        from_quiet = [e["type"] for e in seen if e["hostname"].startswith(nodes)]
         assert [t for t in from_quiet if t.startswith("task-")] == [], from_quiet
     finally:
         events.close()

@@ -1,6 +1,7 @@
 """batch: a chat batch through the fake provider (0 ms), against plain tasks on the same stack, same run.
 
-One API process and one worker process on the provider, batch and control queues (threads, 64):
+One API process and one `switchyard worker` on the provider, batch and control queues (threads, 64), which runs
+the batch lines in its batch process (`SWITCHYARD_BATCH_PROCESS=false` in the environment: in the worker itself):
 - end_to_end side (the baseline): N tasks queued through `POST /v1/tasks`, then drained; tasks/s over the
   window from the first claim to the last finish, from the rows;
 - batch side: a JSONL file of M chat lines uploaded with the official openai SDK (`files.create`), a batch

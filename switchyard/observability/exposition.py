@@ -46,19 +46,20 @@ def process_exited(pid: int) -> None:
         mp.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
-def serve_worker_metrics(settings: Settings, port: int, *, prefork: bool) -> None:
+def serve_worker_metrics(settings: Settings, port: int, *, shared: bool) -> None:
     """Serve a worker's metrics on `port` from a daemon thread of this process (the worker's main process).
 
     On the threads and solo pools the tasks, the relay and the duties run in this very process: its own registry
-    is the worker's. A prefork worker's children share theirs through a multiprocess directory of its own,
-    which this (parent) process reads at each scrape."""
-    if prefork:
+    is the worker's. With `shared`, several processes record (a prefork worker's children; this process and its
+    batch process): they share their values through a multiprocess directory of its own, which this process
+    reads at each scrape."""
+    if shared:
         prepare_multiprocess(settings.data_dir, f"worker-{port}")
     from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
     from prometheus_client.multiprocess import MultiProcessCollector
 
     registry = REGISTRY
-    if prefork:
+    if shared:
         registry = CollectorRegistry(auto_describe=False)
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     start_http_server(port, addr=settings.metrics_host, registry=registry)
