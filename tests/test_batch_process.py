@@ -11,13 +11,15 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 from celery import Celery
+from prometheus_client.parser import text_string_to_metric_families
 
 from switchyard.settings import Settings
 from switchyard.workers.batch_process import splits_off
-from tests.processes import Process, alive, children, nice_of
+from tests.processes import Process, alive, children, cli, free_port, nice_of
 from tests.support import Stack, wait_until
 from tests.test_batches import assert_each_line_once, chat_line, start, wait_batch
 
@@ -127,10 +129,8 @@ def test_sigterm_to_the_worker_stops_both(own_stack: Stack) -> None:
 
 
 def test_the_batch_process_can_be_turned_off(own_stack: Stack, own_sdk: openai.OpenAI) -> None:
-    argv = ["worker", "--queues", "provider,batch", "--concurrency", "16", "--loglevel", "INFO"]
-    from tests.processes import cli
-
-    worker = own_stack.start("worker-single", cli(*argv), {"SWITCHYARD_BATCH_PROCESS": "false"})
+    argv = cli("worker", "--queues", "provider,batch", "--concurrency", "16", "--loglevel", "INFO")
+    worker = own_stack.start("worker-single", argv, {"SWITCHYARD_BATCH_PROCESS": "false"})
     try:
         wait_until(lambda: "ready." in worker.log(), timeout=60, what="the worker")
         time.sleep(1)
@@ -139,6 +139,36 @@ def test_the_batch_process_can_be_turned_off(own_stack: Stack, own_sdk: openai.O
         assert [q for node, q in nodes.items() if f"-{worker.pid}@" in node] == [["batch", "provider"]], nodes
         batch = start(own_sdk, [chat_line("one", "in one process")])
         assert wait_batch(own_sdk, batch.id, timeout=60).status == "completed"
+    finally:
+        worker.stop()
+
+
+def test_the_batch_process_counts_reach_the_workers_metrics_port(own_stack: Stack, own_sdk: openai.OpenAI) -> None:
+    port = free_port()
+    argv = cli("worker", "--queues", "provider,batch", "--concurrency", "16", "--metrics-port", str(port))
+    worker = own_stack.start("worker-metrics", argv)
+    try:
+        wait_until(lambda: "ready." in worker.log(), timeout=60, what="the worker")
+        the_child(worker)
+        batch = start(own_sdk, [chat_line(f"m{i}", f"counted {i}") for i in range(3)])
+        assert wait_batch(own_sdk, batch.id, timeout=60).status == "completed"
+        own_sdk.chat.completions.create(model="chat-default", messages=[{"role": "user", "content": "interactive"}])
+
+        def scraped() -> dict[str, float] | None:
+            values: dict[str, float] = {}
+            for family in text_string_to_metric_families(httpx.get(f"http://127.0.0.1:{port}/metrics").text):
+                for sample in family.samples:
+                    if sample.name == "switchyard_tasks_total" and sample.labels.get("status") == "succeeded":
+                        values["tasks"] = values.get("tasks", 0) + sample.value
+                    if sample.name == "switchyard_calls_in_flight":
+                        values[f"lane_{sample.labels['lane']}"] = sample.value
+            return values if values.get("tasks", 0) >= 4 else None
+
+        # The lines' counts come from the child, the interactive call's from the worker: one port shows both.
+        values = wait_until(scraped, timeout=20, what="4 tasks on the worker's port")
+        assert values["tasks"] == 4, values
+        assert values["lane_batch"] == 0, values
+        assert values["lane_interactive"] == 0, values
     finally:
         worker.stop()
 
