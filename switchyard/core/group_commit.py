@@ -16,7 +16,11 @@ R = TypeVar("R")
 
 class GroupCommit(Generic[K, T, R]):
     """`write(items)` writes a batch and returns the result of each item by its key (an item it leaves out
-    gets None); `submit(items)` returns the results of the caller's own items, in order."""
+    gets None); `submit(items)` returns the results of the caller's own items, in order.
+
+    A key's result goes to its first item in the batch; a second item with the same key (one task delivered
+    twice, by a re-published message and the original) gets None, as a write that came second would: two
+    callers must never both act on one claim."""
 
     def __init__(self, write: Callable[[list[T]], dict[K, R]], key: Callable[[T], K], timeout_s: float) -> None:
         self._write = write
@@ -44,6 +48,9 @@ class GroupCommit(Generic[K, T, R]):
                 for _, fut in batch:
                     fut.set_exception(exc)
             else:
+                given: set[K] = set()
                 for item, fut in batch:
-                    fut.set_result(results.get(self._key(item)))
+                    key = self._key(item)
+                    fut.set_result(None if key in given else results.get(key))
+                    given.add(key)
         return [fut.result(timeout=self._timeout_s) for _, fut in mine]
