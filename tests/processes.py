@@ -124,34 +124,42 @@ class Process:
         self._log.close()
 
 
-def children(pid: int) -> list[int]:
-    """The live (not zombie) processes whose parent is `pid` (Linux: from /proc)."""
+def stat_fields(pid: int | str) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (state first, then ppid, pgrp, ...), or None when
+    the process is gone (Linux). The name is in parentheses and may hold spaces: split after its last one."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()
+
+
+def processes_where(field: int, value: int) -> list[int]:
+    """The live (not zombie) processes whose stat field `field` (an index into `stat_fields`) is `value`."""
     found = []
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if fields[0] != "Z" and int(fields[1]) == pid:
-            found.append(int(entry))
+        if entry.isdigit() and (fields := stat_fields(entry)) is not None:
+            if fields[0] != "Z" and int(fields[field]) == value:
+                found.append(int(entry))
     return found
+
+
+def children(pid: int) -> list[int]:
+    """The live processes whose parent is `pid`."""
+    return processes_where(1, pid)
 
 
 def nice_of(pid: int) -> int:
     """The nice value of a process."""
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+    fields = stat_fields(pid)
+    assert fields is not None, f"no process {pid}"
+    return int(fields[16])
 
 
 def alive(pid: int) -> bool:
     """Whether `pid` runs (a zombie does not)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    fields = stat_fields(pid)
+    return fields is not None and fields[0] != "Z"
 
 
 def cli(*args: str) -> list[str]:

@@ -19,26 +19,14 @@ import redis
 
 from bench.drill.cluster import Cluster
 from bench.drill.load import Load
+from tests.processes import processes_where
 
 SAMPLE_S = 5.0
 
 
 def _group_pids(pgid: int) -> list[int]:
     """Every process in a process group (a worker's or an API's children too)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        # pgrp is the 5th field, after the command name in parentheses (which may hold spaces)
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[2]) == pgid:
-            pids.append(int(entry))
-    return pids
+    return processes_where(2, pgid)
 
 
 def _rss_kb(pid: int) -> int:
