@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -93,6 +94,23 @@ def test_database_down_is_503(stack: Stack, admin_key: str, dead_port: int) -> N
         assert "database" in ready.json()["error"]["message"]
     finally:
         proc.stop()
+
+
+def test_an_api_whose_port_is_taken_exits_saying_so(stack: Stack) -> None:
+    # uvicorn stops the application when it cannot bind. The process used to stay up for good, serving nothing:
+    # a background loop had swallowed its cancel (redis-py does, mid-subscribe) and the shutdown waited on it.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = Process("api-port-taken", cli("api", "--port", str(port)), stack.env, stack.tmp)
+        try:
+            wait_until(lambda: not proc.alive(), timeout=30, what="the API to exit")
+        finally:
+            proc.stop()
+    assert proc.proc.returncode not in (0, None)
+    assert "address already in use" in proc.log()
+    assert "Application shutdown complete" in proc.log()
 
 
 def test_redis_down_limits_fail_open_and_budgets_answer_503(stack: Stack, broker_down_api: str) -> None:

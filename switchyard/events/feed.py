@@ -32,6 +32,7 @@ import redis
 import redis.asyncio
 import structlog
 
+from switchyard.core.aio import stop_task
 from switchyard.core.db import Database
 from switchyard.events.bus import EVENTS_PREFIX, RESYNC, tenant_channel
 from switchyard.events.local_bus import LocalDeltaListener
@@ -165,10 +166,7 @@ class TenantFeed:
         self._task = asyncio.create_task(self._run(), name=f"feed-{self.tenant_id}")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task)
 
     # --- listeners ----------------------------------------------------------------------------------------------
 
@@ -302,10 +300,7 @@ class EventHub:
         for feed in list(self.feeds.values()):
             await feed.stop()
         self.feeds.clear()
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+        await stop_task(self._reader)
         await self._drop_connection()
         if self._redis is not None:
             await self._redis.aclose()

@@ -18,6 +18,7 @@ import redis
 import redis.asyncio
 import structlog
 
+from switchyard.core.aio import stop_task
 from switchyard.gateway_api.state import KeyCache
 from switchyard.tenancy.invalidation import CHANNEL, Message, decode
 
@@ -53,10 +54,7 @@ class KeyEvents:
         self._task = asyncio.create_task(self._run(), name="key-events")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task)
 
     async def _run(self) -> None:
         while True:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 import anyio.to_thread
 import structlog
 
+from switchyard.core.aio import stop_task
 from switchyard.core.db import Database
 from switchyard.tenancy import repository
 from switchyard.tenancy.invalidation import Message
@@ -53,10 +54,7 @@ class OpenStreams:
         self._task = asyncio.create_task(self._run(), name="open-streams")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task)
 
     def open(self, principal: Principal) -> StreamHandle:
         """Register a stream; pair with `release`."""

@@ -10,6 +10,7 @@ import redis
 import redis.asyncio
 import structlog
 
+from switchyard.core.aio import stop_task
 from switchyard.core.ids import new_id
 
 log = structlog.get_logger(__name__)
@@ -74,10 +75,7 @@ class ConnectionSlots:
                 log.warning("stream_slots_renew_failed", kind=self.name, exc_info=True)
 
     async def close(self) -> None:
-        if self._renewer is not None:
-            self._renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._renewer
+        await stop_task(self._renewer)
         if self._redis is not None:
             await self._redis.aclose()
 

@@ -9,7 +9,6 @@ verdict for its queue (a dict lookup, and a clock read when the verdict is to re
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import time
@@ -22,6 +21,7 @@ import redis.asyncio
 import structlog
 from sqlalchemy import Connection
 
+from switchyard.core.aio import stop_task
 from switchyard.core.errors import ServiceUnavailable
 from switchyard.settings import Settings
 from switchyard.shedding.repository import queue_load
@@ -124,10 +124,7 @@ class Shedder:
             self._task = asyncio.create_task(self._refresh_forever(), name="shedding-refresh")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task)
 
     async def _refresh_forever(self) -> None:
         client = redis.asyncio.Redis.from_url(self._redis_url, decode_responses=True) if self._redis_url else None
