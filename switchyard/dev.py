@@ -72,6 +72,8 @@ def run_dev(*, host: str, port: int, fake_port: int) -> None:
             try:
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
+                # Said, so that what it left behind (a health file, a socket) has its reason in the log.
+                click.echo(f"switchyard dev: {proc.args!r} did not stop in time; killed", err=True)
                 proc.kill()
 
     def on_term(*_: object) -> None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
 
@@ -112,20 +113,28 @@ class WorkerResources:
         self.handoff.start()
 
     def close(self) -> None:
-        if self.handoff is not None:
-            self.handoff.stop()
-        self.runtime.close(self.settings.shutdown_grace_s)
-        if self.relay is not None:
-            self.relay.stop()
-        if self.local_deltas is not None:
-            self.local_deltas.close()
-        if self.health_file is not None:
-            self.health_file.close()
-        self.providers.close()
-        self.sender.close()
-        self.db.dispose()
-        if self.redis is not None:
-            self.redis.close()
+        """Hand back what runs (after the grace), then stop and release everything. Each step runs even when
+        one before it failed: a relay that fails to stop must not leave the health file behind, say."""
+        started = time.monotonic()
+        steps: list[tuple[str, Callable[[], object] | None]] = [
+            ("handoff", self.handoff.stop if self.handoff is not None else None),
+            ("runtime", partial(self.runtime.close, self.settings.shutdown_grace_s)),
+            ("relay", self.relay.stop if self.relay is not None else None),
+            ("local_deltas", self.local_deltas.close if self.local_deltas is not None else None),
+            ("health_file", self.health_file.close if self.health_file is not None else None),
+            ("providers", self.providers.close),
+            ("webhook_sender", self.sender.close),
+            ("database", self.db.dispose),
+            ("redis", self.redis.close if self.redis is not None else None),
+        ]
+        for name, step in steps:
+            if step is None:
+                continue
+            try:
+                step()
+            except Exception:
+                log.warning("worker_close_step_failed", step=name, exc_info=True)
+        log.info("worker_closed", seconds=round(time.monotonic() - started, 3))
 
 
 _resources: WorkerResources | None = None
