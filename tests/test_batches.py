@@ -94,6 +94,7 @@ def test_chat_batch_round_trip(sdk: openai.OpenAI, stack: Stack) -> None:
     line_usage = line_task["usage"]
     batch_cost = (line_usage["input_tokens"] * 0.075 + line_usage["output_tokens"] * 0.30) / 1_000_000
     assert line_task["cost_usd"] == pytest.approx(batch_cost)
+    assert_counts_are_the_tasks(stack, batch.id, total=6)
     errors = read_lines(sdk, done.error_file_id)
     assert [e["custom_id"] for e in errors] == ["bad-one"]
     assert errors[0]["response"]["status_code"] == 400
@@ -112,6 +113,25 @@ def test_chat_batch_round_trip(sdk: openai.OpenAI, stack: Stack) -> None:
             names = [line.removeprefix("event: ") for line in sse.iter_lines() if line.startswith("event: ")]
         assert names[-1] == "batch.completed"
         assert http.get("/v1/batches/batch_nope/events").status_code == 404
+
+
+def assert_counts_are_the_tasks(stack: Stack, batch_id: str, *, total: int) -> None:
+    """The ended batch's counts, cost and usage (kept a window at a time) are what its tasks say, all settled."""
+    (completed, failed, cost, usage, settled_below, settled) = stack.sql(
+        "SELECT completed, failed, cost_usd, usage, settled_below, settled FROM batches WHERE id = %s", batch_id
+    )[0]
+    rows = stack.sql(
+        "SELECT status, count(*), sum(cost_usd), sum((usage->>'input_tokens')::int),"
+        " sum((usage->>'output_tokens')::int) FROM tasks WHERE batch_id = %s GROUP BY status",
+        batch_id,
+    )
+    by_status = {row[0]: row[1] for row in rows}
+    assert (completed, failed) == (by_status.get("succeeded", 0), by_status.get("failed", 0))
+    assert cost == pytest.approx(sum(float(row[2] or 0) for row in rows))
+    assert usage["input_tokens"] == sum(row[3] or 0 for row in rows) > 0
+    assert usage["output_tokens"] == sum(row[4] or 0 for row in rows)
+    assert settled_below == total
+    assert settled["by_status"] == by_status
 
 
 def test_line_tasks_push_no_view_for_a_waiter(sdk: openai.OpenAI, stack: Stack) -> None:
@@ -278,7 +298,19 @@ def test_large_batch_beside_interactive_calls(sdk: openai.OpenAI, stack: Stack) 
     # An interactive call is answered while the batch's lines are being worked through.
     answer = sdk.chat.completions.create(model="chat-default", messages=[{"role": "user", "content": "now"}])
     assert answer.choices[0].message.content == "echo: now"
-    done = wait_batch(sdk, batch.id, timeout=300)
+    # Advances count only the lines above those settled (all ended below the first unfinished one): the mark
+    # moves up through the batch while it runs.
+    marks: set[int] = set()
+
+    def ended() -> bool:
+        status, mark = stack.sql("SELECT status, settled_below FROM batches WHERE id = %s", batch.id)[0]
+        marks.add(mark)
+        return status in DONE
+
+    wait_until(ended, timeout=300, interval=0.05, what="the batch to end")
+    done = wait_batch(sdk, batch.id, timeout=60)
+    assert any(0 < mark < 2000 for mark in marks), marks
+    assert_counts_are_the_tasks(stack, batch.id, total=2000)
     assert done.status == "completed", done
     assert done.request_counts is not None
     assert done.request_counts.completed == 2000

@@ -109,7 +109,7 @@ def advance(tx: Tx, ctx: BatchContext, batch_id: str) -> bool:
     if batch.status == BatchStatus.VALIDATING:
         if not _validate(tx, ctx, batch, now):
             return False
-    counts = repository.line_counts(session, batch.id)
+    counts = repository.line_counts(session, batch, UNFINISHED)
     unfinished = counts.of(*UNFINISHED)
     if batch.status == BatchStatus.CANCELLING:
         unfinished -= transitions.cancel_queued_of_batch(tx, batch.id, CANCELED_ERROR, stop_running=True)
@@ -302,7 +302,7 @@ def finalize(tx: Tx, ctx: BatchContext, batch_id: str) -> None:
     if batch is None or batch.status != BatchStatus.FINALIZING:
         return
     now = utcnow()
-    counts = repository.line_counts(session, batch.id)
+    counts = repository.line_counts(session, batch, UNFINISHED)
     _update_counts(tx, ctx, batch, counts, now)
     succeeded = counts.of(TaskStatus.SUCCEEDED)
     if succeeded:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Delete, Insert, delete, func, insert, select
 from sqlalchemy.orm import Session
@@ -42,26 +44,70 @@ class LineCounts:
 
     by_status: dict[str, int] = field(default_factory=dict)
     cost_usd: float = 0.0
-    usage: dict[str, float] = field(default_factory=dict)
+    usage: dict[str, float] = field(default_factory=lambda: dict.fromkeys(USAGE_FIELDS, 0.0))
 
     def of(self, *statuses: str) -> int:
         return sum(self.by_status.get(s, 0) for s in statuses)
 
+    def add(self, status: str, count: int, cost_usd: float, usage: Sequence[float]) -> None:
+        self.by_status[status] = self.by_status.get(status, 0) + count
+        self.cost_usd += cost_usd
+        for name, value in zip(USAGE_FIELDS, usage, strict=True):
+            self.usage[name] = self.usage.get(name, 0.0) + value
 
-def line_counts(session: Session, batch_id: str) -> LineCounts:
-    """One aggregate over the batch's tasks (the index on tasks(batch_id, status) serves it)."""
-    sums = [func.coalesce(func.sum(Task.usage[f].as_float()), 0) for f in USAGE_FIELDS]
-    rows = session.execute(
-        select(Task.status, func.count(), func.coalesce(func.sum(Task.cost_usd), 0), *sums)
-        .where(Task.batch_id == batch_id)
-        .group_by(Task.status)
+    def copy(self) -> LineCounts:
+        return LineCounts(dict(self.by_status), self.cost_usd, dict(self.usage))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"by_status": self.by_status, "cost_usd": self.cost_usd, "usage": self.usage}
+
+    @classmethod
+    def from_json(cls, stored: Mapping[str, Any] | None) -> LineCounts:
+        if not stored:
+            return cls()
+        usage = dict.fromkeys(USAGE_FIELDS, 0.0) | {k: float(v) for k, v in stored["usage"].items()}
+        return cls({k: int(v) for k, v in stored["by_status"].items()}, float(stored["cost_usd"]), usage)
+
+
+def line_counts(session: Session, batch: Batch, unfinished: Collection[str]) -> LineCounts:
+    """The batch's line tasks counted: its settled lines as stored, plus one aggregate over the lines from
+    `settled_below` on (the index on tasks(batch_id, batch_line) serves it). The lines that have ended below
+    the first unfinished one join the settled ones, on the batch row, saved with the caller's transaction.
+
+    One statement, so one snapshot: the first unfinished line and the sums split at it agree. A line's task,
+    once ended, never changes again, and every line below `released` has its task (made in the transaction
+    that raised `released`, under the batch's lock)."""
+    live = (
+        select(Task.status, Task.batch_line, Task.cost_usd, Task.usage)
+        .where(Task.batch_id == batch.id, Task.batch_line >= batch.settled_below)
+        .cte("live")
     )
-    counts = LineCounts(usage=dict.fromkeys(USAGE_FIELDS, 0.0))
-    for row in rows:
-        counts.by_status[row[0]] = int(row[1])
-        counts.cost_usd += float(row[2])
-        for name, value in zip(USAGE_FIELDS, row[3:], strict=True):
-            counts.usage[name] += float(value)
+    first_unfinished = (
+        select(func.coalesce(func.min(live.c.batch_line), batch.released))
+        .where(live.c.status.in_(list(unfinished)))
+        .scalar_subquery()
+    )
+    settles = (live.c.batch_line < first_unfinished).label("settles")
+    sums = [func.coalesce(func.sum(live.c.usage[f].as_float()), 0) for f in USAGE_FIELDS]
+    rows = session.execute(
+        select(
+            live.c.status,
+            settles,
+            first_unfinished.label("first_unfinished"),
+            func.count(),
+            func.coalesce(func.sum(live.c.cost_usd), 0),
+            *sums,
+        ).group_by(live.c.status, settles)
+    ).all()
+    settled = LineCounts.from_json(batch.settled)
+    counts = settled.copy()
+    for status, settles_now, first, count, cost, *usage in rows:
+        values = (int(count), float(cost), [float(u) for u in usage])
+        counts.add(status, *values)
+        if settles_now:
+            settled.add(status, *values)
+        batch.settled_below = int(first)
+    batch.settled = settled.to_json()
     return counts
 
 

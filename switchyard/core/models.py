@@ -317,6 +317,10 @@ class Batch(Base):
     failed: Mapped[int] = mapped_column(Integer, default=0)
     usage: Mapped[dict[str, Any] | None]
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    # Every line below `settled_below` has ended, and `settled` holds their counts (LineCounts.to_json): an
+    # advance aggregates only the lines from there on, a cost that stays with the window, not the batch.
+    settled_below: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    settled: Mapped[dict[str, Any] | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime]
     in_progress_at: Mapped[datetime | None]
