@@ -50,8 +50,9 @@ def dev(dev_tmp: Path) -> Iterator[tuple[str, str]]:
     data_dir = tmp / ".switchyard"
     assert (data_dir / "switchyard.db").exists()
     # The API's socket and the worker's health file go with their processes.
-    assert not list((data_dir / "deltas").glob("*.sock"))
-    assert not list((data_dir / "health").glob("*.json"))
+    # With the log's end: whether the worker closed (`worker_closed`) or `dev` had to kill it.
+    assert not list((data_dir / "deltas").glob("*.sock")), proc.log()[-3000:]
+    assert not list((data_dir / "health").glob("*.json")), proc.log()[-3000:]
 
 
 def test_dev_mode_runs_chat_and_embed_tasks(dev: tuple[str, str]) -> None:
