@@ -357,6 +357,29 @@ def test_sigkill_of_worker_mid_batch_runs_each_line_once(own_sdk: openai.OpenAI,
     assert_each_line_once(own_sdk, own_stack, done, 6)
 
 
+def test_the_worker_that_ends_a_batchs_lines_advances_it_with_no_control_worker_up(
+    own_sdk: openai.OpenAI, own_stack: Stack
+) -> None:
+    # Validated and its first window (3 lines) released by the control worker, which then stops: the rest of
+    # the batch (releasing the other 9 lines, writing the files) is advanced where its lines end.
+    nonce = secrets.token_hex(3)
+    batch = start(own_sdk, [chat_line(f"k{i}", f"{nonce} {i} [[sleep:200]]") for i in range(12)])
+
+    def first_window() -> bool:
+        return bool(own_stack.sql("SELECT released = 3 FROM batches WHERE id = %s", batch.id)[0][0])
+
+    wait_until(first_window, timeout=30, interval=0.05, what="the first window released")
+    own_stack.control.stop()
+    worker = own_stack.start_worker("provider,batch")
+    try:
+        done = wait_batch(own_sdk, batch.id, timeout=90)
+    finally:
+        worker.stop()
+        own_stack.control = own_stack.start_worker("control,webhooks")
+    assert_each_line_once(own_sdk, own_stack, done, 12)
+    assert_counts_are_the_tasks(own_stack, batch.id, total=12)
+
+
 def assert_each_line_once(sdk: openai.OpenAI, stack: Stack, done: Any, lines: int) -> None:
     """The batch completed with lines k0..k<lines-1> in its output, one task per line, each with exactly one
     succeeded attempt."""

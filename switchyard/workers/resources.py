@@ -36,6 +36,7 @@ from switchyard.tasks.transitions import install_settler
 from switchyard.tenancy.quotas.service import Quotas
 from switchyard.webhooks.delivery import Deliverer, derive_deliveries
 from switchyard.webhooks.sender import WebhookSender
+from switchyard.workers.batch_advance import LocalBatchAdvancer
 from switchyard.workers.dispatch import CeleryDispatcher, ThrottledBatchAdvancer
 from switchyard.workers.handoff import HandoffIntake
 from switchyard.workers.queues import CONTROL, ML, PROVIDER
@@ -68,6 +69,8 @@ class WorkerResources:
     # Embedded mode only: the chunks' sockets and the health file (see events/local_bus, health_snapshots).
     local_deltas: LocalDeltaSender | None = None
     health_file: SnapshotWriter | None = None
+    # The advances of the batches whose lines end in this process (workers/batch_advance.py).
+    batch_advances: LocalBatchAdvancer | None = None
 
     _batches: BatchContext | None = None
 
@@ -119,6 +122,7 @@ class WorkerResources:
         steps: list[tuple[str, Callable[[], object] | None]] = [
             ("handoff", self.handoff.stop if self.handoff is not None else None),
             ("runtime", partial(self.runtime.close, self.settings.shutdown_grace_s)),
+            ("batch_advances", self.batch_advances.close if self.batch_advances is not None else None),
             ("relay", self.relay.stop if self.relay is not None else None),
             ("local_deltas", self.local_deltas.close if self.local_deltas is not None else None),
             ("health_file", self.health_file.close if self.health_file is not None else None),
@@ -178,6 +182,8 @@ def init_resources() -> WorkerResources:
             # Answers scrubbed in `hash` mode here hash as the API's requests do.
             load_hash_key(settings)
             engine = Engine(config, dispatcher, quotas, WorkflowLimits.from_settings(settings))
+            # What advancing batches needs is made on first use, by the resources made below.
+            batch_advances = LocalBatchAdvancer(db, lambda: get_resources().batches(), dispatcher)
             executor = Executor(
                 settings,
                 config,
@@ -190,7 +196,7 @@ def init_resources() -> WorkerResources:
                 on_finished=on_finished,
                 deltas=partial(publish_delta, redis_client) if redis_client is not None else local_deltas,
                 dispatch=dispatcher,
-                batch_advancer=ThrottledBatchAdvancer(dispatcher),
+                batch_advancer=ThrottledBatchAdvancer(batch_advances),
             )
             _resources = WorkerResources(
                 settings=settings,
@@ -212,6 +218,7 @@ def init_resources() -> WorkerResources:
                 deliverer=Deliverer(db, sender, settings),
                 local_deltas=local_deltas,
                 health_file=health_file,
+                batch_advances=batch_advances,
             )
             if health_file is not None:
                 health_file.start()

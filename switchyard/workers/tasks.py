@@ -4,9 +4,8 @@ calls (one per state change), so nothing here holds a transaction across a provi
 from __future__ import annotations
 
 from celery import Task
-from sqlalchemy.exc import IntegrityError, OperationalError
 
-from switchyard.batches.engine import advance_batch as advance_batch_once
+from switchyard.workers.batch_advance import advance_with_retry as advance_batch_with_retry
 from switchyard.workers.celery_app import app
 from switchyard.workers.queues import (
     ADVANCE_BATCH,
@@ -55,12 +54,4 @@ def deliver_webhook(delivery_id: str) -> None:
 def advance_batch(batch_id: str) -> None:
     """Validate a new batch, count its lines, release more of them, end it when every line has ended."""
     res = get_resources()
-    for attempt in range(3):
-        try:
-            advance_batch_once(res.db, res.batches(), batch_id)
-            return
-        except (IntegrityError, OperationalError):
-            # SQLite has no row locks: a concurrent advance shows as a busy database or a line released twice;
-            # the advance runs again on fresh state (on Postgres the row lock serialises advances).
-            if attempt == 2:
-                raise
+    advance_batch_with_retry(res.db, res.batches(), batch_id)
