@@ -101,13 +101,14 @@ def line_counts(session: Session, batch: Batch, unfinished: Collection[str]) -> 
     ).all()
     settled = LineCounts.from_json(batch.settled)
     counts = settled.copy()
-    for status, settles_now, first, count, cost, *usage in rows:
+    for status, settles_now, _, count, cost, *usage in rows:
         values = (int(count), float(cost), [float(u) for u in usage])
         counts.add(status, *values)
         if settles_now:
             settled.add(status, *values)
-        batch.settled_below = int(first)
-    batch.settled = settled.to_json()
+    if rows:  # every row carries the same first unfinished line; none: nothing above the mark yet
+        batch.settled_below = int(rows[0].first_unfinished)
+        batch.settled = settled.to_json()
     return counts
 
 
