@@ -112,3 +112,17 @@ def test_openai_list_with_an_unstorable_parameter_is_a_documented_400(
     assert response.status_code == 400, response.text
     assert "400" in doc["paths"]["/v1/files"]["get"]["responses"]
     assert "400" in doc["paths"]["/v1/files/{file_id}"]["get"]["responses"]
+
+
+def test_a_logit_bias_out_of_range_is_400_not_a_call_that_never_ends(client: httpx.Client) -> None:
+    # Schemathesis: a bias of -1.3e97 was taken, and the call failed in the worker at every retry while the
+    # caller waited (a read timeout after 30 s). OpenAI's range is -100 to 100.
+    body = {"model": "chat-failover", "messages": [{"role": "user", "content": "x"}]}
+    refused = client.post("/v1/chat/completions", json={**body, "logit_bias": {"50256": -1.3166791627803091e97}})
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["param"].startswith("logit_bias"), refused.text
+    too_big_seed = client.post("/v1/chat/completions", json={**body, "seed": 2**64})
+    assert too_big_seed.status_code == 400, too_big_seed.text
+    assert too_big_seed.json()["error"]["param"] == "seed"
+    fits = client.post("/v1/chat/completions", json={**body, "logit_bias": {"50256": -100}, "seed": 2**63 - 1})
+    assert fits.status_code == 200, fits.text

@@ -55,18 +55,24 @@ class ChatMessage(BaseModel):
     tool_call_id: str | None = None
 
 
+# What a provider's JSON can carry: a 64-bit integer at most (a larger one failed the call in the worker, again
+# at each retry, while the caller waited).
+_INT64 = 2**63 - 1
+
+
 class ChatInput(_Strict):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
-    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_tokens: Annotated[int, Field(ge=1, le=_INT64)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1, le=_INT64)] | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(ge=0, le=1)] | None = None
     n: Annotated[int, Field(ge=1, le=1)] | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: Annotated[int, Field(ge=-_INT64 - 1, le=_INT64)] | None = None
     presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
     frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
-    logit_bias: dict[str, float] | None = None
+    # OpenAI's range for a token's bias.
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
